@@ -143,10 +143,9 @@ class GPT(nn.Module):
         x = self.transformer.drop(self.transformer.wte(idx) + self.transformer.wpe(pos))
         for block in self.transformer.h:
             x = block(x)
-        x = self.transformer.ln_f(x)
+        logits = self.lm_head(self.transformer.ln_f(x))
         if targets is None:
-            return self.lm_head(x[:, [-1], :]), None  # inference: only the last position's logits
-        logits = self.lm_head(x)
+            return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
         return logits, loss
 

@@ -7,8 +7,8 @@ refused there, with a message that says what is allowed, never silently served b
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 

@@ -31,7 +31,7 @@ class AttentionBackend:
     options: tuple[str, ...] = ()  # names of backend-specific options (e.g. block-sparse pattern)
     # (options, seq_len, causal) -> fraction of the N x N score matrix computed; used by MFU.
     density: Callable[[dict, int, bool], float] | None = None
-    # () -> reason this backend cannot run in this process at all (e.g. missing GPU), or None.
+    # (device type) -> why this backend cannot run there in this process (e.g. no GPU), or None.
     unavailable: Callable[[str], str | None] | None = field(default=None, compare=False)
 
     def check(self, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,

@@ -1,0 +1,1 @@
+"""Paper-reproduction reporting: load runs, build tables and plots, the paper's published figures."""

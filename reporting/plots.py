@@ -1,0 +1,94 @@
+"""Matplotlib figures for the report: loss curves, throughput bars, kernel runtime/memory vs N."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from .runs import Run  # noqa: E402
+from .tables import group_by_shape  # noqa: E402
+
+
+def _save(fig, path: Path) -> str:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path.name
+
+
+def loss_curves(runs: list[tuple[str, Run]], path: Path, title: str, key: str = "train/loss") -> str:
+    """Overlay of loss curves; `runs` are (legend label, run) pairs."""
+    fig, ax = plt.subplots(figsize=(7, 4))
+    styles = ["-", "--", ":", "-."]
+    for i, (label, run) in enumerate(runs):
+        steps, losses = run.curve(key)
+        ax.plot(steps, losses, styles[i % len(styles)], label=label, linewidth=1.5)
+    ax.set_xlabel("step")
+    ax.set_ylabel(key)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    return _save(fig, path)
+
+
+def throughput_bars(runs: list[Run], path: Path, title: str = "training throughput") -> str:
+    """Tokens/s per backend, one group of bars per (model, seq len); failed runs drawn as an 'OOM'/'error' label."""
+    groups = group_by_shape(runs)
+    labels = sorted({r.label for r in runs}, key=lambda lab: next(r for r in runs if r.label == lab).backend)
+    width = 0.8 / max(1, len(labels))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(groups) + 2), 4))
+    for i, lab in enumerate(labels):
+        for g, (_, group) in enumerate(groups.items()):
+            run = next((r for r in group if r.label == lab), None)
+            if run is None:
+                continue
+            x = g + (i - (len(labels) - 1) / 2) * width
+            if run.status == "ok" and run.tokens_per_sec:
+                ax.bar(x, run.tokens_per_sec, width, color=f"C{i}", label=lab if g == 0 else None)
+            else:
+                ax.bar(x, 0, width, color=f"C{i}", label=lab if g == 0 else None)
+                ax.text(x, 0, run.status.upper(), rotation=90, ha="center", va="bottom", fontsize=8)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{m}\nseq {s}, bs {b}" for m, s, b in groups], fontsize=8)
+    ax.set_ylabel("tokens / s")
+    ax.set_title(title)
+    handles, names = ax.get_legend_handles_labels()
+    uniq = dict(zip(names, handles, strict=True))
+    ax.legend(uniq.values(), uniq.keys(), fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
+def series_vs_n(series: dict[str, tuple[list[int], list[float]]], path: Path, *, title: str, ylabel: str,
+                paper: dict[str, tuple[list[int], list[float]]] | None = None) -> str:
+    """Log-log lines of a quantity vs sequence length; the paper's values dashed and labelled '(paper, A100)'."""
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (name, (xs, ys)) in enumerate(series.items()):
+        ax.plot(xs, ys, "o-", color=f"C{i}", label=name)
+    for i, (name, (xs, ys)) in enumerate((paper or {}).items()):
+        ax.plot(xs, ys, "x--", color=f"C{i + len(series)}", alpha=0.6, label=f"{name} (paper, A100)")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("sequence length N")
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=7)
+    return _save(fig, path)
+
+
+def xy(points: dict[str, tuple[list[float], list[float]]], path: Path, *, title: str, xlabel: str, ylabel: str) -> str:
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for i, (name, (xs, ys)) in enumerate(points.items()):
+        ax.plot(xs, ys, "o-", color=f"C{i}", label=name)
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, path)

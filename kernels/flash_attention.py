@@ -1,0 +1,637 @@
+"""FlashAttention (Dao et al. 2022) in Triton: dense and block-sparse, one kernel family.
+
+Features
+- Forward: one program per (query tile, batch*head); online softmax with running max and sum in fp32, exp2 with
+  log2(e) folded into the scale; the output is written once and the row log-sum-exp (base 2) is saved.
+- Backward: recomputes P from q, k, v and the LSE (no N x N matrix in memory). delta = rowsum(dO * O) first, then
+  a dK/dV pass (one program per key tile, looping over query tiles) and a separate dQ pass (one program per query
+  tile, looping over key tiles). Each program owns the rows it writes, so there are no atomics and the result is
+  bitwise deterministic.
+- Causal: tiles above the diagonal are never visited; tiles fully below it take an unmasked path; only tiles on
+  the diagonal (or crossing the sequence end) pay for element masks.
+- Block-sparse: the same loops walk per-tile index lists (kernels/block_mask.py) instead of a computed range; the
+  constexpr SPARSE picks which, so dense and sparse share every line of the inner loops.
+- Dropout inside the kernels (the paper's Algorithm 2): a Philox keep mask from tl.rand keyed on a seed drawn from
+  torch's generator and on the element's (batch*head, row, column) index, so torch.manual_seed reproduces a run
+  and the backward regenerates the mask instead of storing it. `dropout_keep_mask` returns it for small inputs.
+- Any N; head dims 16..128 (padded to the next power of two inside the kernel); any strides with unit last dim.
+- torch custom ops (triton_op + wrap_triton, autograd registered), so torch.compile has no graph break here.
+
+Limits: q, k, v of equal shape (B, H, N, D), D <= 128 and a multiple of 8... in practice 16, 32, 48, 64, 80, 96,
+128; fp16 / bf16 (fp32 works, with tf32 dots). CPU tensors run only through the Triton interpreter
+(TRITON_INTERPRET=1), with one small tile config.
+
+Tested: triton 3.6 (H100, torch 2.11) and the triton 3.9 interpreter (torch 2.13 CPU).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+
+import torch
+import triton
+import triton.language as tl
+from torch.library import triton_op, wrap_triton
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+LOG2E = 1.4426950408889634
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# jit helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _dropout_keep(seed, bh, rows, cols, N, dropout_p):
+    """Keep mask for elements (rows, cols) of head bh; broadcasting rows/cols picks the tile's orientation."""
+    offsets = (bh * N + rows).to(tl.int64) * N + cols
+    return tl.rand(seed, offsets) >= dropout_p
+
+
+@triton.jit
+def _tile_index(i, idx_ptr, SPARSE: tl.constexpr):
+    """The i-th visited tile: i itself for a dense range, the i-th entry of an index list when sparse."""
+    if SPARSE:
+        return tl.load(idx_ptr + i)
+    else:
+        return i
+
+
+@triton.jit
+def _load_rows(ptrs, rows, N, offs_d, D: tl.constexpr, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    """Load a (rows x D) tile; masks only what may be out of bounds. `rows` broadcasts like ptrs' row axis."""
+    if ROW_MASK:
+        if EVEN_D:
+            return tl.load(ptrs, mask=rows < N, other=0.0)
+        else:
+            return tl.load(ptrs, mask=(rows < N) & (offs_d < D), other=0.0)
+    else:
+        if EVEN_D:
+            return tl.load(ptrs)
+        else:
+            return tl.load(ptrs, mask=offs_d < D, other=0.0)
+
+
+@triton.jit
+def _tile_keep(offs_m, offs_n, N, CAUSAL: tl.constexpr):
+    """Element mask of a boundary tile: inside the sequence, and on or below the diagonal when causal."""
+    keep = (offs_m[:, None] < N) & (offs_n[None, :] < N)
+    if CAUSAL:
+        keep = keep & (offs_m[:, None] >= offs_n[None, :])
+    return keep
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# forward
+# ----------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, lo, hi, idx_ptr,
+               seed, bh, N, qk_scale, dropout_p,
+               D: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr,
+               SPARSE: tl.constexpr, DROPOUT: tl.constexpr, EVEN_D: tl.constexpr):
+    """The inner loop: fold key tiles lo..hi (or idx_ptr[lo..hi]) into one query tile's running softmax."""
+    for i in tl.range(lo, hi):
+        offs_n = _tile_index(i, idx_ptr, SPARSE) * BLOCK_N + tl.arange(0, BLOCK_N)
+        kT = _load_rows(K + offs_n[None, :] * stride_kn + offs_d[:, None], offs_n[None, :], N, offs_d[:, None],
+                        D, MASK, EVEN_D)
+        s = tl.dot(q, kT) * qk_scale
+        if MASK:
+            s = tl.where(_tile_keep(offs_m, offs_n, N, CAUSAL), s, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(s, 1))
+        if MASK:  # a row with nothing kept yet: any finite reference keeps exp2 finite
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
+        p = tl.math.exp2(s - m_new[:, None])
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        if DROPOUT:
+            p = tl.where(_dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], N, dropout_p), p, 0.0)
+        v = _load_rows(V + offs_n[:, None] * stride_vn + offs_d[None, :], offs_n[:, None], N, offs_d[None, :],
+                       D, MASK, EVEN_D)
+        acc = tl.dot(p.to(v.dtype), v, acc)
+        m_i = m_new
+    return acc, l_i, m_i
+
+
+@triton.jit
+def _attn_fwd(Q, K, V, O, LSE, seed_ptr,
+              full_cnt, full_idx, part_cnt, part_idx, s_lh, s_lm, s_ih, s_im,
+              stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+              H, N, qk_scale, dropout_p,
+              D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+              CAUSAL: tl.constexpr, SPARSE: tl.constexpr, DROPOUT: tl.constexpr):
+    EVEN_D: tl.constexpr = D == HEAD_D
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    K += b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    V += b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    O += b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_D)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+
+    q = _load_rows(Q + offs_m[:, None] * stride_qn + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
+                   D, True, EVEN_D)
+    m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
+    l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
+    acc = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
+
+    if SPARSE:  # kept tiles come from the block mask: full ones unmasked, then diagonal/boundary ones masked
+        row = h * s_lh + start_m * s_lm
+        full_lo, full_hi, full_ptr = 0, tl.load(full_cnt + row), full_idx + h * s_ih + start_m * s_im
+        part_lo, part_hi, part_ptr = 0, tl.load(part_cnt + row), part_idx + h * s_ih + start_m * s_im
+    else:  # BLOCK_M is a multiple of BLOCK_N, so the diagonal of this query tile starts on a key-tile edge
+        n_tiles = tl.cdiv(N, BLOCK_N)
+        if CAUSAL:
+            full_hi = start_m * (BLOCK_M // BLOCK_N)
+            part_hi = tl.minimum(full_hi + BLOCK_M // BLOCK_N, n_tiles)
+        else:
+            full_hi = N // BLOCK_N
+            part_hi = n_tiles
+        full_lo, full_ptr = 0, full_idx
+        part_lo, part_ptr = full_hi, part_idx
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, full_lo, full_hi,
+                               full_ptr, seed, bh, N, qk_scale, dropout_p,
+                               D, BLOCK_N, CAUSAL, False, SPARSE, DROPOUT, EVEN_D)
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, part_lo, part_hi,
+                               part_ptr, seed, bh, N, qk_scale, dropout_p,
+                               D, BLOCK_N, CAUSAL, True, SPARSE, DROPOUT, EVEN_D)
+
+    # A row that kept no key (possible only with a sparse layout) has l_i == 0: output 0 and LSE +inf, so the
+    # backward sees P == 0 for it.
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    inv_l = tl.where(empty, 0.0, 1.0 / l_safe)
+    if DROPOUT:
+        inv_l = inv_l / (1.0 - dropout_p)
+    acc = acc * inv_l[:, None]
+    lse = tl.where(empty, float("inf"), m_i + tl.math.log2(l_safe))
+    tl.store(LSE + bh.to(tl.int64) * N + offs_m, lse, mask=offs_m < N)
+    o_ptrs = O + offs_m[:, None] * stride_on + offs_d[None, :]
+    if EVEN_D:
+        tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=offs_m[:, None] < N)
+    else:
+        tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < N) & (offs_d[None, :] < D))
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backward
+# ----------------------------------------------------------------------------------------------------------------
+
+@triton.jit
+def _bwd_delta(O, DO, Delta, stride_ob, stride_oh, stride_on, stride_dob, stride_doh, stride_don, H, N,
+               D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta_i = sum_d dO_id * O_id, the rowsum(dP * P) term of the softmax gradient."""
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_D)
+    mask = (offs_m[:, None] < N) & (offs_d[None, :] < D)
+    o = tl.load(O + b.to(tl.int64) * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :],
+                mask=mask, other=0.0)
+    do = tl.load(DO + b.to(tl.int64) * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
+                 + offs_d[None, :], mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(Delta + bh.to(tl.int64) * N + offs_m, delta, mask=offs_m < N)
+
+
+@triton.jit
+def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, offs_n, offs_d, lo, hi, idx_ptr,
+                seed, bh, N, qk_scale, dropout_p,
+                D: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr,
+                SPARSE: tl.constexpr, DROPOUT: tl.constexpr, EVEN_D: tl.constexpr):
+    """Accumulate one key tile's dK, dV over query tiles; works on transposed tiles (keys x queries)."""
+    for i in tl.range(lo, hi):
+        offs_m = _tile_index(i, idx_ptr, SPARSE) * BLOCK_M + tl.arange(0, BLOCK_M)
+        qT = _load_rows(Q + offs_m[None, :] * stride_qn + offs_d[:, None], offs_m[None, :], N, offs_d[:, None],
+                        D, MASK, EVEN_D)
+        if MASK:
+            lse = tl.load(LSE + offs_m, mask=offs_m < N, other=0.0)
+        else:
+            lse = tl.load(LSE + offs_m)
+        pT = tl.math.exp2(tl.dot(k, qT) * qk_scale - lse[None, :])
+        if MASK:
+            pT = tl.where(tl.trans(_tile_keep(offs_m, offs_n, N, CAUSAL)), pT, 0.0)
+        do = _load_rows(DO + offs_m[:, None] * stride_don + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
+                        D, MASK, EVEN_D)
+        if MASK:
+            delta = tl.load(Delta + offs_m, mask=offs_m < N, other=0.0)
+        else:
+            delta = tl.load(Delta + offs_m)
+        dpT = tl.dot(v, tl.trans(do))
+        if DROPOUT:
+            keepT = _dropout_keep(seed, bh, offs_m[None, :], offs_n[:, None], N, dropout_p)
+            scale_keep = 1.0 / (1.0 - dropout_p)
+            dv = tl.dot(tl.where(keepT, pT * scale_keep, 0.0).to(do.dtype), do, dv)
+            dpT = tl.where(keepT, dpT * scale_keep, 0.0)
+        else:
+            dv = tl.dot(pT.to(do.dtype), do, dv)
+        dsT = pT * (dpT - delta[None, :])
+        dk = tl.dot(dsT.to(qT.dtype), tl.trans(qT), dk)
+    return dk, dv
+
+
+@triton.jit
+def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, Delta, seed_ptr,
+                   full_cnt, full_idx, part_cnt, part_idx, s_lh, s_lm, s_ih, s_im,
+                   stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+                   stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+                   stride_gb, stride_gh, stride_gn,
+                   H, N, qk_scale, sm_scale, dropout_p,
+                   D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                   CAUSAL: tl.constexpr, SPARSE: tl.constexpr, DROPOUT: tl.constexpr):
+    """One program per key tile of BLOCK_N rows; it visits query tiles of BLOCK_M rows (BLOCK_N % BLOCK_M == 0)."""
+    EVEN_D: tl.constexpr = D == HEAD_D
+    start_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    K += b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    V += b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    DO += b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+    DK += b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh
+    DV += b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh
+    LSE += bh.to(tl.int64) * N
+    Delta += bh.to(tl.int64) * N
+    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_D)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+    k = _load_rows(K + offs_n[:, None] * stride_kn + offs_d[None, :], offs_n[:, None], N, offs_d[None, :],
+                   D, True, EVEN_D)
+    v = _load_rows(V + offs_n[:, None] * stride_vn + offs_d[None, :], offs_n[:, None], N, offs_d[None, :],
+                   D, True, EVEN_D)
+    dk = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
+
+    if SPARSE:  # transposed block mask: per key tile, the query tiles that see it
+        col = h * s_lh + start_n * s_lm
+        full_lo, full_hi, full_ptr = 0, tl.load(full_cnt + col), full_idx + h * s_ih + start_n * s_im
+        part_lo, part_hi, part_ptr = 0, tl.load(part_cnt + col), part_idx + h * s_ih + start_n * s_im
+        tail_lo, tail_hi = 0, 0
+    else:
+        m_tiles = tl.cdiv(N, BLOCK_M)
+        m_full_end = N // BLOCK_M  # query tiles past this one cross the sequence end
+        if CAUSAL:  # diagonal query tiles (masked), then those fully below it, then the partial last one
+            part_lo = start_n * (BLOCK_N // BLOCK_M)
+            part_hi = tl.minimum(part_lo + BLOCK_N // BLOCK_M, m_tiles)
+            full_lo = part_hi
+        else:
+            part_lo, part_hi = 0, 0
+            full_lo = 0
+        full_hi = tl.maximum(m_full_end, full_lo)
+        tail_lo, tail_hi = full_hi, m_tiles
+        full_ptr, part_ptr = full_idx, part_idx
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, offs_n, offs_d, part_lo, part_hi,
+                         part_ptr, seed, bh, N, qk_scale, dropout_p, D, BLOCK_M, CAUSAL, True, SPARSE, DROPOUT,
+                         EVEN_D)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, offs_n, offs_d, full_lo, full_hi,
+                         full_ptr, seed, bh, N, qk_scale, dropout_p, D, BLOCK_M, CAUSAL, False, SPARSE, DROPOUT,
+                         EVEN_D)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, offs_n, offs_d, tail_lo, tail_hi,
+                         part_ptr, seed, bh, N, qk_scale, dropout_p, D, BLOCK_M, CAUSAL, True, False, DROPOUT,
+                         EVEN_D)
+
+    mask = offs_n[:, None] < N
+    if not EVEN_D:
+        mask = mask & (offs_d[None, :] < D)
+    g_offs = offs_n[:, None] * stride_gn + offs_d[None, :]
+    tl.store(DK + g_offs, (dk * sm_scale).to(DK.dtype.element_ty), mask=mask)
+    tl.store(DV + g_offs, dv.to(DV.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dq_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, lo, hi, idx_ptr,
+              seed, bh, N, qk_scale, dropout_p,
+              D: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr,
+              SPARSE: tl.constexpr, DROPOUT: tl.constexpr, EVEN_D: tl.constexpr):
+    """Accumulate one query tile's dQ over key tiles: the forward's iteration, recomputing P from the LSE."""
+    for i in tl.range(lo, hi):
+        offs_n = _tile_index(i, idx_ptr, SPARSE) * BLOCK_N + tl.arange(0, BLOCK_N)
+        kT = _load_rows(K + offs_n[None, :] * stride_kn + offs_d[:, None], offs_n[None, :], N, offs_d[:, None],
+                        D, MASK, EVEN_D)
+        vT = _load_rows(V + offs_n[None, :] * stride_vn + offs_d[:, None], offs_n[None, :], N, offs_d[:, None],
+                        D, MASK, EVEN_D)
+        p = tl.math.exp2(tl.dot(q, kT) * qk_scale - lse[:, None])
+        if MASK:
+            p = tl.where(_tile_keep(offs_m, offs_n, N, CAUSAL), p, 0.0)
+        dp = tl.dot(do, vT)
+        if DROPOUT:
+            keep = _dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], N, dropout_p)
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq)
+    return dq
+
+
+@triton.jit
+def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, Delta, seed_ptr,
+                 full_cnt, full_idx, part_cnt, part_idx, s_lh, s_lm, s_ih, s_im,
+                 stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+                 stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+                 stride_gb, stride_gh, stride_gn,
+                 H, N, qk_scale, sm_scale, dropout_p,
+                 D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                 CAUSAL: tl.constexpr, SPARSE: tl.constexpr, DROPOUT: tl.constexpr):
+    EVEN_D: tl.constexpr = D == HEAD_D
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    Q += b.to(tl.int64) * stride_qb + h.to(tl.int64) * stride_qh
+    K += b.to(tl.int64) * stride_kb + h.to(tl.int64) * stride_kh
+    V += b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
+    DO += b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
+    DQ += b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_D)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+    q = _load_rows(Q + offs_m[:, None] * stride_qn + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
+                   D, True, EVEN_D)
+    do = _load_rows(DO + offs_m[:, None] * stride_don + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
+                    D, True, EVEN_D)
+    lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=offs_m < N, other=0.0)
+    delta = tl.load(Delta + bh.to(tl.int64) * N + offs_m, mask=offs_m < N, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
+
+    if SPARSE:
+        row = h * s_lh + start_m * s_lm
+        full_lo, full_hi, full_ptr = 0, tl.load(full_cnt + row), full_idx + h * s_ih + start_m * s_im
+        part_lo, part_hi, part_ptr = 0, tl.load(part_cnt + row), part_idx + h * s_ih + start_m * s_im
+    else:
+        n_tiles = tl.cdiv(N, BLOCK_N)
+        if CAUSAL:
+            full_hi = start_m * (BLOCK_M // BLOCK_N)
+            part_hi = tl.minimum(full_hi + BLOCK_M // BLOCK_N, n_tiles)
+        else:
+            full_hi = N // BLOCK_N
+            part_hi = n_tiles
+        full_lo, full_ptr = 0, full_idx
+        part_lo, part_ptr = full_hi, part_idx
+    dq = _dq_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, full_lo, full_hi, full_ptr,
+                   seed, bh, N, qk_scale, dropout_p, D, BLOCK_N, CAUSAL, False, SPARSE, DROPOUT, EVEN_D)
+    dq = _dq_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, part_lo, part_hi, part_ptr,
+                   seed, bh, N, qk_scale, dropout_p, D, BLOCK_N, CAUSAL, True, SPARSE, DROPOUT, EVEN_D)
+
+    mask = offs_m[:, None] < N
+    if not EVEN_D:
+        mask = mask & (offs_d[None, :] < D)
+    tl.store(DQ + offs_m[:, None] * stride_gn + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty), mask=mask)
+
+
+@triton.jit
+def _dropout_mask_kernel(Out, seed_ptr, N, dropout_p, BLOCK: tl.constexpr):
+    """Debug: the keep mask the attention kernels apply, for one (batch*head, row)."""
+    row = tl.program_id(0)
+    bh = tl.program_id(1)
+    cols = tl.arange(0, BLOCK)
+    for start in range(0, N, BLOCK):
+        keep = _dropout_keep(tl.load(seed_ptr), bh, row, start + cols, N, dropout_p)
+        tl.store(Out + (bh.to(tl.int64) * N + row) * N + start + cols, keep.to(tl.int8), mask=start + cols < N)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# host launchers
+# ----------------------------------------------------------------------------------------------------------------
+
+def _fwd_configs():
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": 32, "BLOCK_N": 16}, num_warps=4, num_stages=1)]
+    return [triton.Config({"BLOCK_M": bm, "BLOCK_N": bn}, num_warps=w, num_stages=s)
+            for bm, bn, w, s in [(128, 64, 8, 3), (128, 64, 4, 3), (128, 128, 8, 3), (128, 64, 8, 4),
+                                 (128, 32, 4, 4), (64, 64, 4, 3), (64, 32, 4, 4)]]
+
+
+def _fwd_prune(configs, named_args, **kwargs):
+    head_d = named_args["HEAD_D"] if "HEAD_D" in named_args else kwargs["HEAD_D"]
+    keep = [c for c in configs if head_d <= 64 or c.kwargs["BLOCK_N"] <= 64]  # keep big-D tiles in registers
+    return keep or configs
+
+
+_attn_fwd_tuned = triton.autotune(_fwd_configs(), key=["N", "HEAD_D", "CAUSAL", "DROPOUT"],
+                                  prune_configs_by={"early_config_prune": _fwd_prune})(_attn_fwd)
+
+
+def bwd_tiles(head_d: int) -> tuple[int, int, int, int, int, int]:
+    """(dK/dV query tile, dK/dV key tile, dQ query tile, dQ key tile, warps, stages) for the backward."""
+    if INTERPRET:
+        return 16, 32, 32, 16, 4, 1
+    if head_d <= 64:
+        return 64, 128, 128, 64, 8, 3
+    return 32, 128, 128, 32, 8, 2
+
+
+def fwd_tiles_sparse(block_size: int) -> tuple[int, int]:
+    """Forward tiles for a layout of block_size: they must divide it, so a tile never straddles two blocks."""
+    if INTERPRET:
+        return min(32, block_size), min(16, block_size)
+    return min(128, block_size), min(64, block_size)
+
+
+def _strides(t):
+    return t.stride(0), t.stride(1), t.stride(2)
+
+
+def _empty_like_bhnd(t: torch.Tensor, dtype=None) -> torch.Tensor:
+    """(B, H, N, D) output stored as (B, N, H, D), so the model's transpose(1, 2).contiguous() is free."""
+    B, H, N, D = t.shape
+    return t.new_empty((B, N, H, D), dtype=dtype or t.dtype).transpose(1, 2)
+
+
+def _mask_args(masks, which: str):
+    """Kernel arguments for one block-mask direction ('rows' or 'cols'); dummies when dense."""
+    if masks is None:
+        return None
+    full_cnt, full_idx, part_cnt, part_idx = masks[which]
+    return (full_cnt, full_idx, part_cnt, part_idx, full_cnt.stride(0), full_cnt.stride(1),
+            full_idx.stride(0), full_idx.stride(1))
+
+
+def _launch_fwd(q, k, v, seed, causal, dropout_p, scale, sparse):
+    B, H, N, D = q.shape
+    head_d = max(16, triton.next_power_of_2(D))
+    o = _empty_like_bhnd(q)
+    lse = q.new_empty((B, H, N), dtype=torch.float32)
+    common = dict(H=H, N=N, qk_scale=scale * LOG2E, dropout_p=dropout_p, D=D, HEAD_D=head_d, CAUSAL=causal,
+                  DROPOUT=dropout_p > 0)
+    strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(o))
+    if sparse is None:
+        dummy = lse
+        grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * H)
+        wrap_triton(_attn_fwd_tuned)[grid](q, k, v, o, lse, seed, dummy, dummy, dummy, dummy, 0, 0, 0, 0,
+                                           *strides, SPARSE=False, **common)
+    else:
+        block_m, block_n, fwd_masks = sparse["fwd"]
+        grid = (triton.cdiv(N, block_m), B * H)
+        wrap_triton(_attn_fwd)[grid](q, k, v, o, lse, seed, *fwd_masks, *strides, BLOCK_M=block_m,
+                                     BLOCK_N=block_n, SPARSE=True, num_warps=4 if head_d <= 64 else 8,
+                                     num_stages=1 if INTERPRET else 3, **common)
+    return o, lse
+
+
+def _launch_bwd(do, q, k, v, o, lse, seed, causal, dropout_p, scale, sparse):
+    B, H, N, D = q.shape
+    head_d = max(16, triton.next_power_of_2(D))
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    delta = torch.empty_like(lse)
+    wrap_triton(_bwd_delta)[(triton.cdiv(N, 64), B * H)](o, do, delta, *_strides(o), *_strides(do), H, N,
+                                                          D=D, HEAD_D=head_d, BLOCK_M=64)
+    dq, dk, dv = _empty_like_bhnd(q), _empty_like_bhnd(q), _empty_like_bhnd(q)
+    common = dict(H=H, N=N, qk_scale=scale * LOG2E, sm_scale=scale, dropout_p=dropout_p, D=D, HEAD_D=head_d,
+                  CAUSAL=causal, DROPOUT=dropout_p > 0, SPARSE=sparse is not None)
+    strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq))
+    m1, n1, m2, n2, warps, stages = bwd_tiles(head_d)
+    dummy = (lse, lse, lse, lse, 0, 0, 0, 0)
+    dkdv_masks, dq_masks = dummy, dummy
+    if sparse is not None:
+        m1, n1, dkdv_masks = sparse["dkdv"]
+        m2, n2, dq_masks = sparse["dq"]
+    wrap_triton(_attn_bwd_dkdv)[(triton.cdiv(N, n1), B * H)](
+        q, k, v, do, dk, dv, lse, delta, seed, *dkdv_masks, *strides, BLOCK_M=m1, BLOCK_N=n1,
+        num_warps=warps, num_stages=stages, **common)
+    wrap_triton(_attn_bwd_dq)[(triton.cdiv(N, m2), B * H)](
+        q, k, v, do, dq, lse, delta, seed, *dq_masks, *strides, BLOCK_M=m2, BLOCK_N=n2,
+        num_warps=warps, num_stages=stages, **common)
+    return dq, dk, dv
+
+
+def _sparse_args(masks: list[torch.Tensor], tiles: list[int]):
+    """Unpack the op's flat (masks, tiles) into launcher arguments; head stride 0 for a layout shared by heads."""
+    if not masks:
+        return None
+
+    def args(cnt_full, idx_full, cnt_part, idx_part):
+        shared = cnt_full.shape[0] == 1
+        return (cnt_full, idx_full, cnt_part, idx_part, 0 if shared else cnt_full.stride(0), cnt_full.stride(1),
+                0 if shared else idx_full.stride(0), idx_full.stride(1))
+
+    return {"fwd": (tiles[0], tiles[1], args(*masks[0:4])), "dkdv": (tiles[2], tiles[3], args(*masks[4:8])),
+            "dq": (tiles[4], tiles[5], args(*masks[8:12]))}
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# custom ops and autograd
+# ----------------------------------------------------------------------------------------------------------------
+
+@triton_op("flashgpt::attention_fwd", mutates_args=())
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: torch.Tensor | None,
+                  masks: list[torch.Tensor], tiles: list[int], causal: bool, dropout_p: float,
+                  scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o, lse); masks/tiles empty for dense attention, else the block mask lists (see block_sparse_attention)."""
+    return _launch_fwd(q, k, v, seed, causal, dropout_p, scale, _sparse_args(masks, tiles))
+
+
+@triton_op("flashgpt::attention_bwd", mutates_args=())
+def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
+                  lse: torch.Tensor, seed: torch.Tensor | None, masks: list[torch.Tensor], tiles: list[int],
+                  causal: bool, dropout_p: float, scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return _launch_bwd(do, q, k, v, o, lse, seed, causal, dropout_p, scale, _sparse_args(masks, tiles))
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, seed, masks, tiles, causal, dropout_p, scale = inputs
+    o, lse = output
+    ctx.mark_non_differentiable(lse)
+    ctx.save_for_backward(q, k, v, o, lse, seed, *masks)
+    ctx.meta = (list(tiles), causal, dropout_p, scale)
+
+
+def _backward(ctx, do, _dlse):
+    q, k, v, o, lse, seed, *masks = ctx.saved_tensors
+    tiles, causal, dropout_p, scale = ctx.meta
+    dq, dk, dv = attention_bwd(do, q, k, v, o, lse, seed, masks, tiles, causal, dropout_p, scale)
+    return dq, dk, dv, None, [None] * len(masks), [None] * len(tiles), None, None, None
+
+
+attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# public functions
+# ----------------------------------------------------------------------------------------------------------------
+
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> None:
+    if not (q.dim() == 4 and q.shape == k.shape == v.shape):
+        raise ValueError(f"q, k, v must all be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
+                         f"{tuple(v.shape)}")
+    if not (q.dtype == k.dtype == v.dtype) or q.dtype not in (torch.float16, torch.bfloat16, torch.float32):
+        raise ValueError(f"q, k, v must share one dtype of float16, bfloat16 or float32; got {q.dtype}, "
+                         f"{k.dtype}, {v.dtype}")
+    if q.shape[-1] > 128 or q.shape[-1] % 8:
+        raise ValueError(f"head dim {q.shape[-1]} not supported: use a multiple of 8 up to 128 "
+                         "(16, 32, 48, 64, 80, 96, 128 are tested)")
+    if min(t.stride(-1) for t in (q, k, v)) != 1:
+        raise ValueError("q, k, v need unit stride in the last (head) dimension; call .contiguous() first")
+    if not 0.0 <= dropout_p < 1.0:
+        raise ValueError(f"dropout_p={dropout_p} must be in [0, 1)")
+    if q.device.type != "cuda" and not (q.device.type == "cpu" and INTERPRET):
+        raise RuntimeError(f"flash attention runs on CUDA tensors; got {q.device.type}. On the CPU it runs only "
+                           "through the Triton interpreter (slow, for tests): set TRITON_INTERPRET=1 before "
+                           "triton is imported.")
+
+
+def draw_dropout_seed(device: torch.device | str) -> torch.Tensor:
+    """The Philox seed of one attention call, drawn from torch's generator (torch.manual_seed reproduces it)."""
+    return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
+
+
+def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, N: int, dropout_p: float) -> torch.Tensor:
+    """(B, H, N, N) bool: the keep mask the kernels apply for this seed (debugging and tests; small N only)."""
+    out = torch.empty((B, H, N, N), dtype=torch.int8, device=seed.device)
+    _dropout_mask_kernel[(N, B * H)](out, seed, N, dropout_p, BLOCK=min(1024, triton.next_power_of_2(N)))
+    return out.bool()
+
+
+def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
+                    dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
+    """softmax(q k^T * scale [causal mask]) [dropout] v over (B, H, N, D) tensors, without the N x N matrix."""
+    _check_inputs(q, k, v, dropout_p)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    seed = draw_dropout_seed(q.device) if dropout_p > 0 else None
+    return attention_fwd(q, k, v, seed, [], [], causal, float(dropout_p), scale)[0]
+
+
+def sparse_tiles(block_size: int, head_dim: int) -> list[int]:
+    """Kernel tiles for a layout: (fwd m, n, dK/dV m, n, dQ m, n), each dividing block_size."""
+    m1, n1, m2, n2, _, _ = bwd_tiles(max(16, triton.next_power_of_2(head_dim)))
+    fm, fn = fwd_tiles_sparse(block_size)
+    return [min(t, block_size) for t in (fm, fn, m1, n1, m2, n2)]
+
+
+def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor, *,
+                           causal: bool = False, dropout_p: float = 0.0, scale: float | None = None,
+                           block_size: int = 128) -> torch.Tensor:
+    """Attention where query i sees key j only if layout[i // block_size, j // block_size] (and j <= i if causal).
+
+    layout: bool (nqb, nkb) shared by heads or (H, nqb, nkb), with nqb = nkb = ceil(N / block_size). Only kept
+    blocks are computed. A query row with no kept key outputs 0 and gets 0 gradient.
+    """
+    from .block_mask import get_block_mask
+
+    _check_inputs(q, k, v, dropout_p)
+    B, H, N, D = q.shape
+    if layout.dim() == 3 and layout.shape[0] not in (1, H):
+        raise ValueError(f"per-head layout has {layout.shape[0]} heads but the inputs have H={H}")
+    scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
+    tiles = sparse_tiles(block_size, D)
+    fwd = get_block_mask(layout, N, block_size, tiles[0], tiles[1], causal, q.device)
+    dkdv = get_block_mask(layout, N, block_size, tiles[2], tiles[3], causal, q.device)
+    dq = get_block_mask(layout, N, block_size, tiles[4], tiles[5], causal, q.device)
+    masks = [*fwd.rows, *dkdv.cols, *dq.rows]
+    seed = draw_dropout_seed(q.device) if dropout_p > 0 else None
+    return attention_fwd(q, k, v, seed, masks, tiles, causal, float(dropout_p), scale)[0]

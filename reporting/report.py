@@ -1,0 +1,215 @@
+"""Report sections (Markdown + PNG), shared by scripts/reproduce.py and scripts/compare.py."""
+
+from __future__ import annotations
+
+import datetime
+import json
+import platform
+import subprocess
+from collections import defaultdict
+from pathlib import Path
+
+from . import io_model, paper, plots
+from .runs import Run
+from .tables import fmt, markdown_table, parity_table, sparse_table, throughput_table
+
+
+def environment() -> dict:
+    """GPU, versions, date and commit, stamped on every report."""
+    import torch
+
+    env = {"date_utc": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M:%S UTC"),
+           "python": platform.python_version(), "torch": torch.__version__, "platform": platform.platform(),
+           "cuda": torch.version.cuda, "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None}
+    try:
+        import triton
+
+        env["triton"] = triton.__version__
+    except ImportError:
+        env["triton"] = None
+    for key, cmd in (("git_commit", ["git", "rev-parse", "HEAD"]), ("git_dirty", ["git", "status", "--porcelain"])):
+        try:
+            out = subprocess.run(cmd, capture_output=True, text=True, timeout=10).stdout.strip()
+            env[key] = out if key == "git_commit" else bool(out)
+        except (OSError, subprocess.SubprocessError):
+            env[key] = None
+    return env
+
+
+def stamp(env: dict) -> str:
+    rows = [[k, f"`{v}`"] for k, v in env.items()]
+    return markdown_table(["", ""], rows)
+
+
+# ---- attention kernels (paper Fig. 3, Appendix E tables) ----
+
+def normalize_bench(data) -> list[dict]:
+    """Flatten scripts/bench_attention.py's JSON into records with backend, seq_len, causal, dropout,
+    fwd_ms, bwd_ms, fwd_bwd_ms, mem_mb, status, density."""
+    rows = data.get("results", data.get("rows", [])) if isinstance(data, dict) else data
+    out = []
+    for r in rows:
+        out.append({
+            "backend": r.get("backend") or r.get("impl") or r.get("name"),
+            "seq_len": r.get("seq_len") or r.get("N"),
+            "causal": bool(r.get("causal", False)),
+            "dropout": float(r.get("dropout_p", r.get("dropout", 0.0)) or 0.0) > 0,
+            "fwd_ms": r.get("fwd_ms"), "bwd_ms": r.get("bwd_ms"),
+            "fwd_bwd_ms": r.get("fwd_bwd_ms", r.get("fwdbwd_ms")),
+            "mem_mb": r.get("mem_mb", r.get("extra_mem_mb", r.get("memory_mb"))),
+            "status": r.get("status", "ok"), "density": r.get("density"),
+            "sweep": r.get("sweep", "seq"),
+        })
+    return out
+
+
+def kernel_section(records: list[dict], out: Path) -> str:
+    if not records:
+        return ""
+    md = ["## 1. Attention kernels: runtime and memory vs sequence length (paper Fig. 3, Tables 9–21)\n",
+          f"Ours: this machine. Paper: {paper.CITATION}, Appendix E.6, A100 40 GB, batch 16, 8 heads, d=64, fp16, "
+          "dropout 0.1. The paper's *masking* is a padding mask; we set it beside our *causal* runs, which "
+          "skip about half the work, so compare trends, not absolute numbers. Missing cells: OOM or unsupported.\n"]
+    seq = [r for r in records if r["sweep"] == "seq"]
+    backends = sorted({r["backend"] for r in seq})
+    for causal in (True, False):
+        for dropout in (False, True):
+            cond = [r for r in seq if r["causal"] == causal and r["dropout"] == dropout]
+            if not cond:
+                continue
+            ns = sorted({r["seq_len"] for r in cond})
+            cell = {(r["backend"], r["seq_len"]): r for r in cond}
+            table_no, ptab = paper.RUNTIME_TABLES[("fwd+bwd", dropout, causal)]
+            prow = ["PyTorch Attention", "FlashAttention", "Block-Sparse FlashAttention"]
+            headers = ["N", *[f"{b} (ms)" for b in backends], *[f"paper (A100): {p}" for p in prow]]
+            rows = []
+            for n in ns:
+                ours = [_ms(cell.get((b, n))) for b in backends]
+                theirs = [fmt(ptab[p][paper.SEQ_LENS.index(n)], ".2f") if n in paper.SEQ_LENS else "–" for p in prow]
+                rows.append([n, *ours, *theirs])
+            tag = f"{'causal' if causal else 'no mask'}, {'dropout' if dropout else 'no dropout'}"
+            series = {b: _xy(cond, b, "fwd_bwd_ms") for b in backends}
+            paper_series = {p: _paper_xy(ptab[p]) for p in ("PyTorch Attention", "FlashAttention")}
+            name = f"kernels_fwd_bwd_{'causal' if causal else 'nomask'}_{'drop' if dropout else 'nodrop'}.png"
+            png = plots.series_vs_n(series, out / name, title=f"attention fwd+bwd ({tag})", ylabel="ms",
+                                    paper=paper_series)
+            md += [f"### fwd+bwd runtime, {tag} (paper column: Table {table_no}, "
+                   f"{'masking' if causal else 'no masking'}{', dropout' if dropout else ''})\n",
+                   markdown_table(headers, rows), f"\n![{tag}]({png})\n"]
+    mem = [r for r in seq if not r["causal"] and not r["dropout"] and r.get("mem_mb") is not None] or \
+          [r for r in seq if r.get("mem_mb") is not None]
+    if mem:
+        ns = sorted({r["seq_len"] for r in mem})
+        cell = {(r["backend"], r["seq_len"]): r for r in mem}
+        mb = sorted({r["backend"] for r in mem})
+        pm = paper.MEMORY_TABLE[1]
+        headers = ["N", *[f"{b} (MB)" for b in mb], "paper (A100): PyTorch (MB)", "paper (A100): FlashAttention (MB)"]
+        rows = [[n, *[fmt(cell[(b, n)]["mem_mb"], ",.0f") if (b, n) in cell else "–" for b in mb],
+                 *[fmt(pm[p][paper.SEQ_LENS.index(n)], ",d") if n in paper.SEQ_LENS else "–"
+                   for p in ("PyTorch Attention", "FlashAttention")]] for n in ns]
+        png = plots.series_vs_n({b: _xy(mem, b, "mem_mb") for b in mb}, out / "kernels_memory.png",
+                                title="attention fwd+bwd extra memory", ylabel="MB",
+                                paper={p: _paper_xy(pm[p]) for p in ("PyTorch Attention", "FlashAttention")})
+        md += ["### Memory of fwd+bwd (paper column: Table 21, no dropout, no masking)\n",
+               markdown_table(headers, rows), f"\n![memory]({png})\n"]
+    return "\n".join(md)
+
+
+def _ms(r):
+    if r is None:
+        return "–"
+    if r.get("status", "ok") != "ok":
+        return f"**{str(r['status']).upper()}**"
+    return fmt(r.get("fwd_bwd_ms"), ".2f")
+
+
+def _xy(records, backend, key):
+    pts = sorted((r["seq_len"], r[key]) for r in records
+                 if r["backend"] == backend and r.get(key) is not None and r.get("status", "ok") == "ok")
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+def _paper_xy(values):
+    pts = [(n, v) for n, v in zip(paper.SEQ_LENS, values, strict=True) if v is not None and n <= 16384]
+    return [p[0] for p in pts], [p[1] for p in pts]
+
+
+# ---- IO model ----
+
+def io_section() -> str:
+    md = ["## IO model: HBM bytes moved by one attention layer (counted by `reporting/io_model.py`)\n",
+          "A count of the reads and writes in the paper's Algorithms 0/3 (standard) and 1/4 (FlashAttention), "
+          "fp16, SRAM M = 192 KiB (A100; the H100 has 228 KiB). Not a measurement. Standard attention is "
+          "counted with 2 extra elementwise N×N passes (mask, dropout), as in the paper's Fig. 2 setting.\n"]
+    rows = []
+    for name, (b, h, d) in {"GPT-2 small (batch 8)": (8, 12, 64), "GPT-2 medium (batch 64)": (64, 16, 64)}.items():
+        for n in (1024, 2048, 4096):
+            r = io_model.attention_layer(b, h, n, d, elementwise_passes=2)
+            ref = ""
+            if b == 64 and n == 1024:
+                f2 = paper.FIG2_GPT2_MEDIUM
+                ref = f"{f2['standard']['hbm_gb']} vs {f2['flash']['hbm_gb']} GB (Fig. 2)"
+            rows.append([name, n, fmt(r["standard_gb"], ".2f"), fmt(r["flash_gb"], ".2f"),
+                         f"{r['ratio']:.1f}×", ref])
+    md.append(markdown_table(["layer", "N", "standard (GB)", "flash (GB)", "ratio", "paper (A100)"], rows))
+    return "\n".join(md)
+
+
+# ---- end-to-end training ----
+
+def throughput_section(runs: list[Run], out: Path, title: str, png_name: str = "throughput.png") -> str:
+    if not runs:
+        return ""
+    png = plots.throughput_bars(runs, out / png_name, title=title)
+    failed = [r for r in runs if r.status != "ok"]
+    note = (f"{len(failed)} of {len(runs)} runs did not finish (status shown in the table, e.g. OOM).\n"
+            if failed else "")
+    return "\n".join([
+        f"## 2. End-to-end training throughput ({title}; paper Tables 2 and 4)\n",
+        "Each row is one ordinary `train.py` run (Hydra multirun job); tokens/s is the median over timed steps, "
+        "MFU counts the attention FLOPs the backend computes, peak memory is the allocator's peak. "
+        "Speedups divide tokens/s by those of the naive / HF run of the same model, seq len and batch. "
+        "The paper column is its Table 2 training-time ratio (8×A100, FlashAttention vs HuggingFace, seq 1K), "
+        "for orientation only.\n", note, throughput_table(runs), f"\n![throughput]({png})\n"])
+
+
+def parity_section(pairs: list[tuple[str, Run, Run]], out: Path, note: str = "") -> str:
+    if not pairs:
+        return ""
+    md = ["## 3. Convergence parity: exact attention gives the same loss curve\n",
+          "Same seed, same batches, same init; only the attention backend differs. " + note + "\n",
+          parity_table(pairs)]
+    for i, (title, a, b) in enumerate(pairs):
+        png = plots.loss_curves([(a.label, a), (b.label, b)], out / f"parity_{i}.png", title=title)
+        md.append(f"\n![{title}]({png})\n")
+    return "\n".join(md)
+
+
+def sparse_section(runs: list[Run], bench: list[dict], out: Path) -> str:
+    if not runs and not bench:
+        return ""
+    md = ["## 4. Block-sparse attention: speed vs density, and what it costs in loss\n"]
+    dens = [r for r in bench if r["sweep"] == "density" and r.get("fwd_bwd_ms") is not None]
+    if dens:
+        by_n = defaultdict(list)
+        for r in dens:
+            by_n[f"N={r['seq_len']}"].append((r["density"], r["fwd_bwd_ms"]))
+        series = {k: ([p[0] for p in sorted(v)], [p[1] for p in sorted(v)]) for k, v in by_n.items()}
+        png = plots.xy(series, out / "sparse_speed_vs_density.png", title="block-sparse fwd+bwd vs density",
+                       xlabel="fraction of blocks computed", ylabel="ms")
+        md.append(f"![speed vs density]({png})\n")
+    if runs:
+        md += ["Small GPT-2 trained with each pattern, same seed and batches (density: fraction of the N×N "
+               "score matrix computed, from the run's `attn/density`).\n", sparse_table(runs)]
+        png = plots.loss_curves([(r.label, r) for r in runs], out / "sparse_loss.png", title="loss by pattern")
+        md.append(f"\n![loss by pattern]({png})\n")
+    return "\n".join(md)
+
+
+def write_report(out: Path, title: str, env: dict, sections: list[str], raw: dict) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "raw.json").write_text(json.dumps({"environment": env, **raw}, indent=1, default=str))
+    body = [f"# {title}\n", stamp(env), *[s for s in sections if s]]
+    path = out / "report.md"
+    path.write_text("\n".join(body))
+    return path

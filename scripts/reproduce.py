@@ -1,0 +1,237 @@
+"""Reproduce the FlashAttention paper's experiments in one command; writes a self-contained report directory.
+
+    python scripts/reproduce.py --quick --out reports/h100        # GPT-2 small, seq 1K/2K, minutes on one GPU
+    python scripts/reproduce.py --full --out reports/h100-full    # GPT-2 small + medium, seq 1K/2K/4K
+    python scripts/reproduce.py --tiny --device cpu --out /tmp/r  # smoke test: tiny models, CPU backends
+
+Every training number comes from ordinary train.py runs (Hydra multirun, one job per config) under
+<out>/runs/; kernel numbers from scripts/bench_attention.py under <out>/kernels/. The report is <out>/report.md
+with PNGs and raw.json beside it. The paper's published numbers appear only in columns marked "paper (A100)".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+from reporting import report  # noqa: E402
+from reporting.runs import Run, load_runs  # noqa: E402
+
+SECTIONS = ("kernels", "throughput", "parity", "sparse")
+
+# Per mode: models and sequence lengths of the throughput sweep (batch = tokens_per_step / seq), steps per
+# timed run, and the small model used for the convergence and block-sparse runs.
+PLANS = {
+    "tiny": dict(models=["gpt2-nano"], seqs=[64, 128], tokens_per_step=1024, steps=6, warmup_steps=2,
+                 small="gpt2-nano", small_seq=64, small_batch=8, small_steps=30, log_interval=2),
+    "quick": dict(models=["gpt2"], seqs=[1024, 2048], tokens_per_step=8192, steps=25, warmup_steps=10,
+                  small="gpt2-mini", small_seq=256, small_batch=16, small_steps=200, log_interval=5),
+    "full": dict(models=["gpt2", "gpt2-medium"], seqs=[1024, 2048, 4096], tokens_per_step=8192, steps=40,
+                 warmup_steps=15, small="gpt2-mini", small_seq=512, small_batch=16, small_steps=500,
+                 log_interval=5),
+}
+BACKENDS = ("naive", "sdpa", "flash", "block_sparse")
+
+
+def backend_problem(name: str, device: str) -> str | None:
+    """Why a backend cannot run here (None if it can)."""
+    from model.attention import UnsupportedAttentionError, get_backend
+
+    try:
+        get_backend(name).check(device=device)
+    except UnsupportedAttentionError as e:
+        return str(e).split(". Change")[0]
+    return None
+
+
+class Sweeps:
+    """Launches train.py multiruns into <out>/runs/<name>/ and remembers what each was meant to produce."""
+
+    def __init__(self, out: Path, device: str, logger: str, group: str, data_dir: str | None):
+        self.out, self.device, self.logger, self.group, self.data_dir = out, device, logger, group, data_dir
+        self.log: list[dict] = []
+
+    def common(self, section: str) -> list[str]:
+        args = [f"train.device={self.device}", "train.ckpt_interval=-1", "train.sample_at_eval=false"]
+        if self.data_dir:
+            args.append(f"data.dir={self.data_dir}")
+        if self.logger == "none":
+            args.append("logger=none")
+        else:
+            args += ["logger=wandb", f"logger.mode={self.logger}", f"logger.group={self.group}-{section}"]
+        return args
+
+    def run(self, name: str, section: str, overrides: list[str], expected: list[str]) -> list[Run]:
+        sweep_dir = self.out / "runs" / name
+        cmd = [sys.executable, str(ROOT / "train.py"), "-m", *overrides, *self.common(section),
+               f"hydra.sweep.dir={sweep_dir}"]
+        print("+", shlex.join(cmd), flush=True)
+        t0 = time.time()
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+        (sweep_dir).mkdir(parents=True, exist_ok=True)
+        (sweep_dir / "sweep.log").write_text(proc.stdout + proc.stderr)
+        self.log.append(dict(name=name, cmd=shlex.join(cmd), rc=proc.returncode, seconds=round(time.time() - t0, 1)))
+        runs = load_runs([sweep_dir]) if sweep_dir.exists() else []
+        if proc.returncode != 0:
+            print(f"  sweep {name} exited with {proc.returncode}; see {sweep_dir / 'sweep.log'}", flush=True)
+        # A job the sweep never reached is still a row: "missing", with the reason.
+        for label in expected[len(runs):]:
+            runs.append(Run(name=label, source=str(sweep_dir), status="missing", backend=label, model="?",
+                            seq_len=None, batch_size=None,
+                            error=f"job never ran (sweep rc={proc.returncode}, see sweep.log)"))
+        return runs
+
+
+def throughput(plan: dict, sweeps: Sweeps, skipped: dict) -> list[Run]:
+    backends = [b for b in BACKENDS if b not in skipped]
+    runs = []
+    for model in plan["models"]:
+        for seq in plan["seqs"]:
+            batch = max(1, plan["tokens_per_step"] // seq)
+            shape = ["experiment=throughput", f"model={model}", f"model.block_size={seq}", f"train.seq_len={seq}",
+                     f"train.batch_size={batch}", f"train.max_steps={plan['steps']}",
+                     f"train.warmup_steps={plan['warmup_steps']}", f"train.log_interval={plan['log_interval']}"]
+            runs += sweeps.run(f"throughput/{model}_seq{seq}", "throughput", [*shape, f"attn={','.join(backends)}"],
+                               backends)
+            runs += sweeps.run(f"throughput/{model}_seq{seq}_hf", "throughput", [*shape, "model.impl=hf"], ["hf"])
+    return runs
+
+
+def small_run_args(plan: dict, dropout: float, seed: int = 1337) -> list[str]:
+    return [f"model={plan['small']}", f"model.block_size={plan['small_seq']}", f"model.dropout={dropout}",
+            f"train.seq_len={plan['small_seq']}", f"train.batch_size={plan['small_batch']}",
+            f"train.max_steps={plan['small_steps']}", "train.log_interval=1", "train.eval_interval=0",
+            "train.eval_iters=5", f"train.seed={seed}", "train.dtype=auto"]
+
+
+def parity(plan: dict, sweeps: Sweeps, skipped: dict) -> tuple[list, str]:
+    """Naive vs flash (or sdpa where flash cannot run), dropout 0 and 0.1, plus a noise floor for dropout."""
+    other = "flash" if "flash" not in skipped else "sdpa"
+    note = "" if other == "flash" else (f"flash cannot run here ({skipped['flash']}); naive vs sdpa instead, "
+                                        "which checks the loop, not our kernel. ")
+    pairs = []
+    for dropout in (0.0, 0.1):
+        tag = f"dropout{dropout:g}"
+        a, b = sweeps.run(f"parity/{tag}", "parity", [*small_run_args(plan, dropout), f"attn=naive,{other}"],
+                          ["naive", other])
+        pairs.append((f"naive vs {other}, {plan['small']}, dropout {dropout:g}", a, b))
+        if dropout > 0:  # dropout masks differ between backends: compare with run-to-run noise (another seed)
+            (c,) = sweeps.run(f"parity/{tag}_seed2", "parity", [*small_run_args(plan, dropout, seed=1338),
+                                                                 "attn=naive"], ["naive"])
+            pairs.append((f"noise floor: naive seed 1337 vs seed 1338, dropout {dropout:g}", a, c))
+    note += ("With dropout the backends draw different dropout masks, so the curves agree only up to run-to-run "
+             "noise; the last row measures that noise (same backend, another seed).")
+    return pairs, note
+
+
+def sparse(plan: dict, sweeps: Sweeps, skipped: dict, patterns: list[str]) -> list[Run]:
+    dense = "flash" if "flash" not in skipped else "sdpa"
+    runs = sweeps.run("sparse/dense", "sparse", [*small_run_args(plan, 0.0), f"attn={dense}"], [dense])
+    if "block_sparse" in skipped:
+        return runs
+    for i, pattern in enumerate(patterns):
+        runs += sweeps.run(f"sparse/pattern{i}", "sparse", [*small_run_args(plan, 0.0), "attn=block_sparse",
+                                                            *pattern.split()], ["block_sparse"])
+    return runs
+
+
+def kernels(mode: str, out: Path, device: str) -> tuple[list[dict], str]:
+    if device != "cuda":
+        return [], "skipped: the kernel benchmark needs a CUDA GPU (this run uses --device cpu)."
+    bench = ROOT / "scripts" / "bench_attention.py"
+    if not bench.exists():
+        return [], "skipped: scripts/bench_attention.py is not in this checkout."
+    kdir = out / "kernels"
+    cmd = [sys.executable, str(bench), "--out", str(kdir), *(["--quick"] if mode != "full" else [])]
+    print("+", shlex.join(cmd), flush=True)
+    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
+    kdir.mkdir(parents=True, exist_ok=True)
+    (kdir / "bench.log").write_text(proc.stdout + proc.stderr)
+    records = []
+    for path in sorted(kdir.glob("*.json")):
+        records += report.normalize_bench(json.loads(path.read_text()))
+    if proc.returncode != 0:
+        return records, f"bench_attention.py exited with {proc.returncode}; see kernels/bench.log."
+    return records, f"Raw benchmark output: [kernels/](kernels/) (`{shlex.join(cmd[1:])}`)."
+
+
+def main(argv=None) -> Path:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--quick", action="store_const", const="quick", dest="mode")
+    mode.add_argument("--full", action="store_const", const="full", dest="mode")
+    mode.add_argument("--tiny", action="store_const", const="tiny", dest="mode", help="tiny models, for CPUs/tests")
+    p.add_argument("--out", required=True, help="report directory (created)")
+    p.add_argument("--device", default="auto", choices=["auto", "cuda", "cpu"])
+    p.add_argument("--only", default=",".join(SECTIONS), help=f"comma list of sections: {', '.join(SECTIONS)}")
+    p.add_argument("--logger", default="offline", choices=["none", "offline", "online"],
+                   help="wandb mode for the training runs (none: metrics.jsonl only)")
+    p.add_argument("--group", default=None, help="wandb group prefix (default: the report directory's name)")
+    p.add_argument("--data-dir", default=None, help="data.dir for train.py (default: data/stdlib_docs)")
+    p.add_argument("--sparse-patterns", nargs="*", default=None,
+                   help="attn overrides per block-sparse run, e.g. 'attn.pattern=local attn.window=2'")
+    args = p.parse_args(argv)
+    mode = args.mode or "quick"
+    plan = PLANS[mode]
+    only = [s.strip() for s in args.only.split(",") if s.strip()]
+    if unknown := set(only) - set(SECTIONS):
+        p.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
+
+    import torch
+
+    device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    out = Path(args.out).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    env = {**report.environment(), "command": shlex.join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+           "mode": mode, "device": device}
+    skipped = {b: why for b in BACKENDS if (why := backend_problem(b, device))}
+    sweeps = Sweeps(out, device, args.logger, args.group or out.name, args.data_dir)
+    patterns = args.sparse_patterns if args.sparse_patterns is not None else default_patterns(plan)
+
+    sections, raw = [], {"plan": plan, "skipped_backends": skipped}
+    bench: list[dict] = []
+    if skipped:
+        sections.append("**Backends that cannot run here** (left out of the runs):\n\n"
+                        + "".join(f"- `{b}`: {why}\n" for b, why in skipped.items()))
+    if "kernels" in only:
+        bench, note = kernels(mode, out, device)
+        raw["kernels"] = bench
+        sections.append(report.kernel_section(bench, out) + f"\n{note}\n" if bench else
+                        f"## 1. Attention kernels\n\n{note}\n")
+    sections.append(report.io_section())
+    if "throughput" in only:
+        runs = throughput(plan, sweeps, skipped)
+        raw["throughput"] = [r.to_json() for r in runs]
+        sections.append(report.throughput_section(runs, out, f"{device}, {', '.join(plan['models'])}"))
+    if "parity" in only:
+        pairs, note = parity(plan, sweeps, skipped)
+        raw["parity"] = [{"title": t, "a": a.to_json(True), "b": b.to_json(True)} for t, a, b in pairs]
+        sections.append(report.parity_section(pairs, out, note))
+    if "sparse" in only:
+        sruns = sparse(plan, sweeps, skipped, patterns)
+        raw["sparse"] = [r.to_json(True) for r in sruns]
+        sections.append(report.sparse_section(sruns, bench, out))
+    raw["sweeps"] = sweeps.log
+    sections.append("## Commands\n\n" + "".join(f"- `{s['cmd']}` (rc {s['rc']}, {s['seconds']} s)\n"
+                                                 for s in sweeps.log))
+    path = report.write_report(out, "Reproducing FlashAttention (Dao et al. 2022) with this repository", env,
+                               sections, raw)
+    print(f"report: {path}")
+    return path
+
+
+def default_patterns(plan: dict) -> list[str]:
+    """Block-sparse runs: the yaml's default pattern (stated in the report from each run's attn options)."""
+    return [""]
+
+
+if __name__ == "__main__":
+    main()

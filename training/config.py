@@ -1,0 +1,128 @@
+"""The config schema: structured configs registered with Hydra's ConfigStore; conf/*.yaml hold the choices.
+
+`attn` and `data` stay open dicts: attn's keys besides `name` are backend options (checked by the backend),
+and each dataset's yaml may carry what its prepare script needs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+
+class ConfigError(ValueError):
+    """A config value is out of range; the message says what is allowed."""
+
+
+@dataclass
+class ModelConfig:
+    preset: str = "gpt2-nano"  # a name in model/presets.py
+    impl: str = "ours"  # ours | hf (Hugging Face GPT2LMHeadModel, eager attention: the paper's baseline)
+    block_size: int | None = None  # None: the preset's context length
+    dropout: float = 0.0
+    attn_dropout: float | None = None  # None: same as dropout
+    overrides: dict[str, Any] = field(default_factory=dict)  # any other GPTConfig field, e.g. {n_layer: 8}
+
+
+@dataclass
+class OptimConfig:
+    name: str = "adamw"
+    lr: float = 6e-4
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
+    weight_decay: float = 0.1
+    grad_clip: float = 1.0  # 0: no clipping
+    warmup: int = 100  # linear learning-rate warm-up steps
+    min_lr: float = 6e-5
+    schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
+
+
+@dataclass
+class TrainConfig:
+    batch_size: int = 16  # sequences per micro-step per rank
+    seq_len: int = 256
+    grad_accum: int = 1  # micro-steps per optimizer step
+    max_steps: int = 1000
+    eval_interval: int = 250  # 0: eval only at the end
+    eval_iters: int = 20
+    log_interval: int = 10
+    ckpt_interval: int = 0  # 0: checkpoint only at the end; -1: never
+    compile: bool = False
+    dtype: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA if supported else fp16; fp32 on CPU)
+    device: str = "auto"  # auto | cpu | cuda
+    seed: int = 1337
+    init_from: str = "scratch"  # scratch | resume | a Hugging Face name or local path (e.g. gpt2)
+    resume_from: str | None = None  # run directory or ckpt.pt, for init_from=resume
+    sample_at_eval: bool = False
+    sample_tokens: int = 200
+    warmup_steps: int = 3  # steps left out of the timing (compile, allocator and autotune warm-up)
+    peak_flops: float | None = None  # override the per-device peak used for MFU (FLOP/s per GPU)
+
+
+@dataclass
+class LoggerConfig:
+    type: str = "none"  # none | wandb
+    mode: str = "offline"  # online | offline | disabled (offline: a run never waits for a login)
+    project: str = "flashgpt"
+    group: str | None = None  # None: <model>-<attn>-seq<seq_len>
+    name: str | None = None  # None: <model>-<attn>-seq<seq_len>-bs<batch>
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Config:
+    model: ModelConfig = MISSING
+    attn: dict[str, Any] = MISSING
+    data: dict[str, Any] = MISSING
+    optim: OptimConfig = MISSING
+    train: TrainConfig = field(default_factory=TrainConfig)
+    logger: LoggerConfig = MISSING
+
+
+def register_configs() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="config_schema", node=Config)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="optim", name="optim_schema", node=OptimConfig)
+    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+
+
+CHOICES = {
+    "model.impl": ("ours", "hf"),
+    "optim.name": ("adamw",),
+    "optim.schedule": ("cosine", "linear", "constant"),
+    "train.dtype": ("auto", "bf16", "fp16", "fp32"),
+    "train.device": ("auto", "cpu", "cuda"),
+    "logger.type": ("none", "wandb"),
+    "logger.mode": ("online", "offline", "disabled"),
+}
+POSITIVE = ("train.batch_size", "train.seq_len", "train.grad_accum", "train.max_steps", "train.eval_iters",
+            "train.log_interval", "train.sample_tokens")
+
+
+def validate(cfg) -> None:
+    """Check what the schema's types cannot: choices, ranges, and required keys of the open nodes."""
+    from omegaconf import OmegaConf
+
+    problems = []
+    for key, allowed in CHOICES.items():
+        value = OmegaConf.select(cfg, key)
+        if value not in allowed:
+            problems.append(f"{key}={value} (allowed: {', '.join(allowed)})")
+    for key in POSITIVE:
+        if OmegaConf.select(cfg, key) < 1:
+            problems.append(f"{key}={OmegaConf.select(cfg, key)} (must be >= 1)")
+    if cfg.train.warmup_steps < 0 or cfg.optim.warmup < 0:
+        problems.append("train.warmup_steps and optim.warmup must be >= 0")
+    if not 0 <= cfg.model.dropout < 1:
+        problems.append(f"model.dropout={cfg.model.dropout} (must be in [0, 1))")
+    if not cfg.attn.get("name"):
+        problems.append("attn.name is missing (choose a backend: attn=sdpa, attn=naive, ...)")
+    if not cfg.data.get("name"):
+        problems.append("data.name is missing (e.g. data=stdlib_docs)")
+    if cfg.train.init_from == "resume" and not cfg.train.resume_from:
+        problems.append("train.init_from=resume needs train.resume_from=<run dir or ckpt.pt>")
+    if problems:
+        raise ConfigError("invalid config: " + "; ".join(problems))

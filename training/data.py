@@ -1,0 +1,70 @@
+"""Random-window batches from uint16 token memmaps (the data-dir contract in docs/dev/CONTRACTS.md)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from .corpus import prepare_stdlib_docs
+
+EMBEDDED = {"stdlib_docs": prepare_stdlib_docs}  # datasets this package can build itself, offline
+
+
+class DataError(RuntimeError):
+    """Data is missing or does not fit the model; the message says how to fix it."""
+
+
+def data_dir(data_cfg) -> Path:
+    return Path(data_cfg.get("dir") or f"data/{data_cfg['name']}")
+
+
+def prepare_data(data_cfg) -> tuple[Path, dict]:
+    """Locate the data dir (building the embedded corpus on first use) and return it with its meta.json."""
+    path = data_dir(data_cfg)
+    name = data_cfg["name"]
+    if not (path / "meta.json").is_file() and name in EMBEDDED:
+        EMBEDDED[name](path)
+    missing = [f for f in ("train.bin", "val.bin", "meta.json") if not (path / f).is_file()]
+    if missing:
+        how = data_cfg.get("prepare") or f"the prepare script for '{name}'"
+        raise DataError(f"data for '{name}' is missing at '{path}' ({', '.join(missing)} not found). "
+                        f"Prepare it first: {how}; or point data.dir at a prepared directory.")
+    return path, json.loads((path / "meta.json").read_text())
+
+
+def check_vocab(meta: dict, vocab_size: int, path: Path) -> None:
+    if meta["vocab_size"] > vocab_size:
+        raise DataError(f"the data at '{path}' uses a {meta['tokenizer']} tokenizer with vocab_size "
+                        f"{meta['vocab_size']}, more than the model's vocab_size {vocab_size}. Pick a model "
+                        f"preset for this data (byte-level data: gpt2-nano/tiny/mini; GPT-2 BPE: gpt2...) or "
+                        f"set model.overrides.vocab_size={meta['vocab_size']}.")
+
+
+class TokenBatches:
+    """Endless (x, y) batches of random windows; deterministic under (seed, rank), state in checkpoints."""
+
+    def __init__(self, path: Path, split: str, batch_size: int, seq_len: int, device: torch.device,
+                 seed: int, rank: int = 0):
+        self.file = Path(path) / f"{split}.bin"
+        self.tokens = np.memmap(self.file, dtype=np.uint16, mode="r")
+        if len(self.tokens) <= seq_len + 1:
+            raise DataError(f"'{self.file}' has {len(self.tokens)} tokens, too few for train.seq_len={seq_len}.")
+        self.batch_size, self.seq_len, self.device = batch_size, seq_len, device
+        self.rng = np.random.default_rng([seed, rank])  # each rank its own stream
+
+    def next(self) -> tuple[torch.Tensor, torch.Tensor]:
+        starts = self.rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size)
+        windows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts]).astype(np.int64)
+        xy = torch.from_numpy(windows)
+        if self.device.type == "cuda":
+            xy = xy.pin_memory().to(self.device, non_blocking=True)
+        return xy[:, :-1], xy[:, 1:]
+
+    def state_dict(self) -> dict:
+        return {"rng": self.rng.bit_generator.state}
+
+    def load_state_dict(self, state: dict) -> None:
+        self.rng.bit_generator.state = state["rng"]

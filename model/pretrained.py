@@ -147,3 +147,18 @@ def to_hf(model, vocab_size: int | None = None):
                 v = v[:vocab_size]
             hf_sd[k].copy_(v)
     return hf.eval()
+
+
+def load_any(source: str, attn: str = "sdpa", map_location="cpu", **overrides):
+    """(model, tokenizer name) from a train.py checkpoint (run dir or .pt) or a GPT-2 hub name / directory."""
+    path = Path(source).expanduser()
+    if path.is_file() or (path / "ckpt.pt").is_file():
+        from training.checkpoint import load_checkpoint, load_model
+
+        model = load_model(path, map_location=map_location, attn=attn, **overrides)
+        data_cfg = (load_checkpoint(path).get("config") or {}).get("data") or {}
+        tokenizer = data_cfg.get("tokenizer") or ("bytes" if model.config.vocab_size <= 256 else "gpt2")
+        return model, tokenizer
+    from .gpt import GPT
+
+    return GPT.from_pretrained(source, attn=attn, **overrides).to(map_location).eval(), "gpt2"

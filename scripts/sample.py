@@ -1,0 +1,76 @@
+"""Generate text from a train.py checkpoint or a GPT-2 (hub name or save_pretrained directory).
+
+  python scripts/sample.py outputs/<date>/<time> --prompt "The meaning of life" --attn flash
+  python scripts/sample.py gpt2 --num-samples 3 --max-new-tokens 100 --temperature 0.8 --top-k 200
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from model.attention import available_backends, get_backend  # noqa: E402
+from model.pretrained import load_any  # noqa: E402
+
+
+def codec(tokenizer: str):
+    """(encode, decode) for the tokenizer a model was trained with."""
+    if tokenizer == "bytes":
+        return (lambda s: list(s.encode("utf-8"))), (lambda ids: bytes(ids).decode("utf-8", errors="replace"))
+    from training.tokenizer import get_gpt2_encoding
+
+    enc = get_gpt2_encoding()
+    return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
+
+
+def default_device() -> str:
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def main(argv=None) -> list[str]:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("model", help="run directory / ckpt.pt, GPT-2 hub name (gpt2, gpt2-medium, ...) or HF directory")
+    p.add_argument("--prompt", default="\n", help="text to continue (default: a newline); FILE:path reads a file")
+    p.add_argument("--num-samples", type=int, default=1)
+    p.add_argument("--max-new-tokens", type=int, default=200)
+    p.add_argument("--temperature", type=float, default=0.8)
+    p.add_argument("--top-k", type=int, default=200, help="0: no top-k truncation")
+    p.add_argument("--attn", default="sdpa", help=f"attention backend: {', '.join(available_backends())}")
+    p.add_argument("--seed", type=int, default=1337)
+    p.add_argument("--device", default=default_device())
+    args = p.parse_args(argv)
+
+    model, tokenizer = load_any(args.model, attn=args.attn, map_location=args.device)
+    model.check_attention(args.device, torch.float32)
+    print(f"model: {args.model} ({model.num_params() / 1e6:.2f}M params), tokenizer: {tokenizer}, "
+          f"backend: {get_backend(model.config.attn).describe(model.config.attn_options)}, device: {args.device}")
+    encode, decode = codec(tokenizer)
+    prompt = Path(args.prompt[5:]).read_text() if args.prompt.startswith("FILE:") else args.prompt
+    ids = encode(prompt)
+    if not ids:
+        raise SystemExit("error: the prompt encodes to no tokens; pass a non-empty --prompt")
+    x = torch.tensor([ids], dtype=torch.long, device=args.device)
+    g = torch.Generator(device=args.device).manual_seed(args.seed)
+    samples = []
+    for _ in range(args.num_samples):
+        y = model.generate(x, args.max_new_tokens, temperature=args.temperature, top_k=args.top_k or None,
+                           generator=g)
+        samples.append(decode(y[0].tolist()))
+        print(samples[-1])
+        print("---------------")
+    return samples
+
+
+if __name__ == "__main__":
+    from training.checkpoint import CheckpointError
+    from training.tokenizer import TokenizerError
+
+    try:
+        main()
+    except (CheckpointError, TokenizerError, ValueError) as e:  # ValueError: bad model name/dir, backend
+        sys.exit(f"error: {e}")

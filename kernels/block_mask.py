@@ -59,7 +59,7 @@ def _lists(status: torch.Tensor, value: int, width: int) -> tuple[torch.Tensor, 
     hit = status == value
     counts = hit.sum(-1, dtype=torch.int32)
     cols = torch.arange(status.shape[-1], dtype=torch.int32).expand_as(hit)
-    order = torch.where(hit, cols, status.shape[-1] + cols).argsort(-1, stable=True)[..., :width]
+    order = torch.where(hit, cols, status.shape[-1] + cols).argsort(dim=-1)[..., :width]
     return counts.contiguous(), order.to(torch.int32).contiguous()
 
 

@@ -510,6 +510,9 @@ def _launch_bwd(do, q, k, v, o, lse, seed, causal, dropout_p, scale, sparse):
     return dq, dk, dv
 
 
+_NO_TILES = [0] * 6  # dense: no block mask (an empty list would change the op's autograd input structure)
+
+
 def _sparse_args(masks: list[torch.Tensor], tiles: list[int]):
     """Unpack the op's flat (masks, tiles) into launcher arguments; head stride 0 for a layout shared by heads."""
     if not masks:
@@ -555,7 +558,7 @@ def _backward(ctx, do, _dlse):
     q, k, v, o, lse, seed, *masks = ctx.saved_tensors
     tiles, causal, dropout_p, scale = ctx.meta
     dq, dk, dv = attention_bwd(do, q, k, v, o, lse, seed, masks, tiles, causal, dropout_p, scale)
-    return dq, dk, dv, None, [None] * len(masks), [None] * len(tiles), None, None, None
+    return dq, dk, dv, None, [None] * len(masks), None, None, None, None
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -575,7 +578,7 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
     if q.shape[-1] > 128 or q.shape[-1] % 8:
         raise ValueError(f"head dim {q.shape[-1]} not supported: use a multiple of 8 up to 128 "
                          "(16, 32, 48, 64, 80, 96, 128 are tested)")
-    if min(t.stride(-1) for t in (q, k, v)) != 1:
+    if any(t.stride(-1) != 1 for t in (q, k, v)):
         raise ValueError("q, k, v need unit stride in the last (head) dimension; call .contiguous() first")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p={dropout_p} must be in [0, 1)")
@@ -603,7 +606,7 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     _check_inputs(q, k, v, dropout_p)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     seed = draw_dropout_seed(q.device) if dropout_p > 0 else None
-    return attention_fwd(q, k, v, seed, [], [], causal, float(dropout_p), scale)[0]
+    return attention_fwd(q, k, v, seed, [], _NO_TILES, causal, float(dropout_p), scale)[0]
 
 
 def sparse_tiles(block_size: int, head_dim: int) -> list[int]:

@@ -134,7 +134,8 @@ def find_run_dirs(root: str | Path) -> list[Path]:
 
 
 def _job_number(p: Path):
-    return (0, int(p.name)) if p.name.isdigit() else (1, p.name)
+    head = p.name.split("_", 1)[0]  # Hydra job dirs: "<num>" or "<num>_<overrides>"
+    return (0, int(head), p.name) if head.isdigit() else (1, 0, p.name)
 
 
 def load_runs(paths) -> list[Run]:

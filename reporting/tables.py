@@ -40,7 +40,8 @@ def group_by_shape(runs: list[Run]) -> dict[tuple, list[Run]]:
     groups = defaultdict(list)
     for r in runs:
         groups[(r.model, r.seq_len, r.batch_size)].append(r)
-    return {k: sorted(v, key=backend_key) for k, v in sorted(groups.items(), key=lambda kv: str(kv[0]))}
+    order = lambda kv: (str(kv[0][0]), kv[0][1] or 0, kv[0][2] or 0)
+    return {k: sorted(v, key=backend_key) for k, v in sorted(groups.items(), key=order)}
 
 
 def _speedup(run: Run, base: Run | None) -> str:

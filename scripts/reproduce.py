@@ -72,13 +72,14 @@ class Sweeps:
     def run(self, name: str, section: str, overrides: list[str], expected: list[str]) -> list[Run]:
         sweep_dir = self.out / "runs" / name
         cmd = [sys.executable, str(ROOT / "train.py"), "-m", *overrides, *self.common(section),
-               f"hydra.sweep.dir={sweep_dir}"]
+               f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}_${model.impl}_${attn.name}"]
         print("+", shlex.join(cmd), flush=True)
         t0 = time.time()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
         (sweep_dir).mkdir(parents=True, exist_ok=True)
         (sweep_dir / "sweep.log").write_text(proc.stdout + proc.stderr)
-        self.log.append(dict(name=name, cmd=shlex.join(cmd), rc=proc.returncode, seconds=round(time.time() - t0, 1)))
+        shown = shlex.join(["python", "train.py", *cmd[2:]])
+        self.log.append(dict(name=name, cmd=shown, rc=proc.returncode, seconds=round(time.time() - t0, 1)))
         runs = load_runs([sweep_dir]) if sweep_dir.exists() else []
         if proc.returncode != 0:
             print(f"  sweep {name} exited with {proc.returncode}; see {sweep_dir / 'sweep.log'}", flush=True)
@@ -136,6 +137,7 @@ def sparse(plan: dict, sweeps: Sweeps, skipped: dict, patterns: list[str]) -> li
     dense = "flash" if "flash" not in skipped else "sdpa"
     runs = sweeps.run("sparse/dense", "sparse", [*small_run_args(plan, 0.0), f"attn={dense}"], [dense])
     if "block_sparse" in skipped:
+        print(f"  block_sparse skipped: {skipped['block_sparse']}", flush=True)
         return runs
     for i, pattern in enumerate(patterns):
         runs += sweeps.run(f"sparse/pattern{i}", "sparse", [*small_run_args(plan, 0.0), "attn=block_sparse",

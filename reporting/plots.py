@@ -15,8 +15,7 @@ from .tables import group_by_shape  # noqa: E402
 
 def _save(fig, path: Path) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
     return path.name
 
@@ -32,7 +31,10 @@ def loss_curves(runs: list[tuple[str, Run]], path: Path, title: str, key: str = 
     ax.set_ylabel(key)
     ax.set_title(title)
     ax.grid(alpha=0.3)
-    ax.legend()
+    if len(runs) > 6:
+        ax.legend(fontsize=6, loc="upper left", bbox_to_anchor=(1.01, 1))
+    else:
+        ax.legend(fontsize=8)
     return _save(fig, path)
 
 
@@ -54,7 +56,7 @@ def throughput_bars(runs: list[Run], path: Path, title: str = "training throughp
                 ax.bar(x, 0, width, color=f"C{i}", label=lab if g == 0 else None)
                 ax.text(x, 0, run.status.upper(), rotation=90, ha="center", va="bottom", fontsize=8)
     ax.set_xticks(range(len(groups)))
-    ax.set_xticklabels([f"{m}\nseq {s}, bs {b}" for m, s, b in groups], fontsize=8)
+    ax.set_xticklabels([f"{k[0]}\nseq {k[1]}, bs {k[2]}" for k in groups], fontsize=8)
     ax.set_ylabel("tokens / s")
     ax.set_title(title)
     handles, names = ax.get_legend_handles_labels()

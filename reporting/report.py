@@ -221,3 +221,23 @@ def write_report(out: Path, title: str, env: dict, sections: list[str], raw: dic
     path = out / "report.md"
     path.write_text("\n".join(body))
     return path
+
+
+def auto_pairs(runs: list[Run]) -> list[tuple[str, Run, Run]]:
+    """Pairs of finished runs that differ only in the (exact) attention backend: naive (else the first) vs each
+    other. HF and block-sparse runs are left out: their init or their attention is not the same function."""
+    groups = defaultdict(list)
+    for r in runs:
+        if r.status == "ok" and r.history and r.backend not in ("hf", "block_sparse"):
+            groups[(r.model, r.seq_len, r.batch_size, r.seed, r.dropout, r.steps)].append(r)
+    pairs = []
+    for (model, seq, _, seed, dropout, _), group in groups.items():
+        group = list({r.label: r for r in reversed(group)}.values())[::-1]  # one run per backend: the first
+        if len(group) < 2:
+            continue
+        ref = next((r for r in group if r.backend == "naive"), group[0])
+        for r in group:
+            if r.label != ref.label:
+                title = f"{ref.label} vs {r.label}, {model}, seq {seq}, seed {seed}, dropout {dropout:g}"
+                pairs.append((title, ref, r))
+    return pairs

@@ -116,7 +116,8 @@ def load_run_dir(path: str | Path) -> Run:
         cfg = {}
     summary_path = path / "summary.json"
     summary = json.loads(summary_path.read_text()) if summary_path.exists() else None
-    return from_config(path.name, str(path), cfg, summary, read_jsonl(path / "metrics.jsonl"))
+    name = f"{path.parent.name}/{path.name}" if path.parent.name else path.name
+    return from_config(name, str(path), cfg, summary, read_jsonl(path / "metrics.jsonl"))
 
 
 def is_run_dir(path: Path) -> bool:

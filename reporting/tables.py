@@ -37,10 +37,16 @@ def status_cell(run: Run) -> str:
 
 
 def group_by_shape(runs: list[Run]) -> dict[tuple, list[Run]]:
+    """Runs comparable for speed: same model, seq len and batch (and steps and dropout, so a sweep's timing
+    runs don't mix with longer convergence runs of the same shape)."""
     groups = defaultdict(list)
     for r in runs:
-        groups[(r.model, r.seq_len, r.batch_size)].append(r)
-    order = lambda kv: (str(kv[0][0]), kv[0][1] or 0, kv[0][2] or 0)
+        groups[(r.model, r.seq_len, r.batch_size, r.steps if r.status == "ok" else None, r.dropout)].append(r)
+    for key in [k for k in groups if k[3] is None]:  # failed runs join the group of their shape, if any
+        home = next((k for k in groups if k[:3] == key[:3] and k[4] == key[4] and k[3] is not None), None)
+        if home is not None:
+            groups[home] += groups.pop(key)
+    order = lambda kv: (str(kv[0][0]), kv[0][1] or 0, kv[0][2] or 0, kv[0][3] or 0, kv[0][4])
     return {k: sorted(v, key=backend_key) for k, v in sorted(groups.items(), key=order)}
 
 
@@ -57,16 +63,16 @@ def throughput_table(runs: list[Run]) -> str:
     training-time ratio on other hardware, for orientation only.
     """
     headers = ["model", "seq", "batch", "backend", "status", "tokens/s", "MFU", "peak mem (GB)",
-               "vs naive", "vs hf", "paper (A100): flash vs HF"]
+               "vs naive", "vs hf", "paper (A100): flash vs HF", "run"]
     rows = []
-    for (model, seq, batch), group in group_by_shape(runs).items():
+    for (model, seq, batch, *_), group in group_by_shape(runs).items():
         base = {b: next((r for r in group if r.backend == b and not r.attn_options), None) for b in ("naive", "hf")}
         for r in group:
             ref = paper.GPT2_TRAINING.get((model, "flash")) if r.backend == "flash" and seq == 1024 else None
             rows.append([model, seq, batch, r.label, status_cell(r), fmt(r.tokens_per_sec, ",.0f"),
                          fmt(None if r.mfu is None else 100 * r.mfu, ".1f", "%"), fmt(r.peak_mem_gb, ".2f"),
                          _speedup(r, base["naive"]), _speedup(r, base["hf"]),
-                         f"{ref['speedup']}× (Table 2)" if ref else ""])
+                         f"{ref['speedup']}× (Table 2)" if ref else "", f"`{r.name}`"])
     return markdown_table(headers, rows)
 
 

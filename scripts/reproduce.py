@@ -31,7 +31,7 @@ SECTIONS = ("kernels", "throughput", "parity", "sparse")
 # timed run, and the small model used for the convergence and block-sparse runs.
 PLANS = {
     "tiny": dict(models=["gpt2-nano"], seqs=[64, 128], tokens_per_step=1024, steps=6, warmup_steps=2,
-                 small="gpt2-nano", small_seq=64, small_batch=8, small_steps=30, log_interval=2),
+                 small="gpt2-nano", small_seq=64, small_batch=8, small_steps=20, log_interval=2),
     "quick": dict(models=["gpt2"], seqs=[1024, 2048], tokens_per_step=8192, steps=25, warmup_steps=10,
                   small="gpt2-mini", small_seq=256, small_batch=16, small_steps=200, log_interval=5),
     "full": dict(models=["gpt2", "gpt2-medium"], seqs=[1024, 2048, 4096], tokens_per_step=8192, steps=40,
@@ -92,7 +92,7 @@ class Sweeps:
 
 
 def throughput(plan: dict, sweeps: Sweeps, skipped: dict) -> list[Run]:
-    backends = [b for b in BACKENDS if b not in skipped]
+    backends = [b for b in plan["backends"] if b not in skipped and b != "hf"]
     runs = []
     for model in plan["models"]:
         for seq in plan["seqs"]:
@@ -100,9 +100,12 @@ def throughput(plan: dict, sweeps: Sweeps, skipped: dict) -> list[Run]:
             shape = ["experiment=throughput", f"model={model}", f"model.block_size={seq}", f"train.seq_len={seq}",
                      f"train.batch_size={batch}", f"train.max_steps={plan['steps']}",
                      f"train.warmup_steps={plan['warmup_steps']}", f"train.log_interval={plan['log_interval']}"]
-            runs += sweeps.run(f"throughput/{model}_seq{seq}", "throughput", [*shape, f"attn={','.join(backends)}"],
-                               backends)
-            runs += sweeps.run(f"throughput/{model}_seq{seq}_hf", "throughput", [*shape, "model.impl=hf"], ["hf"])
+            if backends:
+                runs += sweeps.run(f"throughput/{model}_seq{seq}", "throughput",
+                                   [*shape, f"attn={','.join(backends)}"], backends)
+            if "hf" in plan["backends"]:
+                runs += sweeps.run(f"throughput/{model}_seq{seq}_hf", "throughput", [*shape, "model.impl=hf"],
+                                   ["hf"])
     return runs
 
 
@@ -178,11 +181,20 @@ def main(argv=None) -> Path:
                    help="wandb mode for the training runs (none: metrics.jsonl only)")
     p.add_argument("--group", default=None, help="wandb group prefix (default: the report directory's name)")
     p.add_argument("--data-dir", default=None, help="data.dir for train.py (default: data/stdlib_docs)")
+    p.add_argument("--models", nargs="+", help="throughput models (presets), e.g. gpt2 gpt2-medium")
+    p.add_argument("--seqs", nargs="+", type=int, help="throughput sequence lengths, e.g. 1024 2048 4096")
+    p.add_argument("--backends", default=",".join((*BACKENDS, "hf")),
+                   help="throughput backends, comma list; 'hf' is model.impl=hf")
+    p.add_argument("--steps", type=int, help="steps per throughput run")
+    p.add_argument("--small-steps", type=int, help="steps per convergence / block-sparse run")
     p.add_argument("--sparse-patterns", nargs="*", default=None,
                    help="attn overrides per block-sparse run, e.g. 'attn.pattern=local attn.window=2'")
     args = p.parse_args(argv)
     mode = args.mode or "quick"
-    plan = PLANS[mode]
+    plan = {**PLANS[mode], "backends": [b.strip() for b in args.backends.split(",") if b.strip()]}
+    for key in ("models", "seqs", "steps", "small_steps"):
+        if getattr(args, key):
+            plan[key] = getattr(args, key)
     only = [s.strip() for s in args.only.split(",") if s.strip()]
     if unknown := set(only) - set(SECTIONS):
         p.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")

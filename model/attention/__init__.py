@@ -1,6 +1,6 @@
 """Attention backends. Importing this package registers every backend this installation has."""
 
-from . import naive, sdpa  # noqa: F401  (registration side effects)
+from . import block_sparse, flash, naive, sdpa  # noqa: F401  (registration side effects)
 from .registry import (
     AttentionBackend,
     UnsupportedAttentionError,

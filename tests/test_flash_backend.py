@@ -1,0 +1,62 @@
+"""The flash and block_sparse attention backends inside the model (CPU: interpreter; GPU: torch.compile)."""
+
+import pytest
+import torch
+
+from model import GPT, GPTConfig
+from model.attention import UnsupportedAttentionError, attention_density, get_backend
+
+TINY = dict(block_size=64, vocab_size=128, n_layer=2, n_head=2, n_embd=64, dropout=0.0, bias=True)
+
+
+def _loss_and_grads(attn, attn_options=None, seed=0):
+    torch.manual_seed(seed)
+    model = GPT(GPTConfig(**TINY, attn=attn, attn_options=attn_options or {}))
+    x = torch.randint(0, 128, (2, 40))
+    _, loss = model(x, x)
+    loss.backward()
+    return loss.item(), [p.grad for p in model.parameters()]
+
+
+@pytest.mark.parametrize("attn,options", [("flash", {}), ("block_sparse", {"pattern": "dense", "block_size": 16})])
+def test_model_with_triton_backend_matches_sdpa(attn, options):
+    loss_ref, grads_ref = _loss_and_grads("sdpa")
+    loss, grads = _loss_and_grads(attn, options)
+    assert loss == pytest.approx(loss_ref, rel=1e-5)
+    for g, g_ref in zip(grads, grads_ref, strict=True):
+        torch.testing.assert_close(g, g_ref, rtol=1e-3, atol=1e-5)
+
+
+def test_backend_refuses_what_it_cannot_do():
+    flash = get_backend("flash")
+    with pytest.raises(UnsupportedAttentionError, match="head dim 256"):
+        flash.check(head_dim=256)
+    with pytest.raises(UnsupportedAttentionError, match="float64"):
+        flash.check(dtype=torch.float64)
+    with pytest.raises(UnsupportedAttentionError, match="options"):
+        flash.check(options={"window": 256})
+    get_backend("block_sparse").check(head_dim=64, options={"pattern": "local", "window": 256})
+
+
+def test_block_sparse_density_for_mfu():
+    local = {"pattern": "local", "block_size": 128, "window": 256}  # diagonal block and one neighbour each side
+    assert attention_density("block_sparse", local, 1024, causal=False) == pytest.approx(22 / 64)
+    dense_causal = attention_density("block_sparse", {"pattern": "dense"}, 1024, causal=True)
+    assert dense_causal == pytest.approx(attention_density("flash", {}, 1024, causal=True))
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.compile through Triton)")
+def test_compiled_model_has_no_graph_break_at_attention():
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY, "n_embd": 128}, attn="flash")).cuda()
+    x = torch.randint(0, 128, (2, 64), device="cuda")
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        explanation = torch._dynamo.explain(model)(x, x)
+    assert explanation.graph_break_count == 0, explanation.break_reasons
+    compiled = torch.compile(model)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, loss = compiled(x, x)
+        _, loss_eager = model(x, x)
+    loss.backward()
+    assert loss.item() == pytest.approx(loss_eager.item(), rel=1e-2)

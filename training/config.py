@@ -126,3 +126,16 @@ def validate(cfg) -> None:
         problems.append("train.init_from=resume needs train.resume_from=<run dir or ckpt.pt>")
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def compose(overrides: list[str] = (), config_name: str = "config"):
+    """The config train.py would run with these command-line overrides (for tests, scripts, notebooks)."""
+    from pathlib import Path
+
+    from hydra import compose as hydra_compose
+    from hydra import initialize_config_dir
+
+    register_configs()
+    conf_dir = Path(__file__).resolve().parent.parent / "conf"
+    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+        return hydra_compose(config_name=config_name, overrides=list(overrides))

@@ -1,0 +1,61 @@
+"""The embedded corpus, random-window batches (deterministic, resumable) and the data-dir checks."""
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from training.corpus import prepare_stdlib_docs
+from training.data import DataError, TokenBatches, check_vocab, prepare_data
+
+
+@pytest.fixture(scope="module")
+def corpus(tmp_path_factory):
+    return prepare_stdlib_docs(tmp_path_factory.mktemp("data") / "stdlib_docs")
+
+
+def test_corpus_follows_the_data_dir_contract(corpus):
+    meta = json.loads((corpus / "meta.json").read_text())
+    assert meta["tokenizer"] == "bytes" and meta["vocab_size"] == 256
+    train = np.memmap(corpus / "train.bin", dtype=np.uint16, mode="r")
+    assert len(train) == meta["train_tokens"] > 1_000_000
+    assert bytes(train[:2000].astype(np.uint8)).decode("utf-8", errors="ignore").count(" ") > 100  # real text
+
+
+def test_batches_are_shifted_windows(corpus):
+    x, y = TokenBatches(corpus, "train", 4, 32, torch.device("cpu"), seed=0).next()
+    assert x.shape == y.shape == (4, 32) and x.dtype == torch.long
+    assert torch.equal(x[:, 1:], y[:, :-1])
+
+
+def test_batches_are_deterministic_per_seed_and_rank_and_resumable(corpus):
+    def make(seed=0, rank=0):
+        return TokenBatches(corpus, "train", 2, 16, torch.device("cpu"), seed=seed, rank=rank)
+
+    a, b = make(), make()
+    assert torch.equal(a.next()[0], b.next()[0])
+    assert not torch.equal(make(rank=1).next()[0], make(rank=0).next()[0])
+    state = a.state_dict()
+    expected = a.next()[0]
+    c = make(seed=99)
+    c.load_state_dict(state)
+    assert torch.equal(c.next()[0], expected)
+
+
+def test_missing_data_says_how_to_prepare(tmp_path):
+    with pytest.raises(DataError, match="python scripts/prepare_openwebtext.py"):
+        prepare_data({"name": "openwebtext", "dir": str(tmp_path / "nothing"),
+                      "prepare": "python scripts/prepare_openwebtext.py"})
+    assert not (tmp_path / "nothing").exists()
+
+
+def test_embedded_corpus_is_built_on_first_use(tmp_path):
+    path, meta = prepare_data({"name": "stdlib_docs", "dir": str(tmp_path / "docs")})
+    assert meta["vocab_size"] == 256 and (path / "train.bin").is_file()
+
+
+def test_vocab_mismatch_is_an_error(corpus):
+    with pytest.raises(DataError, match="vocab_size"):
+        check_vocab({"tokenizer": "gpt2", "vocab_size": 50257}, 256, corpus)
+    check_vocab({"tokenizer": "bytes", "vocab_size": 256}, 50304, corpus)

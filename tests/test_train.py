@@ -1,0 +1,115 @@
+"""train.py end to end on CPU: the quickstart learns, files follow the run-dir contract, failures are recorded."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+import train
+from model import GPT
+from training.config import compose
+from training.corpus import prepare_stdlib_docs
+
+ROOT = Path(__file__).resolve().parent.parent
+FAST = ["model=gpt2-nano", "train.batch_size=4", "train.seq_len=32", "train.eval_iters=2", "train.log_interval=1",
+        "train.sample_at_eval=false", "train.warmup_steps=1", "optim.warmup=2"]
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    return prepare_stdlib_docs(tmp_path_factory.mktemp("data") / "stdlib_docs")
+
+
+def run(tmp_path, data_dir, *overrides, multirun=False):
+    cfg = compose([f"data.dir={data_dir}", *overrides])
+    summary = train.main(cfg, tmp_path / "run", multirun=multirun)
+    return summary, tmp_path / "run"
+
+
+def rows(run_dir):
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_quickstart_loss_falls_and_files_follow_the_contract(tmp_path, data_dir):
+    summary, run_dir = run(tmp_path, data_dir, "train.max_steps=40", "train.batch_size=8", "train.seq_len=64",
+                           "train.eval_interval=20", "train.sample_tokens=16")
+    assert summary["status"] == "ok" and summary["steps"] == 40
+    train_rows = [r for r in rows(run_dir) if "train/loss" in r]
+    assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"] - 1.0
+    assert {"step", "train/loss", "train/lr", "perf/tokens_per_sec", "perf/step_ms", "perf/mfu",
+            "perf/peak_mem_gb", "attn/density"} <= set(train_rows[-1])
+    assert 0.5 < train_rows[-1]["attn/density"] < 0.52
+    assert [r["step"] for r in rows(run_dir) if "val/loss" in r] == [20, 40]
+    for key in ("tokens_per_sec", "peak_mem_gb", "final_train_loss", "final_val_loss"):
+        assert summary[key] > 0, key
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["backend"].startswith("sdpa") and config["n_params"] > 0 and config["device"] == "cpu"
+    ckpt = torch.load(run_dir / "ckpt.pt", weights_only=True)
+    assert ckpt["step"] == 40 and {"model", "model_config", "optimizer", "rng", "data_state"} <= set(ckpt)
+
+
+def test_load_model_rebuilds_the_trained_model(tmp_path, data_dir):
+    from training.checkpoint import load_model
+
+    run(tmp_path, data_dir, *FAST, "train.max_steps=2")
+    model = load_model(tmp_path / "run", attn="naive")
+    assert isinstance(model, GPT) and model.config.attn == "naive" and not model.training
+
+
+def test_grad_accum_and_naive_backend(tmp_path, data_dir):
+    summary, run_dir = run(tmp_path, data_dir, *FAST, "attn=naive", "train.grad_accum=2", "train.max_steps=3")
+    assert summary["status"] == "ok" and summary["backend"].startswith("naive")
+
+
+def test_hf_baseline_trains_a_couple_of_steps(tmp_path, data_dir):
+    summary, run_dir = run(tmp_path, data_dir, *FAST, "model.impl=hf", "train.max_steps=2")
+    assert summary["status"] == "ok" and "hf-eager" in summary["backend"]
+    ckpt = torch.load(run_dir / "ckpt.pt", weights_only=True)
+    assert ckpt["impl"] == "hf" and "lm_head.weight" in ckpt["model"]
+
+
+def test_oom_is_recorded_and_a_sweep_goes_on(tmp_path, data_dir, monkeypatch):
+    def oom(*args, **kwargs):
+        raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 9.00 GiB")
+
+    monkeypatch.setattr(GPT, "forward", oom)
+    summary, run_dir = run(tmp_path, data_dir, *FAST, "train.max_steps=2", multirun=True)
+    assert summary["status"] == "oom" and "out of memory" in summary["error"]
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "oom"
+    assert rows(run_dir)[-1]["status"] == "oom"
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
+    forward, calls = GPT.forward, []
+
+    def poisoned(self, idx, targets=None):
+        logits, loss = forward(self, idx, targets)
+        calls.append(1)
+        return logits, loss * float("nan") if len(calls) == 5 else loss
+
+    monkeypatch.setattr(GPT, "forward", poisoned)
+    summary, run_dir = run(tmp_path, data_dir, *FAST, "train.max_steps=10", "train.ckpt_interval=2",
+                           "train.eval_interval=0")
+    assert summary["status"] == "nan" and "step 5" in summary["error"]
+    assert torch.load(run_dir / "ckpt.pt", weights_only=True)["step"] == 4
+
+
+def test_wandb_offline_logs_one_run(tmp_path, data_dir, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    summary, run_dir = run(tmp_path, data_dir, *FAST, "logger=wandb", "train.max_steps=2")
+    assert summary["status"] == "ok"
+    assert len(list((run_dir / "wandb").glob("offline-run-*"))) == 1
+
+
+def test_multirun_sweep_gives_one_run_dir_per_job(tmp_path, data_dir):
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "attn=naive,sdpa", *FAST, "train.max_steps=2",
+           f"data.dir={data_dir}", f"hydra.sweep.dir={tmp_path / 'sweep'}"]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=180)
+    assert result.returncode == 0, result.stderr[-2000:]
+    summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
+    assert [json.loads(s.read_text())["backend"].split()[0] for s in summaries] == ["naive", "sdpa"]

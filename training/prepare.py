@@ -9,6 +9,7 @@ finished one (meta.json present, same settings) is skipped unless force=True.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
@@ -103,7 +104,7 @@ def load_source(src: Source):
                                "(local .txt/.json/.jsonl/.parquet/.csv files), e.g. data=text "
                                "data.source.data_files=corpus.txt")
         files = [data_files] if isinstance(data_files, str) else list(data_files)
-        missing = [f for f in files if not any(Path().glob(f)) and not Path(f).exists()]
+        missing = [f for f in files if not glob.glob(os.path.expanduser(f))]
         if missing:
             raise PrepareError(f"source files not found: {missing} (relative to {Path.cwd()})")
         ext = Path(files[0]).suffix.lower()

@@ -1,0 +1,107 @@
+"""The report builder on run directories made by real tiny train.py runs (naive vs sdpa on CPU)."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from reporting import paper, report
+from reporting.runs import load_runs
+from reporting.tables import loss_gap, throughput_table
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def tiny_sweep(sweep_dir: Path, backends: str = "naive,sdpa", steps: int = 4) -> Path:
+    cmd = [sys.executable, str(REPO / "train.py"), "-m", "model=gpt2-nano", f"attn={backends}", "train.device=cpu",
+           f"train.max_steps={steps}", "train.warmup_steps=1", "train.seq_len=32", "train.batch_size=4",
+           "train.log_interval=1", "train.eval_interval=0", "train.eval_iters=1", "train.ckpt_interval=-1",
+           "train.sample_at_eval=false", "logger=none", f"hydra.sweep.dir={sweep_dir}",
+           "hydra.sweep.subdir=${hydra.job.num}_${attn.name}"]
+    proc = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    return sweep_dir
+
+
+def add_oom_fixture(sweep_dir: Path) -> Path:
+    """FIXTURE, not a measurement: a copy of the naive run whose summary says it ran out of memory, as train.py
+    records an OOM on a GPU; it exercises the OOM row of the tables."""
+    src = next(p for p in sorted(sweep_dir.iterdir()) if p.name.endswith("_naive"))
+    dst = sweep_dir / "9_oom_fixture"
+    shutil.copytree(src, dst)
+    summary = json.loads((dst / "summary.json").read_text())
+    summary.update(status="oom", error="CUDA out of memory (test fixture)", tokens_per_sec=None, mfu=None,
+                   final_train_loss=None, final_val_loss=None, batch_size=summary["batch_size"])
+    (dst / "summary.json").write_text(json.dumps(summary))
+    (dst / "metrics.jsonl").write_text("")
+    return dst
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory):
+    d = tiny_sweep(tmp_path_factory.mktemp("sweep") / "tiny")
+    add_oom_fixture(d)
+    (d / "10_killed" / ".hydra").mkdir(parents=True)  # a job killed before it wrote anything but its config
+    (d / "10_killed" / ".hydra" / "config.yaml").write_text("model: {preset: gpt2-nano}\nattn: {name: naive}\n")
+    return d
+
+
+def test_loader_reads_the_contract(sweep):
+    runs = load_runs([sweep])
+    by_status = {r.status: r for r in runs}
+    assert sorted(r.status for r in runs) == ["missing", "ok", "ok", "oom"]
+    ok = [r for r in runs if r.status == "ok"]
+    assert {r.backend for r in ok} == {"naive", "sdpa"}
+    for r in ok:
+        assert r.model == "gpt2-nano" and r.seq_len == 32 and r.batch_size == 4
+        assert r.tokens_per_sec > 0 and r.final_train_loss is not None
+        assert len(r.curve()[0]) == 4
+    assert "no summary.json" in by_status["missing"].error
+
+
+def test_tables_show_every_run_including_oom(sweep):
+    runs = load_runs([sweep])
+    md = throughput_table(runs)
+    assert "**OOM** (CUDA out of memory (test fixture))" in md
+    assert "**MISSING**" in md
+    assert "| naive | ok |" in md and "| sdpa | ok |" in md
+    assert "1.00×" in md  # naive over itself
+
+
+def test_exact_backends_give_the_same_curve(sweep):
+    ok = [r for r in load_runs([sweep]) if r.status == "ok"]
+    naive, sdpa = sorted(ok, key=lambda r: r.backend)
+    gap = loss_gap(naive, sdpa)
+    assert gap["steps"] == 4 and gap["max_gap"] < 1e-4
+
+
+def test_report_sections_and_plots(sweep, tmp_path):
+    runs = load_runs([sweep])
+    sections = [report.throughput_section(runs, tmp_path, "cpu"), report.parity_section(report.auto_pairs(runs),
+                                                                                         tmp_path)]
+    path = report.write_report(tmp_path, "test", report.environment(), sections, {"runs": [r.to_json() for r in runs]})
+    md = path.read_text()
+    assert "torch" in md and "date_utc" in md  # stamped
+    assert "**OOM**" in md and "largest |Δ train loss|" in md
+    for png in ("throughput.png", "parity_0.png"):
+        assert (tmp_path / png).stat().st_size > 1000
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    assert len(raw["runs"]) == 4 and "environment" in raw
+
+
+def test_kernel_section_keeps_paper_columns_apart(tmp_path):
+    # FIXTURE records, only to check the rendering: the paper's numbers sit in their own "paper (A100)" columns.
+    bench = {"results": [
+        {"backend": b, "seq_len": n, "causal": True, "dropout_p": 0.0, "fwd_bwd_ms": t, "mem_mb": m}
+        for b, t, m in (("naive", 1.5, 300.0), ("flash", 0.5, 30.0)) for n in (1024, 2048)]
+        + [{"backend": "naive", "seq_len": 4096, "causal": True, "dropout_p": 0.0, "status": "oom"}]}
+    md = report.kernel_section(report.normalize_bench(bench), tmp_path)
+    assert "| N | flash (ms) | naive (ms) | paper (A100): PyTorch Attention |" in md
+    # ours, then the paper's Table 14 (masking, no dropout): PyTorch 7.23, FlashAttention 2.37, block-sparse 0.69
+    assert "| 1024 | 0.50 | 1.50 | 7.23 | 2.37 | 0.69 |" in md
+    assert paper.paper_runtime("naive", 1024, dropout=False, mask=True) == 7.23
+    assert "**OOM**" in md
+    assert (tmp_path / "kernels_fwd_bwd_causal_nodrop.png").exists()

@@ -430,6 +430,8 @@ def bwd_tiles(head_d: int) -> tuple[int, int, int, int, int, int]:
     """(dK/dV query tile, dK/dV key tile, dQ query tile, dQ key tile, warps, stages) for the backward."""
     if INTERPRET:
         return 16, 32, 32, 16, 4, 1
+    if os.environ.get("FLASH_BWD_TILES"):  # tuning experiments: "m1,n1,m2,n2,warps,stages"
+        return tuple(int(x) for x in os.environ["FLASH_BWD_TILES"].split(","))
     if head_d <= 64:
         return 64, 128, 128, 64, 8, 3
     return 32, 128, 128, 32, 8, 2

@@ -1,10 +1,16 @@
 """FlashAttention kernel vs a float64 reference (CPU: Triton interpreter, small odd shapes)."""
 
+import os
+
 import pytest
 import torch
 
 from kernels import draw_dropout_seed, dropout_keep_mask, flash_attention
 from kernels.reference import reference_attention
+
+# These run the kernels on CPU tensors through the Triton interpreter (conftest sets it when there is no GPU).
+pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
+                                reason="CPU tests through the Triton interpreter (TRITON_INTERPRET=1)")
 
 
 def packed_qkv(B, H, N, D, dtype=torch.float32, seed=0):

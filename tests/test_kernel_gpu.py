@@ -22,9 +22,13 @@ def fwd_bwd(fn, q, k, v, do):
     return o, q.grad, k.grad, v.grad
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("B,H,N,D", [(4, 12, 2048, 64), (2, 6, 1000, 128), (3, 5, 777, 80), (2, 4, 513, 48)])
+@pytest.mark.parametrize("dtype,causal,B,H,N,D", [
+    (torch.bfloat16, True, 4, 12, 2048, 64),
+    (torch.float16, False, 4, 12, 2048, 64),
+    (torch.bfloat16, False, 2, 6, 1000, 128),
+    (torch.bfloat16, True, 3, 5, 777, 80),
+    (torch.float16, True, 2, 4, 513, 48),
+])
 def test_error_at_most_twice_sdpa_error(dtype, causal, B, H, N, D):
     torch.manual_seed(0)
     qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=dtype)

@@ -177,6 +177,7 @@ def main(cfg: DictConfig, run_dir: str | Path, multirun: bool = False) -> dict:
     except KeyboardInterrupt:
         summary.update(status="error", error="interrupted")
         log.error("interrupted; the last checkpoint (if any) is in %s", run_dir)
+        raise  # a Ctrl-C stops a sweep too
     finally:
         if d.is_main:
             run_dir.mkdir(parents=True, exist_ok=True)

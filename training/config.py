@@ -24,7 +24,7 @@ class ModelConfig:
     block_size: int | None = None  # None: the preset's context length
     dropout: float = 0.0
     attn_dropout: float | None = None  # None: same as dropout
-    overrides: dict[str, Any] = field(default_factory=dict)  # any other GPTConfig field, e.g. {n_layer: 8}
+    overrides: dict[str, Any] = field(default_factory=dict)  # other GPTConfig fields: +model.overrides.n_layer=8
 
 
 @dataclass

@@ -40,7 +40,7 @@ def check_vocab(meta: dict, vocab_size: int, path: Path) -> None:
         raise DataError(f"the data at '{path}' uses a {meta['tokenizer']} tokenizer with vocab_size "
                         f"{meta['vocab_size']}, more than the model's vocab_size {vocab_size}. Pick a model "
                         f"preset for this data (byte-level data: gpt2-nano/tiny/mini; GPT-2 BPE: gpt2...) or "
-                        f"set model.overrides.vocab_size={meta['vocab_size']}.")
+                        f"set +model.overrides.vocab_size={meta['vocab_size']}.")
 
 
 class TokenBatches:

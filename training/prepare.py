@@ -121,6 +121,10 @@ def load_source(src: Source):
         if "scripts are no longer supported" in str(e):
             hint = (" This dataset is a loading script, which datasets>=4 cannot run: use its parquet form, "
                     "e.g. data.source.revision=refs/convert/parquet, or another copy of it in parquet.")
+        elif "ConnectionError" in type(e).__name__ or "reach" in str(e):
+            hint = (" Hub datasets need network access or a copy in the datasets cache (HF_DATASETS_CACHE); "
+                    "offline, copy the dataset's parquet files here and pass data.source.path=null "
+                    "data.source.data_files='DIR/*.parquet'.")
         raise PrepareError(f"could not load dataset '{path}' (config {src.name}, revision {src.revision}, "
                            f"split {src.split}): {type(e).__name__}: {str(e)[:500]}.{hint}") from e
     if src.text_column not in ds.column_names:

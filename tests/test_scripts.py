@@ -117,3 +117,15 @@ def test_eval_refuses_data_of_another_tokenizer(bytes_run, tmp_path):
         eval_script.main([str(bytes_run[0]), "--data", str(data), "--device", "cpu"])
     with pytest.raises(eval_script.EvalError, match="not a prepared data directory"):
         eval_script.main([str(bytes_run[0]), "--data", str(tmp_path / "nowhere"), "--device", "cpu"])
+
+
+def test_a_checkpoint_of_one_backend_loads_under_another(tmp_path):
+    from model.pretrained import load_any
+
+    torch.manual_seed(0)
+    trained = GPT(GPTConfig(vocab_size=256, block_size=64, n_layer=1, n_head=2, n_embd=32, attn="block_sparse",
+                            attn_options={"pattern": "local", "block_size": 16, "window": 16}))
+    save_checkpoint({"model": trained.state_dict(), "model_config": trained.config_dict(), "step": 0},
+                    tmp_path / "ckpt.pt")
+    model, tokenizer = load_any(str(tmp_path), attn="naive")
+    assert model.config.attn == "naive" and model.config.attn_options == {} and tokenizer == "bytes"

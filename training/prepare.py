@@ -185,7 +185,9 @@ def _atomic_write(path: Path, write) -> None:
 def _tokenize_chunk(ds, settings: Settings, desc: str) -> np.ndarray:
     import pyarrow.compute as pc
 
-    out = ds.map(_tokenize_batch, batched=True, batch_size=1000, num_proc=settings.num_proc,
+    # auto: every core, but no process per handful of documents
+    num_proc = settings.num_proc or max(1, min(os.cpu_count() or 1, len(ds) // 1000))
+    out = ds.map(_tokenize_batch, batched=True, batch_size=1000, num_proc=num_proc if num_proc > 1 else None,
                  remove_columns=ds.column_names, keep_in_memory=True, desc=desc,
                  fn_kwargs={"text_column": settings.source.text_column, "tokenizer": settings.tokenizer})
     return pc.list_flatten(out.data.column("ids")).to_numpy(zero_copy_only=False).astype(np.uint16, copy=False)

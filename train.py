@@ -26,6 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from model import GPT, GPTConfig
 from model.attention import UnsupportedAttentionError, attention_density, get_backend
+from model.pretrained import PretrainedError
 from training import distributed
 from training.checkpoint import CheckpointError, load_checkpoint, rng_state, save_checkpoint, set_rng_state
 from training.config import ConfigError, register_configs, validate
@@ -38,7 +39,7 @@ log = logging.getLogger("train")
 register_configs()
 
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
-USER_ERRORS = (ConfigError, DataError, CheckpointError, UnsupportedAttentionError)
+USER_ERRORS = (ConfigError, DataError, CheckpointError, UnsupportedAttentionError, PretrainedError)
 
 
 class NonFiniteLoss(RuntimeError):
@@ -90,10 +91,21 @@ def build_model(cfg, config: GPTConfig):
     if cfg.model.impl == "hf":
         from training.hf_baseline import HFGPT
         return HFGPT(config)
-    if cfg.train.init_from not in ("scratch", "resume"):
+    if cfg.train.init_from not in ("scratch", "resume"):  # the preset is ignored: the weights set the shape
+        shape = {k: v for k, v in cfg.model.overrides.items() if k == "vocab_size"}
+        if cfg.model.block_size is not None:
+            shape["block_size"] = cfg.model.block_size
         return GPT.from_pretrained(cfg.train.init_from, attn=config.attn, attn_options=config.attn_options,
-                                   dropout=config.dropout, attn_dropout=config.attn_dropout)
+                                   dropout=config.dropout, attn_dropout=config.attn_dropout, **shape)
     return GPT(config)
+
+
+def check_shape(config: GPTConfig, meta: dict, data_path, seq_len: int) -> None:
+    check_vocab(meta, config.vocab_size, Path(data_path))
+    if seq_len > config.block_size:
+        raise ConfigError(f"train.seq_len={seq_len} is longer than the model's context "
+                          f"(block_size={config.block_size}); use train.seq_len<={config.block_size} "
+                          f"or model.block_size={seq_len}")
 
 
 def describe_attention(model, config: GPTConfig) -> str:
@@ -132,10 +144,10 @@ def sample_text(model, meta, device, n_tokens: int, seed: int) -> str:
     if meta["tokenizer"] == "bytes":
         return bytes(out).decode("utf-8", errors="replace")
     try:
-        import tiktoken
-        return tiktoken.get_encoding("gpt2").decode(out)
-    except Exception:  # no cached BPE files (and no network): show the ids
-        return str(out)
+        from training.tokenizer import get_gpt2_encoding
+        return get_gpt2_encoding().decode(out)
+    except Exception as e:  # no GPT-2 ranks file offline: show the ids
+        return f"{out} (token ids: {e})"
 
 
 def copy_prior_metrics(old_run_dir: Path, run_dir: Path, step: int) -> None:
@@ -201,11 +213,8 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
 
     # Model, refused before training if the backend cannot serve this request
     config = model_config(cfg)
-    check_vocab(meta, config.vocab_size, Path(data_path))
-    if tc.seq_len > config.block_size:
-        raise ConfigError(f"train.seq_len={tc.seq_len} is longer than the model's context "
-                          f"(block_size={config.block_size}); use train.seq_len<={config.block_size} "
-                          f"or model.block_size={tc.seq_len}")
+    if tc.init_from == "scratch":  # refuse before building a big model
+        check_shape(config, meta, data_path, tc.seq_len)
     if cfg.model.impl == "hf" and tc.init_from not in ("scratch", "resume"):
         raise ConfigError("model.impl=hf trains from scratch only; for pretrained weights use model.impl=ours")
     ckpt = load_checkpoint(tc.resume_from) if tc.init_from == "resume" else None
@@ -216,6 +225,7 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
         config = GPTConfig(**{**ckpt["model_config"], "attn": config.attn, "attn_options": config.attn_options})
     model = build_model(cfg, config).to(device)
     config = model.config
+    check_shape(config, meta, data_path, tc.seq_len)
     model.check_attention(device, dtype)
     backend = describe_attention(model, config)
     density = model.attention_density(tc.seq_len) if hasattr(model, "attention_density") else \

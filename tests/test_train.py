@@ -113,3 +113,13 @@ def test_multirun_sweep_gives_one_run_dir_per_job(tmp_path, data_dir):
     assert result.returncode == 0, result.stderr[-2000:]
     summaries = sorted((tmp_path / "sweep").glob("*/summary.json"))
     assert [json.loads(s.read_text())["backend"].split()[0] for s in summaries] == ["naive", "sdpa"]
+
+
+def test_init_from_a_local_pretrained_directory(tmp_path, data_dir):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    GPT2LMHeadModel(GPT2Config(vocab_size=256, n_positions=64, n_embd=32, n_layer=1, n_head=2)).save_pretrained(
+        tmp_path / "hf")
+    summary, run_dir = run(tmp_path, data_dir, *FAST, f"train.init_from={tmp_path / 'hf'}", "train.max_steps=2")
+    assert summary["status"] == "ok"
+    assert json.loads((run_dir / "config.json").read_text())["model_config"]["n_embd"] == 32

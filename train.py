@@ -206,10 +206,18 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
     dtype = resolve_dtype(cfg, device)
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
 
-    # Data (rank 0 builds the embedded corpus on first use, the others wait and find it)
+    # Data (rank 0 builds the embedded corpus on first use; the others get its path, or its error)
+    found = None
     if d.is_main:
-        data_path, meta = prepare_data(cfg.data)
-    data_path, meta = distributed.broadcast((str(data_path), meta) if d.is_main else None, d)
+        try:
+            path, meta = prepare_data(cfg.data)
+            found = (str(path), meta)
+        except DataError as e:
+            found = str(e)
+    found = distributed.broadcast(found, d)
+    if isinstance(found, str):
+        raise DataError(found)
+    data_path, meta = found
 
     # Model, refused before training if the backend cannot serve this request
     config = model_config(cfg)

@@ -34,22 +34,22 @@ def rows(run_dir):
 
 
 def test_quickstart_loss_falls_and_files_follow_the_contract(tmp_path, data_dir):
-    summary, run_dir = run(tmp_path, data_dir, "train.max_steps=40", "train.batch_size=8", "train.seq_len=64",
-                           "train.eval_interval=20", "train.sample_tokens=16")
-    assert summary["status"] == "ok" and summary["steps"] == 40
+    summary, run_dir = run(tmp_path, data_dir, "train.max_steps=30", "train.batch_size=8", "train.seq_len=64",
+                           "train.eval_interval=15", "train.sample_tokens=16")
+    assert summary["status"] == "ok" and summary["steps"] == 30
     train_rows = [r for r in rows(run_dir) if "train/loss" in r]
     assert train_rows[-1]["train/loss"] < train_rows[0]["train/loss"] - 1.0
     assert {"step", "train/loss", "train/lr", "perf/tokens_per_sec", "perf/step_ms", "perf/mfu",
             "perf/peak_mem_gb", "attn/density"} <= set(train_rows[-1])
     assert 0.5 < train_rows[-1]["attn/density"] < 0.52
-    assert [r["step"] for r in rows(run_dir) if "val/loss" in r] == [20, 40]
+    assert [r["step"] for r in rows(run_dir) if "val/loss" in r] == [15, 30]
     for key in ("tokens_per_sec", "peak_mem_gb", "final_train_loss", "final_val_loss"):
         assert summary[key] > 0, key
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
     config = json.loads((run_dir / "config.json").read_text())
     assert config["backend"].startswith("sdpa") and config["n_params"] > 0 and config["device"] == "cpu"
     ckpt = torch.load(run_dir / "ckpt.pt", weights_only=True)
-    assert ckpt["step"] == 40 and {"model", "model_config", "optimizer", "rng", "data_state"} <= set(ckpt)
+    assert ckpt["step"] == 30 and {"model", "model_config", "optimizer", "rng", "data_state"} <= set(ckpt)
 
 
 def test_load_model_rebuilds_the_trained_model(tmp_path, data_dir):

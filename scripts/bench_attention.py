@@ -60,6 +60,8 @@ def _sdpa(backend):
 @cache
 def _compiled_flex():
     from torch.nn.attention.flex_attention import flex_attention
+    torch._dynamo.config.cache_size_limit = 256  # one compile per shape and mask; never fall back to eager flex
+    torch._functorch.config.donated_buffer = False  # the bwd timing keeps the graph (retain_graph=True)
     return torch.compile(flex_attention, dynamic=False)
 
 
@@ -74,7 +76,7 @@ def _flex_block_mask(n, causal, layout_key=None, block_size=128):
         if layout is not None:
             keep = keep & layout[q_idx // block_size, kv_idx // block_size]
         return keep
-    return create_block_mask(mask_mod, None, None, n, n, device="cuda", BLOCK_SIZE=block_size)
+    return create_block_mask(mask_mod, None, None, n, n, device="cuda", BLOCK_SIZE=block_size, _compile=True)
 
 
 def flex(q, k, v, causal, dropout_p, layout_key=None, block_size=128):

@@ -41,10 +41,23 @@ class Run:
 
     @property
     def label(self) -> str:
-        """Backend plus its options, e.g. 'block_sparse(pattern=local, ...)'."""
-        if not self.attn_options or self.backend == "hf":
+        """Backend plus the options that matter, e.g. 'block_sparse(pattern=local, block_size=128, window=256)'."""
+        opts = dict(self.attn_options)
+        if not opts or self.backend == "hf":
             return self.backend
-        return f"{self.backend}({', '.join(f'{k}={v}' for k, v in sorted(self.attn_options.items()))})"
+        if "pattern" in opts:  # block-sparse: keep only the knobs its pattern uses
+            pattern = str(opts["pattern"])
+            used = {"pattern", "block_size"}
+            used |= {"window"} if "local" in pattern else set()
+            used |= {"stride"} if ("strided" in pattern or "fixed" in pattern) else set()
+            used |= {"num_global"} if "global" in pattern else set()
+            used |= {"num_random", "seed"} if "random" in pattern else set()
+            opts = {k: v for k, v in opts.items() if k in used}
+            keys = [k for k in ("pattern", "block_size", "window", "stride", "num_global", "num_random", "seed")
+                    if k in opts]
+        else:
+            keys = sorted(opts)
+        return f"{self.backend}({', '.join(f'{k}={opts[k]}' for k in keys)})"
 
     def curve(self, key: str = "train/loss") -> tuple[list[int], list[float]]:
         pts = [(h["step"], h[key]) for h in self.history if h.get(key) is not None and "step" in h]

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shlex
 import subprocess
 import sys
@@ -41,10 +42,13 @@ PLANS = {
 BACKENDS = ("naive", "sdpa", "flash", "block_sparse")
 
 
-def backend_problem(name: str, device: str) -> str | None:
+def backend_problem(name: str, device: str, interpret: bool) -> str | None:
     """Why a backend cannot run here (None if it can)."""
     from model.attention import UnsupportedAttentionError, get_backend
 
+    if device == "cpu" and name in ("flash", "block_sparse") and not interpret:
+        return ("on a CPU the Triton kernels run only in the Triton interpreter, far too slow for training runs "
+                "(--triton-interpret to try anyway)")
     try:
         get_backend(name).check(device=device)
     except UnsupportedAttentionError as e:
@@ -55,8 +59,9 @@ def backend_problem(name: str, device: str) -> str | None:
 class Sweeps:
     """Launches train.py multiruns into <out>/runs/<name>/ and remembers what each was meant to produce."""
 
-    def __init__(self, out: Path, device: str, logger: str, group: str, data_dir: str | None):
+    def __init__(self, out: Path, device: str, logger: str, group: str, data_dir: str | None, env: dict):
         self.out, self.device, self.logger, self.group, self.data_dir = out, device, logger, group, data_dir
+        self.env = env  # the child processes' environment
         self.log: list[dict] = []
 
     def common(self, section: str) -> list[str]:
@@ -75,8 +80,8 @@ class Sweeps:
                f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}_${model.impl}_${attn.name}"]
         print("+", shlex.join(cmd), flush=True)
         t0 = time.time()
-        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-        (sweep_dir).mkdir(parents=True, exist_ok=True)
+        proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=self.env)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / "sweep.log").write_text(proc.stdout + proc.stderr)
         shown = shlex.join(["python", "train.py", *cmd[2:]])
         self.log.append(dict(name=name, cmd=shown, rc=proc.returncode, seconds=round(time.time() - t0, 1)))
@@ -148,6 +153,13 @@ def sparse(plan: dict, sweeps: Sweeps, skipped: dict, patterns: list[str]) -> li
     return runs
 
 
+BENCH_ARGS = {  # scripts/bench_attention.py options per mode: the paper's conditions at head dim 64
+    "quick": ["--head-dims", "64", "--seqs", "512", "1024", "2048", "4096", "8192", "--causal", "both",
+              "--dropout", "0.0", "0.1"],
+    "full": ["--head-dims", "64", "128", "--causal", "both", "--dropout", "0.0", "0.1"],
+}
+
+
 def kernels(mode: str, out: Path, device: str) -> tuple[list[dict], str]:
     if device != "cuda":
         return [], "skipped: the kernel benchmark needs a CUDA GPU (this run uses --device cpu)."
@@ -155,17 +167,19 @@ def kernels(mode: str, out: Path, device: str) -> tuple[list[dict], str]:
     if not bench.exists():
         return [], "skipped: scripts/bench_attention.py is not in this checkout."
     kdir = out / "kernels"
-    cmd = [sys.executable, str(bench), "--out", str(kdir), *(["--quick"] if mode != "full" else [])]
+    cmd = [sys.executable, str(bench), "--out", str(kdir), *BENCH_ARGS.get(mode, ["--quick"])]
     print("+", shlex.join(cmd), flush=True)
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     kdir.mkdir(parents=True, exist_ok=True)
     (kdir / "bench.log").write_text(proc.stdout + proc.stderr)
-    records = []
-    for path in sorted(kdir.glob("*.json")):
-        records += report.normalize_bench(json.loads(path.read_text()))
+    results = kdir / "results.json"
+    records = report.normalize_bench(json.loads(results.read_text())) if results.exists() else []
+    shown = shlex.join(["python", "scripts/bench_attention.py", *cmd[2:]])
     if proc.returncode != 0:
-        return records, f"bench_attention.py exited with {proc.returncode}; see kernels/bench.log."
-    return records, f"Raw benchmark output: [kernels/](kernels/) (`{shlex.join(cmd[1:])}`)."
+        return records, f"`{shown}` exited with {proc.returncode}; see [kernels/bench.log](kernels/bench.log)."
+    return records, (f"Raw benchmark output, all providers and modes (fwd, bwd, fwd+bwd, TFLOP/s): "
+                     f"[kernels/results.md](kernels/results.md), [kernels/results.json](kernels/results.json) "
+                     f"(`{shown}`).")
 
 
 def main(argv=None) -> Path:
@@ -187,6 +201,8 @@ def main(argv=None) -> Path:
                    help="throughput backends, comma list; 'hf' is model.impl=hf")
     p.add_argument("--steps", type=int, help="steps per throughput run")
     p.add_argument("--small-steps", type=int, help="steps per convergence / block-sparse run")
+    p.add_argument("--triton-interpret", action="store_true",
+                   help="on CPU, run flash/block_sparse through the (slow) Triton interpreter instead of skipping")
     p.add_argument("--sparse-patterns", nargs="*", default=None,
                    help="attn overrides per block-sparse run, e.g. 'attn.pattern=local attn.window=2'")
     args = p.parse_args(argv)
@@ -206,8 +222,12 @@ def main(argv=None) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     env = {**report.environment(), "command": shlex.join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
            "mode": mode, "device": device}
-    skipped = {b: why for b in BACKENDS if (why := backend_problem(b, device))}
-    sweeps = Sweeps(out, device, args.logger, args.group or out.name, args.data_dir)
+    child_env = dict(os.environ)
+    if device == "cpu" and args.triton_interpret:
+        child_env["TRITON_INTERPRET"] = "1"
+        os.environ["TRITON_INTERPRET"] = "1"  # for backend_problem's check in this process
+    skipped = {b: why for b in BACKENDS if (why := backend_problem(b, device, args.triton_interpret))}
+    sweeps = Sweeps(out, device, args.logger, args.group or out.name, args.data_dir, child_env)
     patterns = args.sparse_patterns if args.sparse_patterns is not None else default_patterns(plan)
 
     sections, raw = [], {"plan": plan, "skipped_backends": skipped}
@@ -243,8 +263,12 @@ def main(argv=None) -> Path:
 
 
 def default_patterns(plan: dict) -> list[str]:
-    """Block-sparse runs: the yaml's default pattern (stated in the report from each run's attn options)."""
-    return [""]
+    """Block-sparse runs of the small model: blocks of seq/8 tokens, three patterns of falling density."""
+    seq = plan["small_seq"]
+    bs = max(16, seq // 8)
+    return [f"attn.pattern=local attn.block_size={bs} attn.window={seq // 4}",
+            f"attn.pattern=local+global attn.block_size={bs} attn.window={bs} attn.num_global=1",
+            f"attn.pattern=butterfly attn.block_size={bs}"]
 
 
 if __name__ == "__main__":

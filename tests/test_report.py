@@ -93,15 +93,22 @@ def test_report_sections_and_plots(sweep, tmp_path):
 
 
 def test_kernel_section_keeps_paper_columns_apart(tmp_path):
-    # FIXTURE records, only to check the rendering: the paper's numbers sit in their own "paper (A100)" columns.
-    bench = {"results": [
-        {"backend": b, "seq_len": n, "causal": True, "dropout_p": 0.0, "fwd_bwd_ms": t, "mem_mb": m}
-        for b, t, m in (("naive", 1.5, 300.0), ("flash", 0.5, 30.0)) for n in (1024, 2048)]
-        + [{"backend": "naive", "seq_len": 4096, "causal": True, "dropout_p": 0.0, "status": "oom"}]}
-    md = report.kernel_section(report.normalize_bench(bench), tmp_path)
-    assert "| N | flash (ms) | naive (ms) | paper (A100): PyTorch Attention |" in md
+    # FIXTURE rows in scripts/bench_attention.py's results.json format, only to check the rendering: the paper's
+    # numbers must sit in their own "paper (A100)" columns, never in ours.
+    dense = [dict(part="dense", provider=p, N=n, D=64, causal=True, dropout=0.0, fwd_bwd=t, extra_mib=m)
+             for p, t, m in (("naive", 1.5, 300.0), ("flash", 0.5, 30.0)) for n in (1024, 2048)]
+    dense.append(dict(part="dense", provider="naive", N=4096, D=64, causal=True, dropout=0.0, status="OOM"))
+    cases = (("block_sparse", 256, 0.05, 1.0), ("block_sparse", 1024, 0.2, 3.0), ("flash", 256, 0.05, 8.0))
+    sparse = [dict(part="sparse", provider=p, pattern="local", window=w, N=8192, D=64, causal=True, dropout=0.0,
+                   density=d, fwd_bwd=t) for p, w, d, t in cases]
+    bench = report.normalize_bench({"env": {}, "rows": dense + sparse})
+    md = report.kernel_section(bench, tmp_path)
+    assert "| N | naive (ms) | flash (ms) | paper (A100): PyTorch Attention |" in md
     # ours, then the paper's Table 14 (masking, no dropout): PyTorch 7.23, FlashAttention 2.37, block-sparse 0.69
-    assert "| 1024 | 0.50 | 1.50 | 7.23 | 2.37 | 0.69 |" in md
+    assert "| 1024 | 1.50 | 0.50 | 7.23 | 2.37 | 0.69 |" in md
     assert paper.paper_runtime("naive", 1024, dropout=False, mask=True) == 7.23
     assert "**OOM**" in md
     assert (tmp_path / "kernels_fwd_bwd_causal_nodrop.png").exists()
+    sp = report.sparse_section([], bench, tmp_path)
+    assert "| local | 256 | 8192 | 0.050 | 1.00 | 8.00 | 8.00× |" in sp
+    assert (tmp_path / "sparse_speed_vs_density.png").exists()

@@ -15,11 +15,13 @@ Features
   torch's generator and on the element's (batch*head, row, column) index, so torch.manual_seed reproduces a run
   and the backward regenerates the mask instead of storing it. `dropout_keep_mask` returns it for small inputs.
 - Any N; head dims 16..128 (padded to the next power of two inside the kernel); any strides with unit last dim.
-- torch custom ops (triton_op + wrap_triton, autograd registered), so torch.compile has no graph break here.
+- torch custom ops (triton_op + wrap_triton, autograd registered) under torch.compile, so no graph break here;
+  eager calls use a plain autograd.Function over the same launchers (less host overhead).
 
-Limits: q, k, v of equal shape (B, H, N, D), D <= 128 and a multiple of 8... in practice 16, 32, 48, 64, 80, 96,
-128; fp16 / bf16 (fp32 works, with tf32 dots). CPU tensors run only through the Triton interpreter
-(TRITON_INTERPRET=1), with one small tile config.
+Limits: q, k, v of equal shape (B, H, N, D) (self-attention lengths); D a multiple of 8 up to 128 (16, 32, 48,
+64, 80, 96, 128 tested); fp16 / bf16, and fp32 with tf32 dots. CPU tensors run only through the Triton
+interpreter (TRITON_INTERPRET=1), with one small tile config. Block-sparse tiles must divide the layout's block
+size (they are clamped to it), so block_size is a power of two >= 16.
 
 Tested: triton 3.6 (H100, torch 2.11) and the triton 3.9 interpreter (torch 2.13 CPU).
 """

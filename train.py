@@ -11,6 +11,7 @@ Config schema: training/config.py; choices: conf/. Run directory contents: docs/
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import math
@@ -195,6 +196,9 @@ def main(cfg: DictConfig, run_dir: str | Path, multirun: bool = False) -> dict:
             run_dir.mkdir(parents=True, exist_ok=True)
             (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
         distributed.cleanup()
+    if summary["status"] == "oom" and torch.cuda.is_available():
+        gc.collect()  # give the failed job's memory back before the sweep's next job
+        torch.cuda.empty_cache()
     if summary["status"] != "ok" and multirun:
         log.error("job failed (%s); the sweep goes on", summary["status"])
     return summary

@@ -25,6 +25,7 @@ sys.path.insert(0, str(ROOT))
 
 from reporting import report  # noqa: E402
 from reporting.runs import Run, load_runs  # noqa: E402
+from reporting.tables import loss_gap  # noqa: E402
 
 SECTIONS = ("kernels", "throughput", "parity", "sparse")
 
@@ -136,8 +137,14 @@ def parity(plan: dict, sweeps: Sweeps, skipped: dict) -> tuple[list, str]:
             (c,) = sweeps.run(f"parity/{tag}_seed2", "parity", [*small_run_args(plan, dropout, seed=1338),
                                                                  "attn=naive"], ["naive"])
             pairs.append((f"noise floor: naive seed 1337 vs seed 1338, dropout {dropout:g}", a, c))
-    note += ("With dropout the backends draw different dropout masks, so the curves agree only up to run-to-run "
-             "noise; the last row measures that noise (same backend, another seed).")
+    note += ("With dropout the backends may draw different dropout masks, so the curves need agree only up to "
+             "run-to-run noise; the last row measures that noise (same backend, another seed).")
+    (_, a, b), (_, c, d) = pairs[1], pairs[2]
+    gap, noise = loss_gap(a, b)["mean_gap"], loss_gap(c, d)["mean_gap"]
+    if gap is not None and noise:
+        verdict = "within" if gap <= noise else "**outside**"
+        note += (f" With dropout 0.1, naive vs {other}: mean |Δloss| {gap:.2e}, {verdict} the noise floor's "
+                 f"{noise:.2e}.")
     return pairs, note
 
 

@@ -195,7 +195,7 @@ def parity_section(pairs: list[tuple[str, Run, Run]], out: Path, note: str = "")
     return "\n".join(md)
 
 
-def sparse_section(runs: list[Run], bench: list[dict], out: Path) -> str:
+def sparse_section(runs: list[Run], bench: list[dict], out: Path, layouts: list[tuple[str, str]] = ()) -> str:
     if not runs and not bench:
         return ""
     md = ["## 4. Block-sparse attention: speed vs density, and what it costs in loss\n"]
@@ -219,6 +219,9 @@ def sparse_section(runs: list[Run], bench: list[dict], out: Path) -> str:
                "score matrix computed, from the run's `attn/density`).\n", sparse_table(runs)]
         png = plots.loss_curves([(r.label, r) for r in runs], out / "sparse_loss.png", title="loss by pattern")
         md.append(f"\n![loss by pattern]({png})\n")
+    if layouts:
+        md.append("Layouts of the trained patterns (query blocks down, key blocks across; causal part shown):\n")
+        md += [f"![{caption}]({png})" for caption, png in layouts]
     return "\n".join(md)
 
 

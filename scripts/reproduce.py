@@ -167,6 +167,20 @@ BENCH_ARGS = {  # scripts/bench_attention.py options per mode: the paper's condi
 }
 
 
+def draw_layouts(patterns: list[str], seq: int, out: Path) -> list[tuple[str, str]]:
+    """Pictures of the block layouts the sparse runs use (scripts/draw_layout.py), causal as trained."""
+    pictures = []
+    for i, pattern in enumerate(patterns):
+        opts = dict(kv.split("=", 1) for kv in pattern.split())
+        flags = [x for k, v in opts.items() for x in (f"--{k.removeprefix('attn.').replace('_', '-')}", v)]
+        png = out / f"layout_{i}.png"
+        cmd = [sys.executable, str(ROOT / "scripts" / "draw_layout.py"), *flags, "--seq-len", str(seq), "--causal",
+               "--out", str(png)]
+        if subprocess.run(cmd, cwd=ROOT, capture_output=True).returncode == 0:
+            pictures.append((pattern, png.name))
+    return pictures
+
+
 def kernels(mode: str, out: Path, device: str) -> tuple[list[dict], str]:
     if device != "cuda":
         return [], "skipped: the kernel benchmark needs a CUDA GPU (this run uses --device cpu)."
@@ -259,7 +273,8 @@ def main(argv=None) -> Path:
     if "sparse" in only:
         sruns = sparse(plan, sweeps, skipped, patterns)
         raw["sparse"] = [r.to_json(True) for r in sruns]
-        sections.append(report.sparse_section(sruns, bench, out))
+        layouts = draw_layouts(patterns, plan["small_seq"], out) if "block_sparse" not in skipped else []
+        sections.append(report.sparse_section(sruns, bench, out, layouts))
     raw["sweeps"] = sweeps.log
     sections.append("## Commands\n\n" + "".join(f"- `{s['cmd']}` (rc {s['rc']}, {s['seconds']} s)\n"
                                                  for s in sweeps.log))

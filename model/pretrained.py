@@ -50,7 +50,7 @@ def load_hf(name_or_path: str):
 
     source = _resolve(name_or_path)
     try:
-        return GPT2LMHeadModel.from_pretrained(source, dtype=torch.float32)
+        return GPT2LMHeadModel.from_pretrained(source)  # copied into our fp32 params whatever its dtype
     except OSError as e:
         raise PretrainedError(
             f"could not load '{name_or_path}' through transformers: {str(e).splitlines()[0][:300]}. Hub names need "

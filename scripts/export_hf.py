@@ -36,7 +36,7 @@ def export(source: str, out_dir: str | Path, vocab_size: int | None = None, veri
     if verify:
         from transformers import GPT2LMHeadModel
 
-        reloaded = GPT2LMHeadModel.from_pretrained(out_dir, dtype=torch.float32).eval()
+        reloaded = GPT2LMHeadModel.from_pretrained(out_dir).float().eval()
         x = torch.randint(0, hf.config.vocab_size, (2, min(64, hf.config.n_positions)))
         with torch.no_grad():
             ours = model(x)[0][..., :hf.config.vocab_size]

@@ -74,3 +74,17 @@ def test_finetune_experiment_composes():
     assert cfg.train.init_from == "gpt2" and cfg.data.name == "openwebtext" and cfg.model.preset == "gpt2"
     assert 1e-5 <= cfg.optim.lr <= 6e-5 and cfg.optim.warmup <= 200 and cfg.train.eval_interval > 0
     assert cfg.attn.name == "flash" and cfg.data.source.revision == "refs/convert/parquet"
+
+
+def test_bad_init_from_and_vocab_mismatch_are_clear_errors(tmp_path, pretrained_dir):
+    data = tmp_path / "gpt2-data"
+    data.mkdir()
+    np.arange(5000, dtype=np.uint16).tofile(data / "train.bin")
+    np.arange(5000, dtype=np.uint16).tofile(data / "val.bin")
+    (data / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257, "train_tokens": 5000,
+                                                "val_tokens": 5000}))
+    base = ["data=text", f"data.dir={data}", "model=gpt2-nano", "train.max_steps=1", "train.seq_len=32"]
+    summary = train.main(compose([*base, f"train.init_from={pretrained_dir}"]), tmp_path / "a")
+    assert summary["status"] == "error" and "vocab_size" in summary["error"] and "256" in summary["error"]
+    summary = train.main(compose([*base, "train.init_from=gpt-5"]), tmp_path / "b")
+    assert summary["status"] == "error" and "neither a local directory nor a GPT-2 hub name" in summary["error"]

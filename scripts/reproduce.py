@@ -195,7 +195,7 @@ def kernels(mode: str, out: Path, device: str) -> tuple[list[dict], str]:
     (kdir / "bench.log").write_text(proc.stdout + proc.stderr)
     results = kdir / "results.json"
     records = report.normalize_bench(json.loads(results.read_text())) if results.exists() else []
-    shown = shlex.join(["python", "scripts/bench_attention.py", *cmd[2:]])
+    shown = shlex.join(["python", "scripts/bench_attention.py", "--out", "<report>/kernels", *cmd[4:]])
     if proc.returncode != 0:
         return records, f"`{shown}` exited with {proc.returncode}; see [kernels/bench.log](kernels/bench.log)."
     return records, (f"Raw benchmark output, all providers and modes (fwd, bwd, fwd+bwd, TFLOP/s): "

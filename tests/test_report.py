@@ -103,9 +103,9 @@ def test_kernel_section_keeps_paper_columns_apart(tmp_path):
                    density=d, fwd_bwd=t) for p, w, d, t in cases]
     bench = report.normalize_bench({"env": {}, "rows": dense + sparse})
     md = report.kernel_section(bench, tmp_path)
-    assert "| N | naive (ms) | flash (ms) | paper (A100): PyTorch Attention |" in md
+    assert "| N | naive (ms) | flash (ms) | naive ÷ flash | paper (A100): PyTorch Attention |" in md
     # ours, then the paper's Table 14 (masking, no dropout): PyTorch 7.23, FlashAttention 2.37, block-sparse 0.69
-    assert "| 1024 | 1.50 | 0.50 | 7.23 | 2.37 | 0.69 |" in md
+    assert "| 1024 | 1.50 | 0.50 | 3.00× | 7.23 | 2.37 | 0.69 | 3.05× |" in md
     assert paper.paper_runtime("naive", 1024, dropout=False, mask=True) == 7.23
     assert "**OOM**" in md
     assert (tmp_path / "kernels_fwd_bwd_causal_nodrop.png").exists()

@@ -242,7 +242,7 @@ def markdown(rows: list[dict], env: dict) -> str:
         provs = [x for x in DENSE_PROVIDERS if any(r["provider"] == x for r in sel)]
         for mode in MODES:
             lines.append(f"\n## Dense, D={D}, {'causal' if causal else 'non-causal'}, dropout {p}: {mode}\n")
-            lines.append("| N | " + " | ".join(provs) + " | flash / sdpa_flash | flash / sdpa_cudnn |")
+            lines.append("| N | " + " | ".join(provs) + " | speedup vs sdpa_flash | speedup vs sdpa_cudnn |")
             lines.append("|---" * (len(provs) + 3) + "|")
             for N in sorted({r["N"] for r in sel}):
                 by = {r["provider"]: r for r in sel if r["N"] == N}

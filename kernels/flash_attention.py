@@ -513,6 +513,9 @@ def _launch_bwd(do, q, k, v, o, lse, seed, causal, dropout_p, scale, sparse, wra
     if sparse is not None:
         m1, n1, dkdv_masks = sparse["dkdv"]
         m2, n2, dq_masks = sparse["dq"]
+    elif n1 % m1 or m2 % n2:
+        raise ValueError(f"dense backward tiles need dK/dV key tile % query tile == 0 and dQ query tile % key tile"
+                         f" == 0 (the causal diagonal must start on a tile edge); got {(m1, n1, m2, n2)}")
     wrap(_attn_bwd_dkdv)[(triton.cdiv(N, n1), B * H)](
         q, k, v, do, dk, dv, lse, delta, seed, *dkdv_masks, *strides, BLOCK_M=m1, BLOCK_N=n1,
         num_warps=warps, num_stages=stages, **common)

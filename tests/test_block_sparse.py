@@ -69,6 +69,16 @@ def test_all_true_layout_equals_flash_attention():
     assert rel_err(sparse, dense.double()) < 1e-6
 
 
+def test_layout_changed_in_place_is_seen():
+    _, (q, k, v) = packed_qkv(1, 1, 32, 16)
+    layout = sp.dense(2)
+    before = block_sparse_attention(q, k, v, layout, block_size=16)
+    layout[1, 0] = False  # bumps the tensor's version: the cached plan must not be reused
+    after = block_sparse_attention(q, k, v, layout, block_size=16)
+    ref = reference_attention(q, k, v, mask=expand_layout(layout, 32, 16))
+    assert rel_err(after, ref) < 1e-5 and not torch.allclose(before, after)
+
+
 def test_block_mask_lists_and_transpose():
     layout = sp.butterfly(4)
     m = get_block_mask(layout, 60, 16, 16, 16, True, torch.device("cpu"))

@@ -85,6 +85,7 @@ def loss_gap(a: Run, b: Run, key: str = "train/loss") -> dict:
     gaps = [abs(da[s] - db[s]) for s in common]
     return {
         "steps": len(common),
+        "first_gap": gaps[0] if gaps else None,
         "max_gap": max(gaps) if gaps else None,
         "max_gap_step": common[gaps.index(max(gaps))] if gaps else None,
         "mean_gap": sum(gaps) / len(gaps) if gaps else None,
@@ -94,13 +95,14 @@ def loss_gap(a: Run, b: Run, key: str = "train/loss") -> dict:
 
 
 def parity_table(pairs: list[tuple[str, Run, Run]]) -> str:
-    headers = ["comparison", "dropout", "steps compared", "max |Δloss|", "at step", "mean |Δloss|",
-               "final loss (a)", "final loss (b)"]
+    headers = ["comparison", "dropout", "steps compared", "|Δloss| at first step", "max |Δloss|", "at step",
+               "mean |Δloss|", "final loss (a)", "final loss (b)"]
     rows = []
     for title, a, b in pairs:
         g = loss_gap(a, b)
-        rows.append([title, a.dropout, g["steps"], fmt(g["max_gap"], ".2e"), fmt(g["max_gap_step"], "d"),
-                     fmt(g["mean_gap"], ".2e"), fmt(g["final_a"], ".4f"), fmt(g["final_b"], ".4f")])
+        rows.append([title, a.dropout, g["steps"], fmt(g["first_gap"], ".2e"), fmt(g["max_gap"], ".2e"),
+                     fmt(g["max_gap_step"], "d"), fmt(g["mean_gap"], ".2e"), fmt(g["final_a"], ".4f"),
+                     fmt(g["final_b"], ".4f")])
     return markdown_table(headers, rows)
 
 

@@ -6,9 +6,12 @@ Tokens per batch are fixed (B = tokens / N). FLOPs: 4 * B * H * N^2 * D forward 
 about half for causal, the layout's density for sparse), backward 2.5x forward. Extra memory: peak allocated
 during one forward+backward minus what was allocated before (inputs and dO).
 
-    python scripts/bench_attention.py --out docs/results/attention           # full (about 10+ minutes on an H100)
     python scripts/bench_attention.py --quick --out /tmp/bench                # a few sizes (under 3 minutes)
-    python scripts/bench_attention.py --part dense --head-dims 64 --seqs 1024 4096 --out /tmp/b
+    python scripts/bench_attention.py --out DIR                               # everything (over 10 minutes)
+    # the full sweep in parts that each fit a 10-minute slot, merged into one table:
+    python scripts/bench_attention.py --part dense --head-dims 64 --out DIR
+    python scripts/bench_attention.py --part dense --head-dims 128 --out DIR --append
+    python scripts/bench_attention.py --part sparse --out DIR --append
 
 Importable: `run_dense(...)`, `run_sparse(...)`, `write_outputs(...)`. Needs a CUDA GPU; no hydra, no wandb.
 """
@@ -104,7 +107,7 @@ def _impl(provider: str):
 # measurement
 # ------------------------------------------------------------------------------------------------------------
 
-def measure(fn, B, H, N, D, dtype=torch.bfloat16, modes=MODES, warmup=25, rep=100) -> dict:
+def measure(fn, B, H, N, D, dtype=torch.bfloat16, modes=MODES, warmup=10, rep=60) -> dict:
     """Median ms per mode and extra memory (MiB) of o = fn(q, k, v) on random (B, H, N, D) inputs."""
     import triton.testing
 
@@ -345,6 +348,24 @@ def plots(rows: list[dict], env: dict, out_dir: str) -> list[str]:
     return paths
 
 
+def _row_key(row: dict) -> tuple:
+    return tuple(row.get(k) for k in ("part", "provider", "pattern", "window", "N", "D", "causal", "dropout"))
+
+
+def load_rows(out_dir: str) -> list[dict]:
+    path = os.path.join(out_dir, "results.json")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return json.load(f)["rows"]
+
+
+def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
+    """Rows of several partial runs in one table; a re-measured case replaces its old row."""
+    fresh = {_row_key(r) for r in new}
+    return [r for r in old if _row_key(r) not in fresh] + new
+
+
 def write_outputs(rows: list[dict], out_dir: str, env: dict | None = None) -> None:
     env = env or environment()
     os.makedirs(out_dir, exist_ok=True)
@@ -365,6 +386,8 @@ def main(argv=None):
     ap.add_argument("--causal", choices=("yes", "no", "both"), default="both")
     ap.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1])
     ap.add_argument("--providers", nargs="+", default=list(DENSE_PROVIDERS), choices=DENSE_PROVIDERS)
+    ap.add_argument("--append", action="store_true",
+                    help="merge into --out's existing results.json (run the full sweep in parts: it takes >10 min)")
     args = ap.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("bench_attention.py needs a CUDA GPU (the kernels' CPU path is the slow Triton interpreter)")
@@ -379,6 +402,8 @@ def main(argv=None):
         rows += run_dense(seqs, head_dims, causals, dropouts, tuple(args.providers))
     if args.part in ("sparse", "all"):
         rows += run_sparse(sparse_seqs, density_seq=density_seq)
+    if args.append:
+        rows = merge_rows(load_rows(args.out), rows)
     write_outputs(rows, args.out)
     print(markdown(rows, environment()))
 

@@ -98,13 +98,16 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, lo,
         offs_n = _tile_index(i, idx_ptr, SPARSE) * BLOCK_N + tl.arange(0, BLOCK_N)
         kT = _load_rows(K + offs_n[None, :] * stride_kn + offs_d[:, None], offs_n[None, :], N, offs_d[:, None],
                         D, MASK, EVEN_D)
-        s = tl.dot(q, kT) * qk_scale
+        qk = tl.dot(q, kT)
         if MASK:
-            s = tl.where(_tile_keep(offs_m, offs_n, N, CAUSAL), s, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(s, 1))
-        if MASK:  # a row with nothing kept yet: any finite reference keeps exp2 finite
-            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)
-        p = tl.math.exp2(s - m_new[:, None])
+            s = tl.where(_tile_keep(offs_m, offs_n, N, CAUSAL), qk * qk_scale, float("-inf"))
+            m_new = tl.maximum(m_i, tl.max(s, 1))
+            m_new = tl.where(m_new == float("-inf"), 0.0, m_new)  # nothing kept yet: any finite reference works
+            s = s - m_new[:, None]
+        else:  # max before scaling (scale > 0), so the scale and the shift fuse into one FMA per element
+            m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
+            s = qk * qk_scale - m_new[:, None]
+        p = tl.math.exp2(s)
         alpha = tl.math.exp2(m_i - m_new)
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
@@ -612,7 +615,8 @@ def _attention(q, k, v, seed, masks, tiles, causal, dropout_p, scale):
 # public functions
 # ----------------------------------------------------------------------------------------------------------------
 
-def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float) -> None:
+def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: float,
+                  scale: float | None = None) -> None:
     if not (q.dim() == 4 and q.shape == k.shape == v.shape):
         raise ValueError(f"q, k, v must all be (B, H, N, D); got {tuple(q.shape)}, {tuple(k.shape)}, "
                          f"{tuple(v.shape)}")
@@ -624,6 +628,8 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_p: 
                          "(16, 32, 48, 64, 80, 96, 128 are tested)")
     if any(t.stride(-1) != 1 for t in (q, k, v)):
         raise ValueError("q, k, v need unit stride in the last (head) dimension; call .contiguous() first")
+    if scale is not None and not scale > 0:
+        raise ValueError(f"scale={scale} must be positive (default 1/sqrt(head dim))")
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p={dropout_p} must be in [0, 1)")
     if q.device.type != "cuda" and not (q.device.type == "cpu" and INTERPRET):
@@ -647,7 +653,7 @@ def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, N: int, dropout_p: flo
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,
                     dropout_p: float = 0.0, scale: float | None = None) -> torch.Tensor:
     """softmax(q k^T * scale [causal mask]) [dropout] v over (B, H, N, D) tensors, without the N x N matrix."""
-    _check_inputs(q, k, v, dropout_p)
+    _check_inputs(q, k, v, dropout_p, scale)
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     seed = draw_dropout_seed(q.device) if dropout_p > 0 else None
     return _attention(q, k, v, seed, [], _NO_TILES, causal, float(dropout_p), scale)
@@ -668,7 +674,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     layout: bool (nqb, nkb) shared by heads or (H, nqb, nkb), with nqb = nkb = ceil(N / block_size). Only kept
     blocks are computed. A query row with no kept key outputs 0 and gets 0 gradient.
     """
-    _check_inputs(q, k, v, dropout_p)
+    _check_inputs(q, k, v, dropout_p, scale)
     B, H, N, D = q.shape
     if layout.dim() == 3 and layout.shape[0] not in (1, H):
         raise ValueError(f"per-head layout has {layout.shape[0]} heads but the inputs have H={H}")

@@ -105,3 +105,5 @@ def test_refuses_bad_inputs_with_a_message():
         flash_attention(q, q, q.transpose(-1, -2).contiguous().transpose(-1, -2))
     with pytest.raises(ValueError, match="dropout_p"):
         flash_attention(q, q, q, dropout_p=1.0)
+    with pytest.raises(ValueError, match="positive"):
+        flash_attention(q, q, q, scale=-1.0)

@@ -467,15 +467,6 @@ def _empty_like_bhnd(t: torch.Tensor, dtype=None) -> torch.Tensor:
     return t.new_empty((B, N, H, D), dtype=dtype or t.dtype).transpose(1, 2)
 
 
-def _mask_args(masks, which: str):
-    """Kernel arguments for one block-mask direction ('rows' or 'cols'); dummies when dense."""
-    if masks is None:
-        return None
-    full_cnt, full_idx, part_cnt, part_idx = masks[which]
-    return (full_cnt, full_idx, part_cnt, part_idx, full_cnt.stride(0), full_cnt.stride(1),
-            full_idx.stride(0), full_idx.stride(1))
-
-
 def _launch_fwd(q, k, v, seed, causal, dropout_p, scale, sparse, wrap=wrap_triton):
     B, H, N, D = q.shape
     head_d = max(16, triton.next_power_of_2(D))
@@ -488,13 +479,13 @@ def _launch_fwd(q, k, v, seed, causal, dropout_p, scale, sparse, wrap=wrap_trito
         dummy = lse
         grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * H)
         wrap(_attn_fwd_tuned)[grid](q, k, v, o, lse, seed, dummy, dummy, dummy, dummy, 0, 0, 0, 0,
-                                           *strides, SPARSE=False, **common)
+                                    *strides, SPARSE=False, **common)
     else:
         block_m, block_n, fwd_masks = sparse["fwd"]
         grid = (triton.cdiv(N, block_m), B * H)
-        wrap(_attn_fwd)[grid](q, k, v, o, lse, seed, *fwd_masks, *strides, BLOCK_M=block_m,
-                                     BLOCK_N=block_n, SPARSE=True, num_warps=4 if head_d <= 64 else 8,
-                                     num_stages=1 if INTERPRET else 3, **common)
+        wrap(_attn_fwd)[grid](q, k, v, o, lse, seed, *fwd_masks, *strides, BLOCK_M=block_m, BLOCK_N=block_n,
+                              SPARSE=True, num_warps=4 if head_d <= 64 else 8, num_stages=1 if INTERPRET else 3,
+                              **common)
     return o, lse
 
 
@@ -505,7 +496,7 @@ def _launch_bwd(do, q, k, v, o, lse, seed, causal, dropout_p, scale, sparse, wra
         do = do.contiguous()
     delta = torch.empty_like(lse)
     wrap(_bwd_delta)[(triton.cdiv(N, 64), B * H)](o, do, delta, *_strides(o), *_strides(do), H, N,
-                                                          D=D, HEAD_D=head_d, BLOCK_M=64)
+                                                   D=D, HEAD_D=head_d, BLOCK_M=64)
     dq, dk, dv = _empty_like_bhnd(q), _empty_like_bhnd(q), _empty_like_bhnd(q)
     common = dict(H=H, N=N, qk_scale=scale * LOG2E, sm_scale=scale, dropout_p=dropout_p, D=D, HEAD_D=head_d,
                   CAUSAL=causal, DROPOUT=dropout_p > 0, SPARSE=sparse is not None)

@@ -100,6 +100,8 @@ def parity_table(pairs: list[tuple[str, Run, Run]]) -> str:
     rows = []
     for title, a, b in pairs:
         g = loss_gap(a, b)
+        failed = [f"{r.label}: {status_cell(r)}" for r in (a, b) if r.status != "ok"]
+        title = title + (f" ({'; '.join(failed)})" if failed else "")
         rows.append([title, a.dropout, g["steps"], fmt(g["first_gap"], ".2e"), fmt(g["max_gap"], ".2e"),
                      fmt(g["max_gap_step"], "d"), fmt(g["mean_gap"], ".2e"), fmt(g["final_a"], ".4f"),
                      fmt(g["final_b"], ".4f")])

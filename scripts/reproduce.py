@@ -244,8 +244,15 @@ def main(argv=None) -> Path:
     if unknown := set(only) - set(SECTIONS):
         p.error(f"unknown sections {sorted(unknown)}; choose from {', '.join(SECTIONS)}")
 
+    import importlib.util
+
     import torch
 
+    missing = [m for m in ("hydra", "omegaconf", *(["wandb"] if args.logger != "none" else []))
+               if importlib.util.find_spec(m) is None]
+    if missing:
+        p.error(f"train.py needs {', '.join(missing)}, not installed here (pip install hydra-core wandb; "
+                "or --logger none to train without wandb)")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)

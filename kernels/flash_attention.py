@@ -467,6 +467,14 @@ def _empty_like_bhnd(t: torch.Tensor, dtype=None) -> torch.Tensor:
     return t.new_empty((B, N, H, D), dtype=dtype or t.dtype).transpose(1, 2)
 
 
+def _sparse_stages(q, head_d):
+    """Pipeline depth of the (untuned) sparse forward: 3, or 2 where three K/V stages would not fit in shared
+    memory (fp32 or D > 64)."""
+    if INTERPRET:
+        return 1
+    return 2 if head_d > 64 or q.dtype == torch.float32 else 3
+
+
 def _launch_fwd(q, k, v, seed, causal, dropout_p, scale, sparse, wrap=wrap_triton):
     B, H, N, D = q.shape
     head_d = max(16, triton.next_power_of_2(D))
@@ -484,7 +492,7 @@ def _launch_fwd(q, k, v, seed, causal, dropout_p, scale, sparse, wrap=wrap_trito
         block_m, block_n, fwd_masks = sparse["fwd"]
         grid = (triton.cdiv(N, block_m), B * H)
         wrap(_attn_fwd)[grid](q, k, v, o, lse, seed, *fwd_masks, *strides, BLOCK_M=block_m, BLOCK_N=block_n,
-                              SPARSE=True, num_warps=4 if head_d <= 64 else 8, num_stages=1 if INTERPRET else 3,
+                              SPARSE=True, num_warps=4 if head_d <= 64 else 8, num_stages=_sparse_stages(q, head_d),
                               **common)
     return o, lse
 

@@ -84,6 +84,27 @@ def series_vs_n(series: dict[str, tuple[list[int], list[float]]], path: Path, *,
     return _save(fig, path)
 
 
+def parity_plot(a: tuple[str, Run], b: tuple[str, Run], path: Path, title: str, key: str = "train/loss") -> str:
+    """Two loss curves overlaid, and below them |a - b| per step on a log scale."""
+    (la, ra), (lb, rb) = a, b
+    fig, (top, bottom) = plt.subplots(2, 1, figsize=(7, 5.5), sharex=True, height_ratios=[2, 1])
+    (sa, ya), (sb, yb) = ra.curve(key), rb.curve(key)
+    top.plot(sa, ya, "-", label=la, linewidth=1.5)
+    top.plot(sb, yb, "--", label=lb, linewidth=1.5)
+    top.set_ylabel(key)
+    top.set_title(title)
+    top.grid(alpha=0.3)
+    top.legend(fontsize=8)
+    db = dict(zip(sb, yb, strict=True))
+    gap = [(s, abs(y - db[s])) for s, y in zip(sa, ya, strict=True) if s in db]
+    if gap:
+        bottom.semilogy([g[0] for g in gap], [max(g[1], 1e-12) for g in gap], ".-", color="C3", linewidth=0.8)
+    bottom.set_ylabel(f"|Δ {key}|")
+    bottom.set_xlabel("step")
+    bottom.grid(alpha=0.3, which="both")
+    return _save(fig, path)
+
+
 def xy(points: dict[str, tuple[list[float], list[float]]], path: Path, *, title: str, xlabel: str, ylabel: str) -> str:
     fig, ax = plt.subplots(figsize=(6, 4))
     for i, (name, (xs, ys)) in enumerate(points.items()):

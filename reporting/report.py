@@ -203,7 +203,7 @@ def parity_section(pairs: list[tuple[str, Run, Run]], out: Path, note: str = "")
             md.append(f"\n**{title}: largest |Δ train loss| over {g['steps']} steps = {g['max_gap']:.2e} "
                       f"(step {g['max_gap_step']}).**\n")
     for i, (title, a, b) in enumerate(pairs):
-        png = plots.loss_curves([(a.label, a), (b.label, b)], out / f"parity_{i}.png", title=title)
+        png = plots.parity_plot((a.label, a), (b.label, b), out / f"parity_{i}.png", title=title)
         md.append(f"\n![{title}]({png})\n")
     return "\n".join(md)
 

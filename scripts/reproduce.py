@@ -139,13 +139,16 @@ def parity(plan: dict, sweeps: Sweeps, skipped: dict, device: str) -> tuple[list
     if device == "cuda":  # on a CPU the training dtype is already fp32
         a32, b32 = sweeps.run("parity/dropout0_fp32", "parity",
                               [*small_run_args(plan, 0.0), "train.dtype=fp32", f"attn=naive,{other}"], ["naive", other])
-        pairs.append((f"naive vs {other}, {m}, dropout 0, fp32", a32, b32))
+        pairs.append((f"naive vs {other}, {m}, dropout 0, fp32 (flash: TF32 dots)", a32, b32))
     c, d = sweeps.run("parity/dropout0.1", "parity", [*small_run_args(plan, 0.1), f"attn=naive,{other}"],
                       ["naive", other])
     (e,) = sweeps.run("parity/dropout0.1_seed2", "parity", [*small_run_args(plan, 0.1, seed=1338), "attn=naive"],
                       ["naive"])
     pairs += [(f"naive vs {other}, {m}, dropout 0.1", c, d),
               ("noise floor: naive seed 1337 vs 1338, dropout 0.1", c, e)]
+    note += ("Exact kernels still round differently (bf16, TF32), and training amplifies any difference: the gap "
+             "starts at the first step's rounding level and grows. The naive-vs-sdpa row (two PyTorch kernels) "
+             "shows the drift any pair of exact implementations has; the lower panels plot |Δloss| per step. ")
     note += ("With dropout the backends may draw different dropout masks, so the curves need agree only up to "
              "run-to-run noise; the last row measures that noise (same backend, another seed).")
     gap, noise = loss_gap(c, d)["mean_gap"], loss_gap(c, e)["mean_gap"]

@@ -232,6 +232,7 @@ def main(argv=None) -> Path:
     p.add_argument("--backends", default=",".join((*BACKENDS, "hf")),
                    help="throughput backends, comma list; 'hf' is model.impl=hf")
     p.add_argument("--steps", type=int, help="steps per throughput run")
+    p.add_argument("--tokens-per-step", type=int, help="throughput batch = this // seq len")
     p.add_argument("--small-steps", type=int, help="steps per convergence / block-sparse run")
     p.add_argument("--triton-interpret", action="store_true",
                    help="on CPU, run flash/block_sparse through the (slow) Triton interpreter instead of skipping")
@@ -240,7 +241,7 @@ def main(argv=None) -> Path:
     args = p.parse_args(argv)
     mode = args.mode or "quick"
     plan = {**PLANS[mode], "backends": [b.strip() for b in args.backends.split(",") if b.strip()]}
-    for key in ("models", "seqs", "steps", "small_steps"):
+    for key in ("models", "seqs", "steps", "small_steps", "tokens_per_step"):
         if getattr(args, key):
             plan[key] = getattr(args, key)
     only = [s.strip() for s in args.only.split(",") if s.strip()]

@@ -188,7 +188,18 @@ def throughput_section(runs: list[Run], out: Path, title: str, png_name: str = "
         "MFU counts the attention FLOPs the backend computes, peak memory is the allocator's peak. "
         "Speedups divide tokens/s by those of the naive / HF run of the same model, seq len and batch. "
         "The paper column is its Table 2 training-time ratio (8×A100, FlashAttention vs HuggingFace, seq 1K), "
-        "for orientation only.\n", note, throughput_table(runs), f"\n![throughput]({png})\n"])
+        "for orientation only.\n", note, throughput_table(runs), f"\n![throughput]({png})\n", paper_training_table()])
+
+
+def paper_training_table() -> str:
+    """The paper's Tables 2 and 4 as published (8×A100, OpenWebText), kept apart from our rows."""
+    rows = [[f"GPT-2 {'small' if m == 'gpt2' else 'medium'}", impl, "1K", v["ppl"], v["days"], f"{v['speedup']}× vs HF",
+             "Table 2"] for (m, impl), v in paper.GPT2_TRAINING.items()]
+    rows += [["GPT-2 small", impl, f"{n // 1024}K", v["ppl"], v["days"], f"{v['speedup']}× vs Megatron 1K", "Table 4"]
+             for (impl, n), v in paper.GPT2_LONG_CONTEXT.items()]
+    return ("For reference, **paper (8×A100)**, as published (" + paper.CITATION + "):\n\n"
+            + markdown_table(["model", "implementation", "context", "OpenWebText ppl", "training days", "speedup",
+                              "source"], rows))
 
 
 def parity_section(pairs: list[tuple[str, Run, Run]], out: Path, note: str = "") -> str:

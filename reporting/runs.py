@@ -63,6 +63,10 @@ class Run:
         pts = [(h["step"], h[key]) for h in self.history if h.get(key) is not None and "step" in h]
         return [p[0] for p in pts], [p[1] for p in pts]
 
+    @classmethod
+    def from_json(cls, d: dict) -> Run:
+        return cls(**{k: v for k, v in d.items() if k in cls.__dataclass_fields__})
+
     def to_json(self, with_history: bool = False) -> dict:
         d = {k: v for k, v in self.__dict__.items() if k not in ("history", "config")}
         d["label"] = self.label

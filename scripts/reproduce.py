@@ -234,6 +234,7 @@ def main(argv=None) -> Path:
     p.add_argument("--steps", type=int, help="steps per throughput run")
     p.add_argument("--tokens-per-step", type=int, help="throughput batch = this // seq len")
     p.add_argument("--small-steps", type=int, help="steps per convergence / block-sparse run")
+    p.add_argument("--fresh", action="store_true", help="forget sections made by earlier runs into --out")
     p.add_argument("--triton-interpret", action="store_true",
                    help="on CPU, run flash/block_sparse through the (slow) Triton interpreter instead of skipping")
     p.add_argument("--sparse-patterns", nargs="*", default=None,
@@ -270,33 +271,46 @@ def main(argv=None) -> Path:
     sweeps = Sweeps(out, device, args.logger, args.group or out.name, args.data_dir, child_env)
     patterns = args.sparse_patterns if args.sparse_patterns is not None else default_patterns(plan)
 
-    sections, raw = [], {"plan": plan, "skipped_backends": skipped}
-    bench: list[dict] = []
-    if skipped:
-        sections.append("**Backends that cannot run here** (left out of the runs):\n\n"
-                        + "".join(f"- `{b}`: {why}\n" for b, why in skipped.items()))
+    # Sections are kept in <out>/sections.json, so that a report can be built in several invocations (e.g.
+    # --only kernels, then --only throughput,parity,sparse): each run replaces the sections it made.
+    state_path = out / "sections.json"
+    state = json.loads(state_path.read_text()) if state_path.exists() and not args.fresh else {}
+    made = f"_{env['date_utc']}, `{env['command']}`_\n"
+
+    def keep(key: str, md: str, raw=None):
+        state[key] = {"md": md + ("\n" + made if md else ""), "raw": raw}
+
+    keep("skipped", "**Backends that cannot run here** (left out of the runs):\n\n"
+         + "".join(f"- `{b}`: {why}\n" for b, why in skipped.items()) if skipped else "", skipped)
+    bench: list[dict] = state.get("kernels", {}).get("raw") or []
     if "kernels" in only:
         bench, note = kernels(mode, out, device)
-        raw["kernels"] = bench
-        sections.append(report.kernel_section(bench, out) + f"\n{note}\n" if bench else
-                        f"## 1. Attention kernels\n\n{note}\n")
-    sections.append(report.io_section())
+        keep("kernels", report.kernel_section(bench, out) + f"\n{note}\n" if bench else
+             f"## 1. Attention kernels\n\n{note}\n", bench)
+    keep("io", report.io_section())
     if "throughput" in only:
         runs = throughput(plan, sweeps, skipped)
-        raw["throughput"] = [r.to_json() for r in runs]
-        sections.append(report.throughput_section(runs, out, f"{device}, {', '.join(plan['models'])}"))
+        keep("throughput", report.throughput_section(runs, out, f"{device}, {', '.join(plan['models'])}"),
+             [r.to_json() for r in runs])
     if "parity" in only:
         pairs, note = parity(plan, sweeps, skipped, device)
-        raw["parity"] = [{"title": t, "a": a.to_json(True), "b": b.to_json(True)} for t, a, b in pairs]
-        sections.append(report.parity_section(pairs, out, note))
-    if "sparse" in only:
-        sruns = sparse(plan, sweeps, skipped, patterns)
-        raw["sparse"] = [r.to_json(True) for r in sruns]
-        layouts = draw_layouts(patterns, plan["small_seq"], out) if "block_sparse" not in skipped else []
-        sections.append(report.sparse_section(sruns, bench, out, layouts))
-    raw["sweeps"] = sweeps.log
-    sections.append("## Commands\n\n" + "".join(f"- `{s['cmd']}` (rc {s['rc']}, {s['seconds']} s)\n"
-                                                 for s in sweeps.log))
+        keep("parity", report.parity_section(pairs, out, note),
+             [{"title": t, "a": a.to_json(True), "b": b.to_json(True)} for t, a, b in pairs])
+    if "sparse" in only or ("kernels" in only and "sparse" in state):
+        if "sparse" in only:
+            sruns = sparse(plan, sweeps, skipped, patterns)
+            layouts = draw_layouts(patterns, plan["small_seq"], out) if "block_sparse" not in skipped else []
+            state["sparse_runs"] = {"runs": [r.to_json(True) for r in sruns], "layouts": layouts}
+        saved = state.get("sparse_runs", {"runs": [], "layouts": []})
+        keep("sparse", report.sparse_section([Run.from_json(r) for r in saved["runs"]], bench, out,
+                                             [tuple(x) for x in saved["layouts"]]), saved["runs"])
+    state["commands"] = state.get("commands", []) + sweeps.log
+    state_path.write_text(json.dumps(state, indent=1, default=str))
+    order = ("skipped", "kernels", "io", "throughput", "parity", "sparse")
+    sections = [state[k]["md"] for k in order if k in state]
+    sections.append("## Commands\n\n" + "".join(f"- `{c['cmd']}` (rc {c['rc']}, {c['seconds']} s)\n"
+                                                   for c in state["commands"]))
+    raw = {k: state[k]["raw"] for k in order if k in state} | {"plan": plan, "sweeps": state["commands"]}
     path = report.write_report(out, "Reproducing FlashAttention (Dao et al. 2022) with this repository", env,
                                sections, raw)
     print(f"report: {path}")

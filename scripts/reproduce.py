@@ -105,9 +105,10 @@ def throughput(plan: dict, sweeps: Sweeps, skipped: dict) -> list[Run]:
     for model in plan["models"]:
         for seq in plan["seqs"]:
             batch = max(1, plan["tokens_per_step"] // seq)
+            warmup = min(plan["warmup_steps"], plan["steps"] // 2)
             shape = ["experiment=throughput", f"model={model}", f"model.block_size={seq}", f"train.seq_len={seq}",
                      f"train.batch_size={batch}", f"train.max_steps={plan['steps']}",
-                     f"train.warmup_steps={plan['warmup_steps']}", f"train.log_interval={plan['log_interval']}"]
+                     f"train.warmup_steps={warmup}", f"train.log_interval={plan['log_interval']}"]
             if backends:
                 runs += sweeps.run(f"throughput/{model}_seq{seq}", "throughput",
                                    [*shape, f"attn={','.join(backends)}"], backends)

@@ -1,8 +1,10 @@
 """Reproduce the FlashAttention paper's experiments in one command; writes a self-contained report directory.
 
-    python scripts/reproduce.py --quick --out reports/h100        # GPT-2 small, seq 1K/2K, minutes on one GPU
-    python scripts/reproduce.py --full --out reports/h100-full    # GPT-2 small + medium, seq 1K/2K/4K
+    python scripts/reproduce.py --quick --out docs/results/h100   # GPT-2 small, seq 1K/2K: ~12 min on one H100
+    python scripts/reproduce.py --full --out docs/results/h100    # GPT-2 small + medium, seq 1K/2K/4K
     python scripts/reproduce.py --tiny --device cpu --out /tmp/r  # smoke test: tiny models, CPU backends
+    python scripts/reproduce.py --quick --only kernels --out R; python scripts/reproduce.py --quick \
+        --only throughput,parity,sparse --out R                    # the same report in two commands
 
 Every training number comes from ordinary train.py runs (Hydra multirun, one job per config) under
 <out>/runs/; kernel numbers from scripts/bench_attention.py under <out>/kernels/. The report is <out>/report.md

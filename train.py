@@ -151,12 +151,12 @@ def sample_text(model, meta, device, n_tokens: int, seed: int) -> str:
         return f"{out} (token ids: {e})"
 
 
-def copy_prior_metrics(old_run_dir: Path, run_dir: Path, step: int) -> None:
-    """A resumed run's metrics.jsonl starts with the original run's rows up to the checkpoint."""
-    old = old_run_dir / "metrics.jsonl"
-    if old.is_file() and old.resolve() != (run_dir / "metrics.jsonl").resolve():
-        rows = [line for line in old.read_text().splitlines() if line and json.loads(line)["step"] <= step]
-        (run_dir / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
+def start_metrics(run_dir: Path, resumed_from: Path | None, step: int) -> None:
+    """A fresh run starts an empty metrics.jsonl; a resumed one starts with the old run's rows up to its checkpoint."""
+    old = resumed_from / "metrics.jsonl" if resumed_from else None
+    rows = [line for line in old.read_text().splitlines() if line and json.loads(line)["step"] <= step] \
+        if old and old.is_file() else []
+    (run_dir / "metrics.jsonl").write_text("".join(r + "\n" for r in rows))
 
 
 def main(cfg: DictConfig, run_dir: str | Path, multirun: bool = False) -> dict:
@@ -281,9 +281,9 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.json").write_text(json.dumps({**resolved, **info}, indent=2))
-        if ckpt is not None:
-            copy_prior_metrics(Path(tc.resume_from) if Path(tc.resume_from).is_dir() else
-                               Path(tc.resume_from).parent, run_dir, start_step)
+        resumed_from = None if ckpt is None else \
+            Path(tc.resume_from) if Path(tc.resume_from).is_dir() else Path(tc.resume_from).parent
+        start_metrics(run_dir, resumed_from, start_step)
         lc = cfg.logger
         logger = RunLogger(run_dir, OmegaConf.merge(lc, {"group": lc.group or label,
                                                          "name": lc.name or f"{label}-bs{tc.batch_size}"}),

@@ -47,3 +47,8 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     full, again = losses(tmp_path / "full"), losses(tmp_path / "resumed")
     assert sorted(again) == sorted(full)  # the resumed metrics.jsonl carries steps 1-4 over
     assert again == full  # exactly
+
+    # Resuming into the interrupted run's own directory drops its rows after the checkpoint, then continues.
+    again_in_place = train.main(compose([*base, "train.init_from=resume", f"train.resume_from={tmp_path / 'cut'}"]),
+                                tmp_path / "cut")
+    assert again_in_place["status"] == "ok" and losses(tmp_path / "cut") == full

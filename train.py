@@ -246,6 +246,7 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
     optimizer = model.configure_optimizers(cfg.optim.weight_decay, cfg.optim.lr, tuple(cfg.optim.betas), device.type)
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
+    # Resume: weights, optimizer, scaler, step, RNGs, data position
     train_data = TokenBatches(data_path, "train", tc.batch_size, tc.seq_len, device, tc.seed, d.rank)
     start_step, wandb_id = 0, None
     if ckpt is not None:
@@ -269,6 +270,7 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
         model = torch.nn.parallel.DistributedDataParallel(model, device_ids=[d.local_rank] if device.type == "cuda"
                                                           else None)
 
+    # Run directory, loggers, and what MFU needs
     label = run_label(cfg, config)
     resolved = OmegaConf.to_container(cfg, resolve=True)
     gpu_name = torch.cuda.get_device_name(device) if device.type == "cuda" else None
@@ -303,6 +305,7 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
             lr = learning_rate(step - 1, cfg.optim, tc.max_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
+            # One optimizer step: grad_accum micro-steps, gradients all-reduced (DDP) on the last one only
             timer.start()
             loss_sum = torch.zeros((), device=device)
             for micro in range(tc.grad_accum):
@@ -325,6 +328,7 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
                 raise NonFiniteLoss(f"loss is {train_loss} at step {step}: stopped. The last good checkpoint "
                                     f"(if any) is kept in {run_dir}. Lower optim.lr or use train.dtype=bf16/fp32.")
 
+            # Log, eval, checkpoint
             if step % tc.log_interval == 0 or step == tc.max_steps:
                 step_ms = timer.mean_ms(range(last_log + 1, step + 1))
                 tps = tokens_per_step / (step_ms / 1e3) if step_ms else None

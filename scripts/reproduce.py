@@ -310,7 +310,10 @@ def main(argv=None) -> Path:
     state["commands"] = state.get("commands", []) + sweeps.log
     state_path.write_text(json.dumps(state, indent=1, default=str))
     order = ("skipped", "kernels", "io", "throughput", "parity", "sparse")
-    sections = [state[k]["md"] for k in order if k in state]
+    sections = ["How to read this report — what IO-aware means, the online softmax, and what each speedup column "
+                "measures: `docs/how-flash-attention-works.md` in the repository. Numbers in columns marked "
+                "**paper (A100)** are the paper's, as published; all others come from the runs below.\n"]
+    sections += [state[k]["md"] for k in order if k in state]
     sections.append("## Commands\n\n" + "".join(f"- `{c['cmd']}` (rc {c['rc']}, {c['seconds']} s)\n"
                                                    for c in state["commands"]))
     raw = {k: state[k]["raw"] for k in order if k in state} | {"plan": plan, "sweeps": state["commands"]}

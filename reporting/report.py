@@ -114,7 +114,7 @@ def kernel_section(records: list[dict], out: Path) -> str:
         cell = {(r["backend"], r["seq_len"]): r for r in mem}
         mb = sorted({r["backend"] for r in mem}, key=lambda b: (b != "naive", b != "flash", b))
         pm = paper.MEMORY_TABLE[1]
-        headers = ["N", *[f"{b} (MB)" for b in mb], "paper (A100): PyTorch (MB)", "paper (A100): FlashAttention (MB)"]
+        headers = ["N", *[f"{b} (MiB)" for b in mb], "paper (A100): PyTorch (MB)", "paper (A100): FlashAttention (MB)"]
         rows = [[n, *[fmt(cell[(b, n)]["mem_mb"], ",.0f") if (b, n) in cell else "–" for b in mb],
                  *[fmt(pm[p][paper.SEQ_LENS.index(n)], ",d") if n in paper.SEQ_LENS else "–"
                    for p in ("PyTorch Attention", "FlashAttention")]] for n in ns]

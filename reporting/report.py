@@ -222,7 +222,7 @@ def sparse_section(runs: list[Run], bench: list[dict], out: Path, layouts: list[
     if not runs and not bench:
         return ""
     md = ["## 4. Block-sparse attention: speed vs density, and what it costs in loss\n"]
-    if not any(r.backend == "block_sparse" for r in runs):
+    if runs and not any(r.backend == "block_sparse" for r in runs):
         md.append("No block-sparse runs here (the backend cannot run on this device); the dense reference only.\n")
     sp = [r for r in bench if r["part"] == "sparse"]
     if sp:

@@ -5,6 +5,8 @@
     python scripts/reproduce.py --tiny --device cpu --out /tmp/r  # smoke test: tiny models, CPU backends
     python scripts/reproduce.py --quick --only kernels --out R; python scripts/reproduce.py --quick \
         --only throughput,parity,sparse --out R                    # the same report in two commands
+    python scripts/bench_attention.py --part dense --out R/kernels [--append] ...   # a long benchmark in parts,
+    python scripts/reproduce.py --full --only kernels --reuse-kernels --out R       # then put in the report
 
 Every training number comes from ordinary train.py runs (Hydra multirun, one job per config) under
 <out>/runs/; kernel numbers from scripts/bench_attention.py under <out>/kernels/. The report is <out>/report.md
@@ -195,7 +197,14 @@ def draw_layouts(patterns: list[str], seq: int, out: Path) -> list[tuple[str, st
     return pictures
 
 
-def kernels(mode: str, out: Path, device: str) -> tuple[list[dict], str]:
+def kernels(mode: str, out: Path, device: str, reuse: bool) -> tuple[list[dict], str]:
+    results = out / "kernels" / "results.json"
+    if reuse:  # e.g. a benchmark run in parts with bench_attention.py --append --out <out>/kernels
+        if not results.exists():
+            return [], f"--reuse-kernels: {results} does not exist."
+        return report.normalize_bench(json.loads(results.read_text())), (
+            "From an existing benchmark: [kernels/results.md](kernels/results.md), "
+            "[kernels/results.json](kernels/results.json).")
     if device != "cuda":
         return [], "skipped: the kernel benchmark needs a CUDA GPU (this run uses --device cpu)."
     bench = ROOT / "scripts" / "bench_attention.py"
@@ -207,7 +216,6 @@ def kernels(mode: str, out: Path, device: str) -> tuple[list[dict], str]:
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
     kdir.mkdir(parents=True, exist_ok=True)
     (kdir / "bench.log").write_text(proc.stdout + proc.stderr)
-    results = kdir / "results.json"
     records = report.normalize_bench(json.loads(results.read_text())) if results.exists() else []
     shown = shlex.join(["python", "scripts/bench_attention.py", "--out", "<report>/kernels", *cmd[4:]])
     if proc.returncode != 0:
@@ -237,6 +245,8 @@ def main(argv=None) -> Path:
     p.add_argument("--steps", type=int, help="steps per throughput run")
     p.add_argument("--tokens-per-step", type=int, help="throughput batch = this // seq len")
     p.add_argument("--small-steps", type=int, help="steps per convergence / block-sparse run")
+    p.add_argument("--reuse-kernels", action="store_true",
+                   help="with --only kernels: render <out>/kernels/results.json instead of running the benchmark")
     p.add_argument("--fresh", action="store_true", help="forget sections made by earlier runs into --out")
     p.add_argument("--triton-interpret", action="store_true",
                    help="on CPU, run flash/block_sparse through the (slow) Triton interpreter instead of skipping")
@@ -287,7 +297,7 @@ def main(argv=None) -> Path:
          + "".join(f"- `{b}`: {why}\n" for b, why in skipped.items()) if skipped else "", skipped)
     bench: list[dict] = state.get("kernels", {}).get("raw") or []
     if "kernels" in only:
-        bench, note = kernels(mode, out, device)
+        bench, note = kernels(mode, out, device, args.reuse_kernels)
         keep("kernels", report.kernel_section(bench, out) + f"\n{note}\n" if bench else
              f"## 1. Attention kernels\n\n{note}\n", bench)
     keep("io", report.io_section())
@@ -299,7 +309,7 @@ def main(argv=None) -> Path:
         pairs, note = parity(plan, sweeps, skipped, device)
         keep("parity", report.parity_section(pairs, out, note),
              [{"title": t, "a": a.to_json(True), "b": b.to_json(True)} for t, a, b in pairs])
-    if "sparse" in only or ("kernels" in only and "sparse" in state):
+    if "sparse" in only or "kernels" in only:  # the sparse section shows the benchmark's sparse rows too
         if "sparse" in only:
             sruns = sparse(plan, sweeps, skipped, patterns)
             layouts = draw_layouts(patterns, plan["small_seq"], out) if "block_sparse" not in skipped else []

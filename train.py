@@ -174,6 +174,7 @@ def main(cfg: DictConfig, run_dir: str | Path, multirun: bool = False) -> dict:
             log.setLevel(logging.WARNING)
         if device.type == "cuda":
             device = torch.device("cuda", d.local_rank)
+            torch.cuda.init()  # the allocator must exist before its statistics can be reset
             torch.cuda.reset_peak_memory_stats(device)  # each job of a sweep reports its own peak
         run_dir = Path(distributed.broadcast(str(run_dir), d))
         summary = trainer(cfg, run_dir, device, d, summary)

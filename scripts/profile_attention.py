@@ -1,0 +1,75 @@
+"""Where the time of one attention forward+backward goes: GPU kernels vs host (launch) overhead.
+
+    python scripts/profile_attention.py --provider flash --seq 1024 --batch 16
+    python scripts/profile_attention.py --provider block_sparse --seq 16384 --batch 1 --pattern local
+
+Prints wall time per call (host clock, synchronised), the summed GPU kernel time per call, and the kernels.
+Wall time well above GPU time means the host cannot launch the work as fast as the GPU runs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
+
+from bench_attention import _impl  # noqa: E402
+
+from kernels import block_sparse_attention  # noqa: E402
+from kernels import sparsity_patterns as sp  # noqa: E402
+
+
+def attention_fn(args):
+    if args.provider != "block_sparse":
+        fn = _impl(args.provider)
+        return lambda q, k, v: fn(q, k, v, True, args.dropout)
+    layout = sp.build_layout(args.pattern, args.seq, 128, window=256).cuda()
+    return lambda q, k, v: block_sparse_attention(q, k, v, layout, causal=True, dropout_p=args.dropout)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--provider", default="flash")
+    p.add_argument("--seq", type=int, default=1024)
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--heads", type=int, default=12)
+    p.add_argument("--head-dim", type=int, default=64)
+    p.add_argument("--dropout", type=float, default=0.0)
+    p.add_argument("--pattern", default="local")
+    p.add_argument("--iters", type=int, default=50)
+    args = p.parse_args()
+
+    fn = attention_fn(args)
+    q, k, v = (torch.randn(args.batch, args.heads, args.seq, args.head_dim, device="cuda", dtype=torch.bfloat16,
+                           requires_grad=True) for _ in range(3))
+    do = torch.randn_like(q)
+    step = lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do)
+    for _ in range(5):
+        step()
+    torch.cuda.synchronize()
+    for mode, call in (("fwd", lambda: fn(q, k, v).detach()), ("fwd+bwd", step)):
+        t0 = time.perf_counter()
+        for _ in range(args.iters):
+            call()
+        host_ms = (time.perf_counter() - t0) / args.iters * 1e3  # time to enqueue (no sync inside the loop)
+        torch.cuda.synchronize()
+        wall_ms = (time.perf_counter() - t0) / args.iters * 1e3
+        print(f"{mode}: host enqueue {host_ms:.3f} ms/call, wall {wall_ms:.3f} ms/call")
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(args.iters):
+            step()
+        torch.cuda.synchronize()
+    events = prof.key_averages()
+    gpu_us = sum(e.device_time_total for e in events if e.device_type.name == "CUDA") / args.iters
+    print(f"GPU kernel time per fwd+bwd: {gpu_us / 1e3:.3f} ms")
+    print(events.table(sort_by="device_time_total", row_limit=12, max_name_column_width=60))
+
+
+if __name__ == "__main__":
+    main()

@@ -156,7 +156,7 @@ def _add_rates(row: dict, flops_fwd: float) -> dict:
 
 
 def run_dense(seqs, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0.1), providers=DENSE_PROVIDERS,
-              heads=12, tokens=16384, dtype=torch.bfloat16, log=print) -> list[dict]:
+              heads=12, tokens=16384, dtype=torch.bfloat16, log=print, on_row=None) -> list[dict]:
     rows = []
     for D in head_dims:
         for causal in causals:
@@ -173,12 +173,14 @@ def run_dense(seqs, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0
                                    **_guarded(fn, B, heads, N, D, dtype))
                         rows.append(_add_rates(row, flops))
                         log(_fmt(row))
+                        if on_row:
+                            on_row(row)
     return rows
 
 
 def run_sparse(seqs=(1024, 4096, 16384, 65536), patterns=("local", "butterfly"), density_seq=8192,
                windows=(256, 512, 1024, 2048, 4096), providers=SPARSE_PROVIDERS, D=64, heads=12, tokens=16384,
-               block_size=128, dtype=torch.bfloat16, log=print) -> list[dict]:
+               block_size=128, dtype=torch.bfloat16, log=print, on_row=None) -> list[dict]:
     """Causal block-sparse vs N for each pattern, then vs density (local window sweep at density_seq)."""
     cases = [(pat, N, 256) for pat in patterns for N in seqs]
     cases += [("local", density_seq, w) for w in windows if density_seq]
@@ -203,6 +205,8 @@ def run_sparse(seqs=(1024, 4096, 16384, 65536), patterns=("local", "butterfly"),
             # FLOPs counted over kept blocks only (dense flash computes more, at the dense causal count)
             rows.append(_add_rates(row, dense_flops if prov == "flash" else 4 * B * heads * N * N * D * density))
             log(_fmt(row))
+            if on_row:
+                on_row(row)
     return rows
 
 
@@ -397,14 +401,21 @@ def main(argv=None):
     if args.quick:
         seqs, head_dims, causals, dropouts = args.seqs or [1024, 4096, 16384], [64], (True,), [0.0]
         sparse_seqs, density_seq = (4096, 16384), 0
-    rows = []
+    earlier = load_rows(args.out) if args.append else []
+    rows, env = [], environment()
+
+    def keep(row):  # results.json grows row by row, so a run stopped at a time limit keeps what it measured
+        rows.append(row)
+        os.makedirs(args.out, exist_ok=True)
+        with open(os.path.join(args.out, "results.json"), "w") as f:
+            json.dump({"env": env, "rows": merge_rows(earlier, rows)}, f, indent=1)
+
     if args.part in ("dense", "all"):
-        rows += run_dense(seqs, head_dims, causals, dropouts, tuple(args.providers))
+        run_dense(seqs, head_dims, causals, dropouts, tuple(args.providers), on_row=keep)
     if args.part in ("sparse", "all"):
-        rows += run_sparse(sparse_seqs, density_seq=density_seq)
-    if args.append:
-        rows = merge_rows(load_rows(args.out), rows)
-    write_outputs(rows, args.out)
+        run_sparse(sparse_seqs, density_seq=density_seq, on_row=keep)
+    rows = merge_rows(earlier, rows)
+    write_outputs(rows, args.out, env)
     print(markdown(rows, environment()))
 
 

@@ -125,7 +125,8 @@ def run_label(cfg, config: GPTConfig) -> str:
 def evaluate(model, val_path, cfg, device, autocast, d) -> float:
     """Mean loss over the same eval_iters batches every time (a fixed seed), so evals compare."""
     model.eval()
-    batches = TokenBatches(val_path, "val", cfg.train.batch_size, cfg.train.seq_len, device, cfg.train.seed, d.rank)
+    batches = TokenBatches(val_path, "val", cfg.train.batch_size, cfg.train.seq_len, device, cfg.train.seed, d.rank,
+                           d.world_size)
     losses = []
     for _ in range(cfg.train.eval_iters):
         x, y = batches.next()
@@ -248,7 +249,7 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
     scaler = torch.amp.GradScaler(device.type, enabled=dtype == torch.float16)
 
     # Resume: weights, optimizer, scaler, step, RNGs, data position
-    train_data = TokenBatches(data_path, "train", tc.batch_size, tc.seq_len, device, tc.seed, d.rank)
+    train_data = TokenBatches(data_path, "train", tc.batch_size, tc.seq_len, device, tc.seed, d.rank, d.world_size)
     start_step, wandb_id = 0, None
     if ckpt is not None:
         if cfg.model.impl == "hf":

@@ -38,9 +38,21 @@ def test_batches_are_deterministic_per_seed_and_rank_and_resumable(corpus):
     assert not torch.equal(make(rank=1).next()[0], make(rank=0).next()[0])
     state = a.state_dict()
     expected = a.next()[0]
-    c = make(seed=99)
+    c = make()  # a resumed run: same seed, position from the checkpoint
     c.load_state_dict(state)
     assert torch.equal(c.next()[0], expected)
+    assert not torch.equal(make(seed=99).next()[0], make().next()[0])
+
+
+def test_the_global_batch_does_not_depend_on_how_it_is_split(corpus):
+    def make(rank, world_size):
+        return TokenBatches(corpus, "train", 2, 16, torch.device("cpu"), seed=0, rank=rank, world_size=world_size)
+
+    one = make(0, 1)  # one process, grad_accum=2: two micro-batches per step
+    ranks = [make(0, 2), make(1, 2)]  # two ranks, grad_accum=1
+    for _ in range(3):
+        assert torch.equal(one.next()[0], ranks[0].next()[0])
+        assert torch.equal(one.next()[0], ranks[1].next()[0])
 
 
 def test_missing_data_says_how_to_prepare(tmp_path):

@@ -44,19 +44,27 @@ def check_vocab(meta: dict, vocab_size: int, path: Path) -> None:
 
 
 class TokenBatches:
-    """Endless (x, y) batches of random windows; deterministic under (seed, rank), state in checkpoints."""
+    """Endless (x, y) batches of random windows, state in checkpoints.
+
+    The k-th batch of rank r is drawn from a generator seeded by (seed, k * world_size + r): ranks see disjoint
+    streams, and the global batch of an optimizer step does not depend on how it is split, so N ranks with
+    grad_accum=1 train on the same tokens as one process with grad_accum=N (the same loss curve).
+    """
 
     def __init__(self, path: Path, split: str, batch_size: int, seq_len: int, device: torch.device,
-                 seed: int, rank: int = 0):
+                 seed: int, rank: int = 0, world_size: int = 1):
         self.file = Path(path) / f"{split}.bin"
         self.tokens = np.memmap(self.file, dtype=np.uint16, mode="r")
         if len(self.tokens) <= seq_len + 1:
             raise DataError(f"'{self.file}' has {len(self.tokens)} tokens, too few for train.seq_len={seq_len}.")
         self.batch_size, self.seq_len, self.device = batch_size, seq_len, device
-        self.rng = np.random.default_rng([seed, rank])  # each rank its own stream
+        self.seed, self.rank, self.world_size = seed, rank, world_size
+        self.batches_drawn = 0
 
     def next(self) -> tuple[torch.Tensor, torch.Tensor]:
-        starts = self.rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size)
+        rng = np.random.default_rng([self.seed, self.batches_drawn * self.world_size + self.rank])
+        self.batches_drawn += 1
+        starts = rng.integers(0, len(self.tokens) - self.seq_len - 1, size=self.batch_size)
         windows = np.stack([self.tokens[s:s + self.seq_len + 1] for s in starts]).astype(np.int64)
         xy = torch.from_numpy(windows)
         if self.device.type == "cuda":
@@ -64,7 +72,10 @@ class TokenBatches:
         return xy[:, :-1], xy[:, 1:]
 
     def state_dict(self) -> dict:
-        return {"rng": self.rng.bit_generator.state}
+        return {"batches_drawn": self.batches_drawn}
 
     def load_state_dict(self, state: dict) -> None:
-        self.rng.bit_generator.state = state["rng"]
+        if "batches_drawn" not in state:
+            raise DataError("the checkpoint's data position is from an older format (a generator state); resume "
+                            "it with the commit that wrote it, or start the run again")
+        self.batches_drawn = state["batches_drawn"]

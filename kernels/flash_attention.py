@@ -582,10 +582,11 @@ attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
 def _spec(x):
-    """What Triton specialises a compiled kernel on: a tensor's dtype and 16-byte alignment; an int's width and
-    whether it is 1 or a multiple of 16; constexpr values (bools, None) themselves; a float's type only."""
+    """What Triton specialises a compiled kernel on: a tensor's dtype and 16-byte alignment (and its device: a
+    binary is loaded per GPU); an int's width and whether it is 1 or a multiple of 16; constexpr values (bools,
+    None) themselves; a float's type only."""
     if isinstance(x, torch.Tensor):
-        return x.dtype, x.data_ptr() % 16 == 0
+        return x.dtype, x.data_ptr() % 16 == 0, x.device
     if isinstance(x, bool) or x is None:
         return x
     if isinstance(x, int):

@@ -44,6 +44,8 @@ def main():
     p.add_argument("--pattern", default="local")
     p.add_argument("--iters", type=int, default=50)
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("profile_attention.py needs a CUDA GPU")
 
     fn = attention_fn(args)
     q, k, v = (torch.randn(args.batch, args.heads, args.seq, args.head_dim, device="cuda", dtype=torch.bfloat16,
@@ -53,7 +55,17 @@ def main():
     for _ in range(5):
         step()
     torch.cuda.synchronize()
-    for mode, call in (("fwd", lambda: fn(q, k, v).detach()), ("fwd+bwd", step)):
+    o = fn(q, k, v)
+    modes = {"fwd": lambda: fn(q, k, v).detach(), "fwd+bwd": step,
+             "bwd (autograd, graph kept)": lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True)}
+    if args.provider == "flash" and not args.dropout:  # the same backward launches, without the autograd engine
+        fa = sys.modules["kernels.flash_attention"]
+        with torch.no_grad():
+            o2, lse = fa._launch_fwd(q, k, v, None, True, args.dropout, q.shape[-1] ** -0.5, None, wrap=fa._direct)
+        modes["bwd launchers on the main thread"] = lambda: fa._launch_bwd(
+            do, q, k, v, o2, lse, None, True, args.dropout, q.shape[-1] ** -0.5, None, wrap=fa._direct)
+    for mode, call in modes.items():
+        torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(args.iters):
             call()

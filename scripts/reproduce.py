@@ -290,8 +290,16 @@ def main(argv=None) -> Path:
     state = json.loads(state_path.read_text()) if state_path.exists() and not args.fresh else {}
     made = f"_{env['date_utc']}, `{env['command']}`_\n"
 
+    prior_commands = state.get("commands", [])
+
+    def save() -> Path:  # after every section, so a run stopped at a time limit keeps the sections it finished
+        state["commands"] = prior_commands + sweeps.log
+        state_path.write_text(json.dumps(state, indent=1, default=str))
+        return render(out, state, env, plan)
+
     def keep(key: str, md: str, raw=None):
         state[key] = {"md": md + ("\n" + made if md else ""), "raw": raw}
+        save()
 
     keep("skipped", "**Backends that cannot run here** (left out of the runs):\n\n"
          + "".join(f"- `{b}`: {why}\n" for b, why in skipped.items()) if skipped else "", skipped)
@@ -317,8 +325,12 @@ def main(argv=None) -> Path:
         saved = state.get("sparse_runs", {"runs": [], "layouts": []})
         keep("sparse", report.sparse_section([Run.from_json(r) for r in saved["runs"]], bench, out,
                                              [tuple(x) for x in saved["layouts"]]), saved["runs"])
-    state["commands"] = state.get("commands", []) + sweeps.log
-    state_path.write_text(json.dumps(state, indent=1, default=str))
+    path = save()
+    print(f"report: {path}")
+    return path
+
+
+def render(out: Path, state: dict, env: dict, plan: dict) -> Path:
     order = ("skipped", "kernels", "io", "throughput", "parity", "sparse")
     sections = ["How to read this report — what IO-aware means, the online softmax, and what each speedup column "
                 "measures: `docs/how-flash-attention-works.md` in the repository. Numbers in columns marked "
@@ -327,10 +339,8 @@ def main(argv=None) -> Path:
     sections.append("## Commands\n\n" + "".join(f"- `{c['cmd']}` (rc {c['rc']}, {c['seconds']} s)\n"
                                                    for c in state["commands"]))
     raw = {k: state[k]["raw"] for k in order if k in state} | {"plan": plan, "sweeps": state["commands"]}
-    path = report.write_report(out, "Reproducing FlashAttention (Dao et al. 2022) with this repository", env,
+    return report.write_report(out, "Reproducing FlashAttention (Dao et al. 2022) with this repository", env,
                                sections, raw)
-    print(f"report: {path}")
-    return path
 
 
 def default_patterns(plan: dict) -> list[str]:

@@ -35,3 +35,21 @@ def test_reproduce_tiny_cpu(tmp_path):
     for png in ("throughput.png", "parity_0.png", "parity_1.png", "sparse_loss.png"):
         assert (out / png).exists(), png
     assert all(s["rc"] == 0 for s in raw["sweeps"])
+
+
+def test_a_stopped_run_keeps_the_sections_it_finished(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import reproduce
+
+    def stopped(*args, **kwargs):
+        raise KeyboardInterrupt  # e.g. a device's time limit, in the middle of the convergence runs
+
+    monkeypatch.setattr(reproduce, "parity", stopped)
+    out = tmp_path / "report"
+    try:
+        reproduce.main(["--tiny", "--device", "cpu", "--logger", "none", "--only", "kernels,parity", "--out", str(out)])
+    except KeyboardInterrupt:
+        pass
+    md = (out / "report.md").read_text()
+    assert "kernel benchmark needs a CUDA GPU" in md and "40.3 vs 4.4 GB (Fig. 2)" in md  # kernels, IO model
+    assert "Convergence parity" not in md

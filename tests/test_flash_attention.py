@@ -6,34 +6,18 @@ import pytest
 import torch
 
 from kernels import draw_dropout_seed, dropout_keep_mask, flash_attention
-from kernels.reference import reference_attention
+from kernels.reference import assert_matches_reference, packed_qkv, reference_attention, rel_err
 
 # These run the kernels on CPU tensors through the Triton interpreter (conftest sets it when there is no GPU).
 pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
                                 reason="CPU tests through the Triton interpreter (TRITON_INTERPRET=1)")
 
 
-def packed_qkv(B, H, N, D, dtype=torch.float32, seed=0):
-    """q, k, v as strided views of one packed projection, as the model makes them."""
-    torch.manual_seed(seed)
-    qkv = torch.randn(B, N, 3, H, D, dtype=dtype, requires_grad=True)
-    return qkv, qkv.permute(2, 0, 3, 1, 4)
-
-
-def rel_err(x, ref):
-    return ((x.double() - ref).norm() / ref.norm().clamp_min(1.0)).item()
-
-
 def check_against_reference(B, H, N, D, causal, **ref_kwargs):
     qkv, (q, k, v) = packed_qkv(B, H, N, D)
     o = flash_attention(q, k, v, causal=causal)
     ref = reference_attention(q, k, v, causal=causal, **ref_kwargs)
-    do = torch.randn_like(o)
-    (grad,) = torch.autograd.grad(o, qkv, do)
-    (grad_ref,) = torch.autograd.grad(ref, qkv, do.double())
-    assert rel_err(o, ref) < 1e-5
-    for i, name in enumerate("qkv"):
-        assert rel_err(grad[:, :, i], grad_ref[:, :, i]) < 1e-5, f"d{name}"
+    assert_matches_reference(o, ref, qkv)
 
 
 @pytest.mark.parametrize("B,H,N,D,causal", [

@@ -131,9 +131,9 @@ def evaluate(model, val_path, cfg, device, autocast, d) -> float:
     for _ in range(cfg.train.eval_iters):
         x, y = batches.next()
         with autocast:
-            losses.append(model(x, y)[1].item())
+            losses.append(model(x, y)[1].float())
     model.train()
-    return distributed.all_reduce_mean(sum(losses) / len(losses), d, device)
+    return distributed.all_reduce_mean(torch.stack(losses).mean(), d).item()
 
 
 def sample_text(model, meta, device, n_tokens: int, seed: int) -> str:
@@ -300,15 +300,15 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
     summary.update(backend=backend, model=cfg.model.preset)
     timer = StepTimer(device, skip=start_step + tc.warmup_steps)
     train_loss = val_loss = None
-    last_log = start_step
+    pending: list[tuple[int, torch.Tensor]] = []  # (step, loss on the device) not read back yet
     try:
         step = start_step
+        timer.mark(step)
         for step in range(start_step + 1, tc.max_steps + 1):
             lr = learning_rate(step - 1, cfg.optim, tc.max_steps)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             # One optimizer step: grad_accum micro-steps, gradients all-reduced (DDP) on the last one only
-            timer.start()
             loss_sum = torch.zeros((), device=device)
             for micro in range(tc.grad_accum):
                 x, y = train_data.next()
@@ -324,20 +324,31 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
             scaler.step(optimizer)
             scaler.update()
             optimizer.zero_grad(set_to_none=True)
-            train_loss = distributed.all_reduce_mean(loss_sum.item() / tc.grad_accum, d, device)
-            timer.stop(step)
-            if not math.isfinite(train_loss):
-                raise NonFiniteLoss(f"loss is {train_loss} at step {step}: stopped. The last good checkpoint "
-                                    f"(if any) is kept in {run_dir}. Lower optim.lr or use train.dtype=bf16/fp32.")
+            pending.append((step, loss_sum / tc.grad_accum))
 
-            # Log, eval, checkpoint
-            if step % tc.log_interval == 0 or step == tc.max_steps:
-                step_ms = timer.mean_ms(range(last_log + 1, step + 1))
+            last_step = step == tc.max_steps
+            log_now = step % tc.log_interval == 0 or last_step
+            eval_now = (tc.eval_interval > 0 and step % tc.eval_interval == 0) or last_step
+            ckpt_now = tc.ckpt_interval >= 0 and ((tc.ckpt_interval > 0 and step % tc.ckpt_interval == 0) or last_step)
+            if not (log_now or eval_now or ckpt_now or step == timer.skip):
+                continue  # no host-device synchronisation between these points: the host runs ahead
+
+            # Read the losses back (one sync); a non-finite one stops the run before anything is saved
+            losses = distributed.all_reduce_mean(torch.stack([loss for _, loss in pending]), d).tolist()
+            bad = next((s for (s, _), value in zip(pending, losses, strict=True) if not math.isfinite(value)), None)
+            if bad is not None:
+                raise NonFiniteLoss(f"loss is {losses[bad - pending[0][0]]} at step {bad}: stopped. The last good "
+                                    f"checkpoint (if any) is kept in {run_dir}. Lower optim.lr or use "
+                                    "train.dtype=bf16/fp32.")
+            pending.clear()
+            train_loss = losses[-1]
+            step_ms = timer.mark(step)
+
+            if log_now:
                 tps = tokens_per_step / (step_ms / 1e3) if step_ms else None
                 row = {"step": step, "train/loss": train_loss, "train/lr": lr, "perf/tokens_per_sec": tps,
                        "perf/step_ms": step_ms, "perf/mfu": mfu(flops_per_token, tps, peak, d.world_size),
                        "perf/peak_mem_gb": peak_memory_gb(device), "attn/density": density}
-                last_log = step
                 if d.is_main:
                     logger.log(row)
                     log.info("step %d/%d | loss %.4f | lr %.2e | %s tok/s | %s ms/step | mfu %s | mem %.2f GB",
@@ -345,16 +356,14 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
                              f"{step_ms:.1f}" if step_ms else "-",
                              f"{row['perf/mfu']:.1%}" if row["perf/mfu"] is not None else "-",
                              row["perf/peak_mem_gb"])
-
-            last_step = step == tc.max_steps
-            if (tc.eval_interval > 0 and step % tc.eval_interval == 0) or last_step:
+            if eval_now:
                 val_loss = evaluate(model, data_path, cfg, device, autocast, d)
                 if d.is_main:
                     logger.log({"step": step, "val/loss": val_loss, "val/ppl": math.exp(min(val_loss, 50))})
                     log.info("eval step %d | val loss %.4f | val ppl %.2f", step, val_loss, math.exp(min(val_loss, 50)))
                     if tc.sample_at_eval:
                         log.info("sample: %r", sample_text(raw_model, meta, device, tc.sample_tokens, tc.seed))
-            if tc.ckpt_interval >= 0 and ((tc.ckpt_interval > 0 and step % tc.ckpt_interval == 0) or last_step):
+            if ckpt_now:
                 states = distributed.gather((rng_state(), train_data.state_dict()), d)
                 if d.is_main:
                     weights = raw_model.gpt_state_dict() if cfg.model.impl == "hf" else raw_model.state_dict()
@@ -363,6 +372,8 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
                                      "step": step, "rng": [s[0] for s in states],
                                      "data_state": [s[1] for s in states], "wandb_run_id": logger.run_id,
                                      "config": resolved}, run_dir / "ckpt.pt")
+            if eval_now or ckpt_now:
+                timer.restart(step)
         summary["status"] = "ok"
     except BaseException as e:
         summary["status"] = status_of(e)

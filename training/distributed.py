@@ -58,12 +58,13 @@ def gather(obj, d: Dist) -> list:
     return out
 
 
-def all_reduce_mean(value: float, d: Dist, device: torch.device) -> float:
+def all_reduce_mean(t: torch.Tensor, d: Dist) -> torch.Tensor:
+    """The mean over ranks of a float tensor (itself on a single process)."""
     if not d.enabled:
-        return value
-    t = torch.tensor([value], device=device, dtype=torch.float64)
+        return t
+    t = t.detach().clone()
     dist.all_reduce(t)
-    return t.item() / d.world_size
+    return t / d.world_size
 
 
 def cleanup() -> None:

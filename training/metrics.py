@@ -57,28 +57,33 @@ def synchronize(device: torch.device) -> None:
 
 
 class StepTimer:
-    """Wall time per optimizer step, synchronised with the device; steps <= `skip` are left out."""
+    """Mean wall time per optimizer step over each interval between synchronisation points (log, eval and
+    checkpoint steps). The device is synchronised only there, not every step, so the host can run ahead of the
+    GPU as it does in a plain training loop; steps <= `skip` (compile, autotune, allocator warm-up) are left out."""
 
     def __init__(self, device: torch.device, skip: int):
         self.device, self.skip = device, skip
-        self.step_ms: dict[int, float] = {}
-        self._t0 = None
+        self.interval_ms: list[float] = []  # ms per step of each closed interval
+        self._t0, self._step0 = None, None
 
-    def start(self) -> None:
+    def mark(self, step: int) -> float | None:
+        """At a synchronisation point after `step`: close the running interval and return its ms per step."""
+        if step < self.skip:
+            return None
         synchronize(self.device)
-        self._t0 = time.perf_counter()
-
-    def stop(self, step: int) -> float:
-        synchronize(self.device)
-        ms = (time.perf_counter() - self._t0) * 1e3
-        if step > self.skip:
-            self.step_ms[step] = ms
+        now, ms = time.perf_counter(), None
+        if self._t0 is not None and step > self._step0:
+            ms = (now - self._t0) * 1e3 / (step - self._step0)
+            self.interval_ms.append(ms)
+        self._t0, self._step0 = now, step
         return ms
 
-    def mean_ms(self, steps: range) -> float | None:
-        times = [self.step_ms[s] for s in steps if s in self.step_ms]
-        return sum(times) / len(times) if times else None
+    def restart(self, step: int) -> None:
+        """Leave what ran since the last mark (an eval, a checkpoint) out of the timing."""
+        if step >= self.skip:
+            synchronize(self.device)
+            self._t0, self._step0 = time.perf_counter(), step
 
     def median_ms(self) -> float | None:
-        times = sorted(self.step_ms.values())
+        times = sorted(self.interval_ms)
         return times[len(times) // 2] if times else None

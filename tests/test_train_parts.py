@@ -1,4 +1,4 @@
-"""Small parts of the trainer: the learning-rate schedule, MFU arithmetic, atomic checkpoints."""
+"""Small parts of the trainer: the learning-rate schedule, MFU arithmetic, step timing, atomic checkpoints."""
 
 import pytest
 import torch
@@ -6,7 +6,7 @@ from omegaconf import OmegaConf
 
 from training.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from training.lr import learning_rate
-from training.metrics import PEAK_FLOPS, mfu, peak_flops
+from training.metrics import PEAK_FLOPS, StepTimer, mfu, peak_flops
 
 
 def test_warmup_then_cosine_to_min_lr():
@@ -25,6 +25,19 @@ def test_mfu_and_peaks():
     assert peak_flops(torch.device("cpu"), override=1e12) == 1e12
     names = [n for n, _ in PEAK_FLOPS]
     assert names.index("H100 PCIe") < names.index("H100") and names.index("A10G") < names.index("A10")
+
+
+def test_step_timer_leaves_out_warmup_and_restarts(monkeypatch):
+    clock = iter([10.0, 10.4, 11.0, 11.2, 12.0])  # seconds, one per mark/restart that reads it
+    monkeypatch.setattr("training.metrics.time.perf_counter", lambda: next(clock))
+    timer = StepTimer(torch.device("cpu"), skip=2)
+    assert timer.mark(1) is None  # warm-up: not timed, clock not read
+    assert timer.mark(2) is None  # timing starts at 10.0
+    assert timer.mark(6) == pytest.approx(100.0)  # 0.4 s over 4 steps
+    timer.restart(6)  # an eval ran: the clock restarts at 11.0
+    assert timer.mark(8) == pytest.approx(100.0)  # 0.2 s over 2 steps
+    assert timer.mark(10) == pytest.approx(400.0)  # 0.8 s over 2 steps
+    assert timer.median_ms() == pytest.approx(100.0)
 
 
 def test_checkpoint_write_is_atomic(tmp_path):

@@ -4,13 +4,17 @@
     python scripts/profile_attention.py --provider block_sparse --seq 16384 --batch 1 --pattern local
 
 Prints wall time per call (host clock, synchronised), the summed GPU kernel time per call, and the kernels.
-Wall time well above GPU time means the host cannot launch the work as fast as the GPU runs it.
+Wall time well above GPU time means the host cannot launch the work as fast as the GPU runs it. Then the same
+fwd+bwd with the backward on the calling thread (autograd's device thread off), where the host time goes by Python
+function (cProfile) and by CPU-side op (torch.profiler: launches, allocations, any synchronisation).
 """
 
 from __future__ import annotations
 
 import argparse
+import cProfile
 import os
+import pstats
 import sys
 import time
 
@@ -64,6 +68,11 @@ def main():
             o2, lse = fa._launch_fwd(q, k, v, None, True, args.dropout, q.shape[-1] ** -0.5, None, wrap=fa._direct)
         modes["bwd launchers on the main thread"] = lambda: fa._launch_bwd(
             do, q, k, v, o2, lse, None, True, args.dropout, q.shape[-1] ** -0.5, None, wrap=fa._direct)
+    def same_thread():
+        with torch.autograd.set_multithreading_enabled(False):
+            step()
+
+    modes["fwd+bwd, backward on the calling thread"] = same_thread
     for mode, call in modes.items():
         torch.cuda.synchronize()
         t0 = time.perf_counter()
@@ -81,6 +90,19 @@ def main():
     gpu_us = sum(e.device_time_total for e in events if e.device_type.name == "CUDA") / args.iters
     print(f"GPU kernel time per fwd+bwd: {gpu_us / 1e3:.3f} ms")
     print(events.table(sort_by="device_time_total", row_limit=12, max_name_column_width=60))
+    print("CPU-side ops of fwd+bwd (self CPU time):")
+    print(events.table(sort_by="self_cpu_time_total", row_limit=20, max_name_column_width=60))
+
+    with torch.autograd.set_multithreading_enabled(False):  # so cProfile sees the backward too
+        prof_py = cProfile.Profile()
+        torch.cuda.synchronize()
+        prof_py.enable()
+        for _ in range(args.iters):
+            step()
+        prof_py.disable()
+        torch.cuda.synchronize()
+    print(f"Python host time of {args.iters} fwd+bwd calls, backward on the calling thread:")
+    pstats.Stats(prof_py).sort_stats("tottime").print_stats(25)
 
 
 if __name__ == "__main__":

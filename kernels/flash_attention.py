@@ -581,40 +581,32 @@ def _backward(ctx, do, _dlse):
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _spec(x):
-    """What Triton specialises a compiled kernel on: a tensor's dtype and 16-byte alignment (and its device: a
-    binary is loaded per GPU); an int's width and whether it is 1 or a multiple of 16; constexpr values (bools,
-    None) themselves; a float's type only."""
-    if isinstance(x, torch.Tensor):
-        return x.dtype, x.data_ptr() % 16 == 0, x.device
-    if isinstance(x, bool) or x is None:
-        return x
-    if isinstance(x, int):
-        return x == 1, x % 16 == 0, -(2**31) <= x < 2**31
-    return type(x) if isinstance(x, float) else x
+def _launch_key(values):
+    """What picks a compiled binary, cheaply: each tensor's dtype, 16-byte alignment and device (Triton
+    specialises on the first two and loads a binary per GPU); every other argument by value. Ints by value are
+    finer than Triton's own specialisation (== 1, multiple of 16), so one binary may sit under several keys."""
+    return tuple((x.dtype, x.data_ptr() % 16 == 0, x.get_device()) if isinstance(x, torch.Tensor) else x
+                 for x in values)
 
 
 class _CachedLaunch:
     """`kernel[grid](*args, **kwargs)` that reuses the compiled binary of an earlier launch with the same
     specialisation. Triton binds and specialises all ~45 arguments in Python on every launch (about 0.1 ms of host
     time per launch on an H100 host, measured with scripts/profile_attention.py), more than the GPU needs for the
-    whole attention at N = 1K; here a hit costs one key tuple. The first launch of each key goes through Triton
-    (and its autotuner) as usual. CUDA only: the interpreter keeps Triton's own path."""
+    whole attention at N = 1K; here a hit costs one flat key tuple (_launch_key). The first launch of each key goes
+    through Triton (and its autotuner) as usual. CUDA only: the interpreter keeps Triton's own path."""
 
     def __init__(self, kernel):
         self.kernel = kernel
         tuned = isinstance(kernel, triton.runtime.Autotuner)
         self.arg_names = kernel.fn.arg_names if tuned else kernel.arg_names
-        self.tuning_keys = tuple(kernel.keys) if tuned else ()
         self.compiled: dict = {}
 
     def __getitem__(self, grid):
         return lambda *args, **kwargs: self.launch(grid, args, kwargs)
 
     def launch(self, grid, args, kwargs):
-        named = dict(zip(self.arg_names, args, strict=False), **kwargs)
-        key = (tuple(_spec(named[n]) for n in self.arg_names if n in named),
-               tuple(named[k] for k in self.tuning_keys), kwargs.get("num_warps"), kwargs.get("num_stages"))
+        key = (_launch_key(args), tuple(kwargs), _launch_key(kwargs.values()))
         hit = self.compiled.get(key)
         if hit is None:
             compiled = self.kernel[grid](*args, **kwargs)
@@ -623,7 +615,7 @@ class _CachedLaunch:
                 self.compiled[key] = (compiled, dict(best.kwargs) if best is not None else {})
             return
         compiled, tuned = hit
-        named.update(tuned)
+        named = dict(zip(self.arg_names, args, strict=False), **kwargs, **tuned)
         g = grid(named) if callable(grid) else grid
         compiled[(*g, *(1,) * (3 - len(g)))](*(named[n] for n in self.arg_names))
 

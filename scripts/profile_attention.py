@@ -37,6 +37,21 @@ def attention_fn(args):
     return lambda q, k, v: block_sparse_attention(q, k, v, layout, causal=True, dropout_p=args.dropout)
 
 
+def _time_inside_backward() -> list[float]:
+    """Wrap the backward launcher to time it where it runs (autograd's device thread or the caller's)."""
+    fa = sys.modules["kernels.flash_attention"]
+    launch_bwd, times = fa._launch_bwd, []
+
+    def timed(*a, **kw):
+        t0 = time.perf_counter()
+        out = launch_bwd(*a, **kw)
+        times.append(time.perf_counter() - t0)
+        return out
+
+    fa._launch_bwd = timed
+    return times
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--provider", default="flash")
@@ -73,7 +88,10 @@ def main():
             step()
 
     modes["fwd+bwd, backward on the calling thread"] = same_thread
+    inside = _time_inside_backward() if args.provider in ("flash", "block_sparse") else None
     for mode, call in modes.items():
+        if inside:
+            inside.clear()
         torch.cuda.synchronize()
         t0 = time.perf_counter()
         for _ in range(args.iters):
@@ -82,6 +100,8 @@ def main():
         torch.cuda.synchronize()
         wall_ms = (time.perf_counter() - t0) / args.iters * 1e3
         print(f"{mode}: host enqueue {host_ms:.3f} ms/call, wall {wall_ms:.3f} ms/call")
+        if inside:  # host time spent in our backward launcher, on whichever thread autograd ran it
+            print(f"    of which in _launch_bwd: {sum(inside) / len(inside) * 1e3:.3f} ms/call")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(args.iters):
             step()

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from kernels.flash_attention import _CachedLaunch, _spec
+from kernels.flash_attention import _CachedLaunch, _launch_key
 
 
 class FakeCompiled:
@@ -27,12 +27,14 @@ class FakeKernel:
         return run
 
 
-def test_spec_follows_triton_specialisation():
-    assert _spec(16) == _spec(32) != _spec(8)
-    assert _spec(1) != _spec(17)
-    assert _spec(2**40) != _spec(16)
-    assert _spec(0.5) == _spec(0.25)
-    assert _spec(True) != _spec(False)
+def test_key_tells_apart_what_triton_specialises_on():
+    aligned = torch.zeros(64, dtype=torch.float16)
+    assert _launch_key([aligned, 16]) == _launch_key([torch.ones(8, dtype=torch.float16), 16])
+    assert _launch_key([aligned, 16]) != _launch_key([aligned.float(), 16])  # dtype
+    assert _launch_key([aligned, 16]) != _launch_key([aligned[1:], 16])  # 16-byte alignment
+    assert _launch_key([aligned, 16]) != _launch_key([aligned, 17])  # ints by value
+    assert _launch_key([aligned, True]) != _launch_key([aligned, False])  # constexpr values
+    assert _launch_key([aligned, None]) != _launch_key([aligned, 0])
 
 
 def test_second_launch_reuses_the_binary_with_arguments_in_order():
@@ -41,12 +43,13 @@ def test_second_launch_reuses_the_binary_with_arguments_in_order():
     x = torch.zeros(64)
     grid = lambda meta: (meta["n"] // meta["BLOCK"], 2)
     launch[grid](x, 64, 0.5, BLOCK=16, num_warps=4)
-    launch[grid](x, 128, 0.25, BLOCK=16, num_warps=4)  # same specialisation: cached binary
-    launch[grid](x, 65, 0.25, BLOCK=16, num_warps=4)  # 65 is not a multiple of 16: Triton again
+    launch[grid](x, 64, 0.5, BLOCK=16, num_warps=4)  # same key: cached binary
+    launch[grid](x.clone(), 64, 0.5, BLOCK=16, num_warps=4)  # another tensor of the same dtype and alignment
+    launch[grid](x, 65, 0.5, BLOCK=16, num_warps=4)  # another value: Triton again
     kinds = [entry[0] for entry in kernel.log]
-    assert kinds == ["triton", "direct", "triton"]
-    assert kernel.log[1][1] == (8, 2, 1)
-    assert kernel.log[1][2] == (x, 128, 0.25, 16)
+    assert kinds == ["triton", "direct", "direct", "triton"]
+    assert kernel.log[1][1] == (4, 2, 1)
+    assert kernel.log[1][2] == (x, 64, 0.5, 16)
 
 
 @pytest.mark.gpu

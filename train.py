@@ -316,7 +316,10 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
                 with model.no_sync() if d.enabled and not last else nullcontext():
                     with autocast:
                         _, loss = model(x, y)
-                    scaler.scale(loss / tc.grad_accum).backward()
+                    # The engine hands a CUDA backward to its per-GPU thread; Python backward code (the Triton
+                    # launchers) runs measurably slower there (scripts/profile_attention.py).
+                    with torch.autograd.set_multithreading_enabled(not tc.backward_in_caller_thread):
+                        scaler.scale(loss / tc.grad_accum).backward()
                 loss_sum += loss.detach()
             if cfg.optim.grad_clip > 0:
                 scaler.unscale_(optimizer)

@@ -3,10 +3,10 @@
 Features
 - Forward: one program per (query tile, batch*head); online softmax with running max and sum in fp32, exp2 with
   log2(e) folded into the scale; the output is written once and the row log-sum-exp (base 2) is saved.
-- Backward: recomputes P from q, k, v and the LSE (no N x N matrix in memory). delta = rowsum(dO * O) first, then
-  a dK/dV pass (one program per key tile, looping over query tiles) and a separate dQ pass (one program per query
-  tile, looping over key tiles). Each program owns the rows it writes, so there are no atomics and the result is
-  bitwise deterministic.
+- Backward: recomputes P from q, k, v and the LSE (no N x N matrix in memory). A dQ pass (one program per query
+  tile, looping over key tiles) that also writes delta = rowsum(dO * O) for its rows, then a dK/dV pass (one
+  program per key tile, looping over query tiles) that reads it. Each program owns the rows it writes, so there
+  are no atomics and the result is bitwise deterministic.
 - Causal: tiles above the diagonal are never visited; tiles fully below it take an unmasked path; only tiles on
   the diagonal (or crossing the sequence end) pay for element masks.
 - Block-sparse: the same loops walk per-tile index lists (kernels/block_mask.py) instead of a computed range; the
@@ -194,25 +194,6 @@ def _attn_fwd(Q, K, V, O, LSE, seed_ptr,
 # ----------------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _bwd_delta(O, DO, Delta, stride_ob, stride_oh, stride_on, stride_dob, stride_doh, stride_don, H, N,
-               D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    """delta_i = sum_d dO_id * O_id, the rowsum(dP * P) term of the softmax gradient."""
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    offs_d = tl.arange(0, HEAD_D)
-    mask = (offs_m[:, None] < N) & (offs_d[None, :] < D)
-    o = tl.load(O + b.to(tl.int64) * stride_ob + h * stride_oh + offs_m[:, None] * stride_on + offs_d[None, :],
-                mask=mask, other=0.0)
-    do = tl.load(DO + b.to(tl.int64) * stride_dob + h * stride_doh + offs_m[:, None] * stride_don
-                 + offs_d[None, :], mask=mask, other=0.0)
-    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
-    tl.store(Delta + bh.to(tl.int64) * N + offs_m, delta, mask=offs_m < N)
-
-
-@triton.jit
 def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, offs_n, offs_d, lo, hi, idx_ptr,
                 seed, bh, N, qk_scale, dropout_p,
                 D: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr,
@@ -347,14 +328,16 @@ def _dq_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d,
 
 
 @triton.jit
-def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, Delta, seed_ptr,
+def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, seed_ptr,
                  full_cnt, full_idx, part_cnt, part_idx, s_lh, s_lm, s_ih, s_im,
                  stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                  stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
-                 stride_gb, stride_gh, stride_gn,
+                 stride_gb, stride_gh, stride_gn, stride_ob, stride_oh, stride_on,
                  H, N, qk_scale, sm_scale, dropout_p,
                  D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                  CAUSAL: tl.constexpr, SPARSE: tl.constexpr, DROPOUT: tl.constexpr):
+    """One program per query tile. It runs before the dK/dV pass and also computes that pass's
+    delta_i = sum_d dO_id * O_id (the rowsum(dP * P) term of the softmax gradient) for its rows, saving a launch."""
     EVEN_D: tl.constexpr = D == HEAD_D
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
@@ -368,6 +351,7 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, Delta, seed_ptr,
     V += b.to(tl.int64) * stride_vb + h.to(tl.int64) * stride_vh
     DO += b.to(tl.int64) * stride_dob + h.to(tl.int64) * stride_doh
     DQ += b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh
+    O += b.to(tl.int64) * stride_ob + h.to(tl.int64) * stride_oh
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
     seed = 0
@@ -377,8 +361,11 @@ def _attn_bwd_dq(Q, K, V, DO, DQ, LSE, Delta, seed_ptr,
                    D, True, EVEN_D)
     do = _load_rows(DO + offs_m[:, None] * stride_don + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
                     D, True, EVEN_D)
+    o = _load_rows(O + offs_m[:, None] * stride_on + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
+                   D, True, EVEN_D)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+    tl.store(Delta + bh.to(tl.int64) * N + offs_m, delta, mask=offs_m < N)
     lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=offs_m < N, other=0.0)
-    delta = tl.load(Delta + bh.to(tl.int64) * N + offs_m, mask=offs_m < N, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
 
     if SPARSE:
@@ -503,8 +490,6 @@ def _launch_bwd(do, q, k, v, o, lse, seed, causal, dropout_p, scale, sparse, wra
     if do.stride(-1) != 1:
         do = do.contiguous()
     delta = torch.empty_like(lse)
-    wrap(_bwd_delta)[(triton.cdiv(N, 64), B * H)](o, do, delta, *_strides(o), *_strides(do), H, N,
-                                                   D=D, HEAD_D=head_d, BLOCK_M=64)
     dq, dk, dv = _empty_like_bhnd(q), _empty_like_bhnd(q), _empty_like_bhnd(q)
     common = dict(H=H, N=N, qk_scale=scale * LOG2E, sm_scale=scale, dropout_p=dropout_p, D=D, HEAD_D=head_d,
                   CAUSAL=causal, DROPOUT=dropout_p > 0, SPARSE=sparse is not None)
@@ -518,11 +503,11 @@ def _launch_bwd(do, q, k, v, o, lse, seed, causal, dropout_p, scale, sparse, wra
     elif n1 % m1 or m2 % n2:
         raise ValueError(f"dense backward tiles need dK/dV key tile % query tile == 0 and dQ query tile % key tile"
                          f" == 0 (the causal diagonal must start on a tile edge); got {(m1, n1, m2, n2)}")
+    wrap(_attn_bwd_dq)[(triton.cdiv(N, m2), B * H)](  # first: it also writes delta for the dK/dV pass
+        q, k, v, o, do, dq, lse, delta, seed, *dq_masks, *strides, *_strides(o), BLOCK_M=m2, BLOCK_N=n2,
+        num_warps=warps, num_stages=stages, **common)
     wrap(_attn_bwd_dkdv)[(triton.cdiv(N, n1), B * H)](
         q, k, v, do, dk, dv, lse, delta, seed, *dkdv_masks, *strides, BLOCK_M=m1, BLOCK_N=n1,
-        num_warps=warps, num_stages=stages, **common)
-    wrap(_attn_bwd_dq)[(triton.cdiv(N, m2), B * H)](
-        q, k, v, do, dq, lse, delta, seed, *dq_masks, *strides, BLOCK_M=m2, BLOCK_N=n2,
         num_warps=warps, num_stages=stages, **common)
     return dq, dk, dv
 

@@ -426,12 +426,37 @@ _attn_fwd_tuned = triton.autotune(_fwd_configs(), key=["N", "HEAD_D", "CAUSAL", 
                                   prune_configs_by={"early_config_prune": _fwd_prune})(_attn_fwd)
 
 
+# Backward tiles (query tile, key tile, warps, stages). The causal diagonal must start on a tile edge: the dK/dV
+# key tile is a multiple of its query tile, the dQ query tile a multiple of its key tile.
+_DKDV_TILES = [(64, 128, 8, 3), (32, 128, 4, 3), (64, 128, 4, 3), (64, 64, 4, 3), (32, 128, 8, 2), (128, 128, 8, 2)]
+_DQ_TILES = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (128, 32, 8, 2), (128, 128, 8, 2)]
+
+
+def _bwd_configs(tiles, interpret_tile):
+    if INTERPRET:
+        return [triton.Config({"BLOCK_M": interpret_tile[0], "BLOCK_N": interpret_tile[1]}, num_warps=4,
+                              num_stages=1)]
+    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
+
+
+def _bwd_prune(configs, named_args, **kwargs):
+    head_d = named_args["HEAD_D"] if "HEAD_D" in named_args else kwargs["HEAD_D"]
+    keep = [c for c in configs if head_d <= 64 or c.kwargs["BLOCK_M"] * c.kwargs["BLOCK_N"] <= 4096]
+    return keep or configs
+
+
+_BWD_KEY = ["N", "HEAD_D", "CAUSAL", "DROPOUT"]
+_attn_bwd_dkdv_tuned = triton.autotune(_bwd_configs(_DKDV_TILES, (16, 32)), key=_BWD_KEY,
+                                       prune_configs_by={"early_config_prune": _bwd_prune})(_attn_bwd_dkdv)
+_attn_bwd_dq_tuned = triton.autotune(_bwd_configs(_DQ_TILES, (32, 16)), key=_BWD_KEY,
+                                     prune_configs_by={"early_config_prune": _bwd_prune})(_attn_bwd_dq)
+
+
 def bwd_tiles(head_d: int) -> tuple[int, int, int, int, int, int]:
-    """(dK/dV query tile, dK/dV key tile, dQ query tile, dQ key tile, warps, stages) for the backward."""
+    """Block-sparse backward (untuned; tiles are clamped to the layout's block size): (dK/dV query tile, dK/dV key
+    tile, dQ query tile, dQ key tile, warps, stages)."""
     if INTERPRET:
         return 16, 32, 32, 16, 4, 1
-    if os.environ.get("FLASH_BWD_TILES"):  # tuning experiments: "m1,n1,m2,n2,warps,stages"
-        return tuple(int(x) for x in os.environ["FLASH_BWD_TILES"].split(","))
     if head_d <= 64:
         return 64, 128, 128, 64, 8, 3
     return 32, 128, 128, 32, 8, 2
@@ -494,16 +519,18 @@ def _launch_bwd(do, q, k, v, o, lse, seed, causal, dropout_p, scale, sparse, wra
     common = dict(H=H, N=N, qk_scale=scale * LOG2E, sm_scale=scale, dropout_p=dropout_p, D=D, HEAD_D=head_d,
                   CAUSAL=causal, DROPOUT=dropout_p > 0, SPARSE=sparse is not None)
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq))
-    m1, n1, m2, n2, warps, stages = bwd_tiles(head_d)
-    dummy = (lse, lse, lse, lse, 0, 0, 0, 0)
-    dkdv_masks, dq_masks = dummy, dummy
-    if sparse is not None:
-        m1, n1, dkdv_masks = sparse["dkdv"]
-        m2, n2, dq_masks = sparse["dq"]
-    elif n1 % m1 or m2 % n2:
-        raise ValueError(f"dense backward tiles need dK/dV key tile % query tile == 0 and dQ query tile % key tile"
-                         f" == 0 (the causal diagonal must start on a tile edge); got {(m1, n1, m2, n2)}")
-    wrap(_attn_bwd_dq)[(triton.cdiv(N, m2), B * H)](  # first: it also writes delta for the dK/dV pass
+    if sparse is None:  # autotuned tiles
+        grid_dq = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * H)
+        grid_dkdv = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H)
+        dummy = (lse, lse, lse, lse, 0, 0, 0, 0)
+        wrap(_attn_bwd_dq_tuned)[grid_dq](  # first: it also writes delta for the dK/dV pass
+            q, k, v, o, do, dq, lse, delta, seed, *dummy, *strides, *_strides(o), **common)
+        wrap(_attn_bwd_dkdv_tuned)[grid_dkdv](q, k, v, do, dk, dv, lse, delta, seed, *dummy, *strides, **common)
+        return dq, dk, dv
+    _, _, _, _, warps, stages = bwd_tiles(head_d)
+    m1, n1, dkdv_masks = sparse["dkdv"]
+    m2, n2, dq_masks = sparse["dq"]
+    wrap(_attn_bwd_dq)[(triton.cdiv(N, m2), B * H)](
         q, k, v, o, do, dq, lse, delta, seed, *dq_masks, *strides, *_strides(o), BLOCK_M=m2, BLOCK_N=n2,
         num_warps=warps, num_stages=stages, **common)
     wrap(_attn_bwd_dkdv)[(triton.cdiv(N, n1), B * H)](

@@ -102,6 +102,9 @@ def main():
         print(f"{mode}: host enqueue {host_ms:.3f} ms/call, wall {wall_ms:.3f} ms/call")
         if inside:  # host time spent in our backward launcher, on whichever thread autograd ran it
             print(f"    of which in _launch_bwd: {sum(inside) / len(inside) * 1e3:.3f} ms/call")
+    fa = sys.modules["kernels.flash_attention"]
+    for name in ("_attn_fwd_tuned", "_attn_bwd_dq_tuned", "_attn_bwd_dkdv_tuned"):
+        print(f"autotuned {name}: {getattr(getattr(fa, name), 'best_config', None)}")
     with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
         for _ in range(args.iters):
             step()

@@ -50,9 +50,11 @@ def test_block_sparse_density_for_mfu():
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.compile through Triton)")
-def test_compiled_model_has_no_graph_break_at_attention():
+@pytest.mark.parametrize("attn,options", [("flash", {}), ("block_sparse", {"pattern": "local", "block_size": 16,
+                                                                           "window": 16})])
+def test_compiled_model_has_no_graph_break_at_attention(attn, options):
     torch.manual_seed(0)
-    model = GPT(GPTConfig(**{**TINY, "n_embd": 128}, attn="flash")).cuda()
+    model = GPT(GPTConfig(**{**TINY, "n_embd": 128}, attn=attn, attn_options=options)).cuda()
     x = torch.randint(0, 128, (2, 64), device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         explanation = torch._dynamo.explain(model)(x, x)

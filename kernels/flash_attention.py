@@ -45,10 +45,20 @@ LOG2E = 1.4426950408889634
 # ----------------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _dropout_keep(seed, bh, rows, cols, N, dropout_p):
-    """Keep mask for elements (rows, cols) of head bh; broadcasting rows/cols picks the tile's orientation."""
-    offsets = (bh * N + rows).to(tl.int64) * N + cols
-    return tl.rand(seed, offsets) >= dropout_p
+def _dropout_keep(seed, bh, offs_m, start_n, N, dropout_p, BLOCK_N: tl.constexpr):
+    """Keep mask (len(offs_m), BLOCK_N) of rows offs_m x columns start_n .. start_n + BLOCK_N of head bh.
+
+    One Philox call (4 x 32 random bits) serves 8 consecutive columns with 16 bits each, a quarter of the calls of
+    tl.rand per element, whose cost dominated the kernels. An element is kept if its 16 bits >= round(p * 2^16),
+    i.e. with probability within 2^-16 of 1 - p. Element (row, col) always draws counter (bh*N + row) * ceil(N/8)
+    + col // 8 and lane col % 8, whatever the tile, so every pass regenerates the same mask. start_n % 8 == 0."""
+    offsets = ((bh * N + offs_m[:, None]).to(tl.int64) * tl.cdiv(N, 8)
+               + (start_n // 8 + tl.arange(0, BLOCK_N // 8))[None, :])
+    r0, r1, r2, r3 = tl.randint4x(seed, offsets)
+    bits = tl.join(tl.join(tl.join(r0 & 0xFFFF, r0 >> 16), tl.join(r1 & 0xFFFF, r1 >> 16)),
+                   tl.join(tl.join(r2 & 0xFFFF, r2 >> 16), tl.join(r3 & 0xFFFF, r3 >> 16)))
+    threshold = (dropout_p * 65536.0 + 0.5).to(tl.uint32)
+    return tl.reshape(bits, (offs_m.shape[0], BLOCK_N)) >= threshold
 
 
 @triton.jit
@@ -112,7 +122,9 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, lo,
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if DROPOUT:
-            p = tl.where(_dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], N, dropout_p), p, 0.0)
+            keep = _dropout_keep(seed, bh, offs_m, _tile_index(i, idx_ptr, SPARSE) * BLOCK_N, N, dropout_p,
+                                 BLOCK_N)
+            p = tl.where(keep, p, 0.0)
         v = _load_rows(V + offs_n[:, None] * stride_vn + offs_d[None, :], offs_n[:, None], N, offs_d[None, :],
                        D, MASK, EVEN_D)
         acc = tl.dot(p.to(v.dtype), v, acc)
@@ -194,10 +206,10 @@ def _attn_fwd(Q, K, V, O, LSE, seed_ptr,
 # ----------------------------------------------------------------------------------------------------------------
 
 @triton.jit
-def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, offs_n, offs_d, lo, hi, idx_ptr,
-                seed, bh, N, qk_scale, dropout_p,
-                D: tl.constexpr, BLOCK_M: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr,
-                SPARSE: tl.constexpr, DROPOUT: tl.constexpr, EVEN_D: tl.constexpr):
+def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, n_start, offs_n, offs_d, lo, hi,
+                idx_ptr, seed, bh, N, qk_scale, dropout_p,
+                D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+                MASK: tl.constexpr, SPARSE: tl.constexpr, DROPOUT: tl.constexpr, EVEN_D: tl.constexpr):
     """Accumulate one key tile's dK, dV over query tiles; works on transposed tiles (keys x queries)."""
     for i in tl.range(lo, hi):
         offs_m = _tile_index(i, idx_ptr, SPARSE) * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -218,7 +230,8 @@ def _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, offs_n, 
             delta = tl.load(Delta + offs_m)
         dpT = tl.dot(v, tl.trans(do))
         if DROPOUT:
-            keepT = _dropout_keep(seed, bh, offs_m[None, :], offs_n[:, None], N, dropout_p)
+            keep = _dropout_keep(seed, bh, offs_m, n_start, N, dropout_p, BLOCK_N)
+            keepT = tl.trans(keep.to(tl.int8)) != 0
             scale_keep = 1.0 / (1.0 - dropout_p)
             dv = tl.dot(tl.where(keepT, pT * scale_keep, 0.0).to(do.dtype), do, dv)
             dpT = tl.where(keepT, dpT * scale_keep, 0.0)
@@ -255,7 +268,8 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, Delta, seed_ptr,
     DV += b.to(tl.int64) * stride_gb + h.to(tl.int64) * stride_gh
     LSE += bh.to(tl.int64) * N
     Delta += bh.to(tl.int64) * N
-    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    n_start = start_n * BLOCK_N
+    offs_n = n_start + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
     seed = 0
     if DROPOUT:
@@ -285,15 +299,15 @@ def _attn_bwd_dkdv(Q, K, V, DO, DK, DV, LSE, Delta, seed_ptr,
         full_hi = tl.maximum(m_full_end, full_lo)
         tail_lo, tail_hi = full_hi, m_tiles
         full_ptr, part_ptr = full_idx, part_idx
-    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, offs_n, offs_d, part_lo, part_hi,
-                         part_ptr, seed, bh, N, qk_scale, dropout_p, D, BLOCK_M, CAUSAL, True, SPARSE, DROPOUT,
-                         EVEN_D)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, offs_n, offs_d, full_lo, full_hi,
-                         full_ptr, seed, bh, N, qk_scale, dropout_p, D, BLOCK_M, CAUSAL, False, SPARSE, DROPOUT,
-                         EVEN_D)
-    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, offs_n, offs_d, tail_lo, tail_hi,
-                         part_ptr, seed, bh, N, qk_scale, dropout_p, D, BLOCK_M, CAUSAL, True, False, DROPOUT,
-                         EVEN_D)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, n_start, offs_n, offs_d, part_lo,
+                         part_hi, part_ptr, seed, bh, N, qk_scale, dropout_p, D, BLOCK_M, BLOCK_N, CAUSAL, True, SPARSE,
+                         DROPOUT, EVEN_D)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, n_start, offs_n, offs_d, full_lo,
+                         full_hi, full_ptr, seed, bh, N, qk_scale, dropout_p, D, BLOCK_M, BLOCK_N, CAUSAL, False,
+                         SPARSE, DROPOUT, EVEN_D)
+    dk, dv = _dkdv_tiles(dk, dv, k, v, Q, DO, LSE, Delta, stride_qn, stride_don, n_start, offs_n, offs_d, tail_lo,
+                         tail_hi, part_ptr, seed, bh, N, qk_scale, dropout_p, D, BLOCK_M, BLOCK_N, CAUSAL, True, False,
+                         DROPOUT, EVEN_D)
 
     mask = offs_n[:, None] < N
     if not EVEN_D:
@@ -320,7 +334,8 @@ def _dq_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d,
             p = tl.where(_tile_keep(offs_m, offs_n, N, CAUSAL), p, 0.0)
         dp = tl.dot(do, vT)
         if DROPOUT:
-            keep = _dropout_keep(seed, bh, offs_m[:, None], offs_n[None, :], N, dropout_p)
+            keep = _dropout_keep(seed, bh, offs_m, _tile_index(i, idx_ptr, SPARSE) * BLOCK_N, N, dropout_p,
+                                 BLOCK_N)
             dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
         ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq)
@@ -394,15 +409,16 @@ def _attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, seed_ptr,
 
 
 @triton.jit
-def _dropout_mask_kernel(Out, seed_ptr, N, dropout_p, BLOCK: tl.constexpr):
-    """Debug: the keep mask the attention kernels apply, for one (batch*head, row)."""
-    row = tl.program_id(0)
+def _dropout_mask_kernel(Out, seed_ptr, N, dropout_p, ROWS: tl.constexpr, BLOCK: tl.constexpr):
+    """Debug: the keep mask the attention kernels apply, for ROWS rows of one batch*head."""
+    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
     bh = tl.program_id(1)
     cols = tl.arange(0, BLOCK)
     dropout_p = tl.cast(dropout_p, tl.float32)
     for start in range(0, N, BLOCK):
-        keep = _dropout_keep(tl.load(seed_ptr), bh, row, start + cols, N, dropout_p)
-        tl.store(Out + (bh.to(tl.int64) * N + row) * N + start + cols, keep.to(tl.int8), mask=start + cols < N)
+        keep = _dropout_keep(tl.load(seed_ptr), bh, rows, start, N, dropout_p, BLOCK)
+        tl.store(Out + (bh.to(tl.int64) * N + rows[:, None]) * N + start + cols[None, :], keep.to(tl.int8),
+                 mask=(rows[:, None] < N) & (start + cols[None, :] < N))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -704,7 +720,8 @@ def draw_dropout_seed(device: torch.device | str) -> torch.Tensor:
 def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, N: int, dropout_p: float) -> torch.Tensor:
     """(B, H, N, N) bool: the keep mask the kernels apply for this seed (debugging and tests; small N only)."""
     out = torch.empty((B, H, N, N), dtype=torch.int8, device=seed.device)
-    _dropout_mask_kernel[(N, B * H)](out, seed, N, dropout_p, BLOCK=min(1024, triton.next_power_of_2(N)))
+    _dropout_mask_kernel[(triton.cdiv(N, 16), B * H)](out, seed, N, dropout_p, ROWS=16,
+                                                        BLOCK=max(16, min(256, triton.next_power_of_2(N))))
     return out.bool()
 
 

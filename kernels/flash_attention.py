@@ -762,6 +762,7 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
 _PLANS: dict = {}
 
 
+@torch.compiler.disable  # Python lookups by object identity: under torch.compile a graph break, run eagerly
 def _sparse_plan(layout, N, block_size, causal, D, device):
     """Block-mask lists for the three passes. Cached per layout object (and its version) so repeated calls skip
     even hashing the layout; get_block_mask caches per layout contents."""

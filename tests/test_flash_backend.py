@@ -53,14 +53,14 @@ def test_block_sparse_density_for_mfu():
 @pytest.mark.parametrize("attn,options", [("flash", {}), ("block_sparse", {"pattern": "local", "block_size": 16,
                                                                            "window": 16})])
 def test_compiled_model_matches_eager(attn, options):
-    """flash compiles into one graph; block_sparse's block-mask lookup (Python, cached per layout) stays outside
-    the graph, one break per layer, while its kernels run as the same custom ops."""
+    """flash compiles into one graph. block_sparse's layout and block-mask lookups (Python caches) run outside the
+    graph, two breaks per layer, while its kernels run inside as the same custom ops as flash."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(**{**TINY, "n_embd": 128}, attn=attn, attn_options=options)).cuda()
     x = torch.randint(0, 128, (2, 64), device="cuda")
     with torch.autocast("cuda", dtype=torch.bfloat16):
         explanation = torch._dynamo.explain(model)(x, x)
-    assert explanation.graph_break_count <= (0 if attn == "flash" else TINY["n_layer"]), explanation.break_reasons
+    assert explanation.graph_break_count <= (0 if attn == "flash" else 2 * TINY["n_layer"]), explanation.break_reasons
     compiled = torch.compile(model)
     with torch.autocast("cuda", dtype=torch.bfloat16):
         _, loss = compiled(x, x)

@@ -66,9 +66,11 @@ def backend_problem(name: str, device: str, interpret: bool) -> str | None:
 class Sweeps:
     """Launches train.py multiruns into <out>/runs/<name>/ and remembers what each was meant to produce."""
 
-    def __init__(self, out: Path, device: str, logger: str, group: str, data_dir: str | None, env: dict):
+    def __init__(self, out: Path, device: str, logger: str, group: str, data_dir: str | None, env: dict,
+                 reuse: bool = False):
         self.out, self.device, self.logger, self.group, self.data_dir = out, device, logger, group, data_dir
         self.env = env  # the child processes' environment
+        self.reuse = reuse  # load the runs an earlier invocation left in the sweep directories instead of training
         self.log: list[dict] = []
 
     def common(self, section: str) -> list[str]:
@@ -85,12 +87,19 @@ class Sweeps:
         sweep_dir = self.out / "runs" / name
         cmd = [sys.executable, str(ROOT / "train.py"), "-m", *overrides, *self.common(section),
                f"hydra.sweep.dir={sweep_dir}", "hydra.sweep.subdir=${hydra.job.num}_${model.impl}_${attn.name}"]
+        shown = shlex.join(["python", "train.py", *cmd[2:]])
+        if self.reuse:
+            runs = load_runs([sweep_dir]) if sweep_dir.exists() else []
+            if not runs:
+                raise SystemExit(f"--reuse-runs: no runs in {sweep_dir}; make them first (the same command "
+                                 "without --reuse-runs)")
+            self.log.append(dict(name=name, cmd=shown, rc="reused", seconds=0))
+            return runs
         print("+", shlex.join(cmd), flush=True)
         t0 = time.time()
         proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=self.env)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         (sweep_dir / "sweep.log").write_text(proc.stdout + proc.stderr)
-        shown = shlex.join(["python", "train.py", *cmd[2:]])
         self.log.append(dict(name=name, cmd=shown, rc=proc.returncode, seconds=round(time.time() - t0, 1)))
         runs = load_runs([sweep_dir]) if sweep_dir.exists() else []
         if proc.returncode != 0:
@@ -247,6 +256,9 @@ def main(argv=None) -> Path:
     p.add_argument("--small-steps", type=int, help="steps per convergence / block-sparse run")
     p.add_argument("--reuse-kernels", action="store_true",
                    help="with --only kernels: render <out>/kernels/results.json instead of running the benchmark")
+    p.add_argument("--reuse-runs", action="store_true",
+                   help="build the --only training sections from the runs an earlier invocation left under <out>/runs "
+                        "(no training); the report keeps that invocation's machine stamp")
     p.add_argument("--fresh", action="store_true", help="forget sections made by earlier runs into --out")
     p.add_argument("--triton-interpret", action="store_true",
                    help="on CPU, run flash/block_sparse through the (slow) Triton interpreter instead of skipping")
@@ -281,7 +293,6 @@ def main(argv=None) -> Path:
         child_env["TRITON_INTERPRET"] = "1"
         os.environ["TRITON_INTERPRET"] = "1"  # for backend_problem's check in this process
     skipped = {b: why for b in BACKENDS if (why := backend_problem(b, device, args.triton_interpret))}
-    sweeps = Sweeps(out, device, args.logger, args.group or out.name, args.data_dir, child_env)
     patterns = args.sparse_patterns if args.sparse_patterns is not None else default_patterns(plan)
 
     # Sections are kept in <out>/sections.json, so that a report can be built in several invocations (e.g.
@@ -289,6 +300,14 @@ def main(argv=None) -> Path:
     state_path = out / "sections.json"
     state = json.loads(state_path.read_text()) if state_path.exists() and not args.fresh else {}
     made = f"_{env['date_utc']}, `{env['command']}`_\n"
+    earlier_env = state.get("env") or (json.loads((out / "raw.json").read_text()).get("environment")
+                                       if (out / "raw.json").exists() else None)
+    if args.reuse_runs and earlier_env:  # re-rendering elsewhere: keep the stamp of the machine that ran them
+        made = f"_runs reused from an earlier invocation; rendered {env['date_utc']}, `{env['command']}`_\n"
+        env = {**earlier_env, "rendered_by": env["command"], "rendered_utc": env["date_utc"]}
+        device, skipped = env["device"], state.get("skipped", {}).get("raw") or {}
+    state["env"] = env
+    sweeps = Sweeps(out, device, args.logger, args.group or out.name, args.data_dir, child_env, args.reuse_runs)
 
     prior_commands = state.get("commands", [])
 
@@ -336,8 +355,9 @@ def render(out: Path, state: dict, env: dict, plan: dict) -> Path:
                 "measures: `docs/how-flash-attention-works.md` in the repository. Numbers in columns marked "
                 "**paper (A100)** are the paper's, as published; all others come from the runs below.\n"]
     sections += [state[k]["md"] for k in order if k in state]
-    sections.append("## Commands\n\n" + "".join(f"- `{c['cmd']}` (rc {c['rc']}, {c['seconds']} s)\n"
-                                                   for c in state["commands"]))
+    sections.append("## Commands\n\n" + "".join(
+        f"- `{c['cmd']}` " + ("(runs reused from an earlier invocation)\n" if c["rc"] == "reused" else
+                              f"(rc {c['rc']}, {c['seconds']} s)\n") for c in state["commands"]))
     raw = {k: state[k]["raw"] for k in order if k in state} | {"plan": plan, "sweeps": state["commands"]}
     return report.write_report(out, "Reproducing FlashAttention (Dao et al. 2022) with this repository", env,
                                sections, raw)

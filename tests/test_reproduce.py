@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -53,3 +55,30 @@ def test_a_stopped_run_keeps_the_sections_it_finished(tmp_path, monkeypatch):
     md = (out / "report.md").read_text()
     assert "kernel benchmark needs a CUDA GPU" in md and "40.3 vs 4.4 GB (Fig. 2)" in md  # kernels, IO model
     assert "Convergence parity" not in md
+
+
+def test_reuse_runs_renders_without_training(tmp_path, monkeypatch):
+    sys.path.insert(0, str(REPO / "scripts"))
+    import reproduce
+
+    out = tmp_path / "report"
+    args = ["--tiny", "--device", "cpu", "--logger", "none", "--small-steps", "4", "--only", "parity", "--out",
+            str(out)]
+    reproduce.main(args)
+    first = (out / "report.md").read_text()
+
+    real_run = subprocess.run
+
+    def no_training(cmd, *a, **kw):
+        assert not any(str(c).endswith("train.py") for c in cmd), "--reuse-runs must not launch train.py"
+        return real_run(cmd, *a, **kw)
+
+    monkeypatch.setattr(reproduce.subprocess, "run", no_training)
+    reproduce.main([*args, "--reuse-runs"])
+    md = (out / "report.md").read_text()
+    section = lambda text: text[text.index("## 3."):text.index("## Commands")].split("\n_")[0]  # noqa: E731
+    assert section(md) == section(first)  # the same runs, the same tables
+    assert "runs reused from an earlier invocation" in md
+
+    with pytest.raises(SystemExit, match="no runs in"):
+        reproduce.main([*args, "--reuse-runs", "--out", str(tmp_path / "empty")])

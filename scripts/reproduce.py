@@ -299,7 +299,7 @@ def main(argv=None) -> Path:
     # --only kernels, then --only throughput,parity,sparse): each run replaces the sections it made.
     state_path = out / "sections.json"
     state = json.loads(state_path.read_text()) if state_path.exists() and not args.fresh else {}
-    made = f"_{env['date_utc']}, `{env['command']}`_\n"
+    made = stamp_now = f"_{env['date_utc']}, `{env['command']}`_\n"
     earlier_env = state.get("env") or (json.loads((out / "raw.json").read_text()).get("environment")
                                        if (out / "raw.json").exists() else None)
     if args.reuse_runs and earlier_env:  # re-rendering elsewhere: keep the stamp of the machine that ran them
@@ -316,8 +316,8 @@ def main(argv=None) -> Path:
         state_path.write_text(json.dumps(state, indent=1, default=str))
         return render(out, state, env, plan)
 
-    def keep(key: str, md: str, raw=None):
-        state[key] = {"md": md + ("\n" + made if md else ""), "raw": raw}
+    def keep(key: str, md: str, raw=None, footer=None):
+        state[key] = {"md": md + ("\n" + (footer or made) if md else ""), "raw": raw}
         save()
 
     keep("skipped", "**Backends that cannot run here** (left out of the runs):\n\n"
@@ -327,7 +327,7 @@ def main(argv=None) -> Path:
         bench, note = kernels(mode, out, device, args.reuse_kernels)
         keep("kernels", report.kernel_section(bench, out) + f"\n{note}\n" if bench else
              f"## 1. Attention kernels\n\n{note}\n", bench)
-    keep("io", report.io_section())
+    keep("io", report.io_section(), footer=stamp_now)  # a model, not runs
     if "throughput" in only:
         runs = throughput(plan, sweeps, skipped)
         keep("throughput", report.throughput_section(runs, out, f"{device}, {', '.join(plan['models'])}"),

@@ -50,7 +50,7 @@ class TrainConfig:
     log_interval: int = 10
     ckpt_interval: int = 0  # 0: checkpoint only at the end; -1: never
     compile: bool = False
-    backward_in_caller_thread: bool = False  # run backward on the training thread, not autograd's per-GPU thread
+    backward_in_caller_thread: bool = False  # backward on the training thread (H100: slower; dev/kernel-notes.md)
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA if supported else fp16; fp32 on CPU)
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 1337

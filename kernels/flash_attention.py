@@ -15,8 +15,9 @@ Features
   torch's generator and on the element's (batch*head, row, column) index, so torch.manual_seed reproduces a run
   and the backward regenerates the mask instead of storing it. `dropout_keep_mask` returns it for small inputs.
 - Any N; head dims 16..128 (padded to the next power of two inside the kernel); any strides with unit last dim.
-- torch custom ops (triton_op + wrap_triton, autograd registered) under torch.compile, so no graph break here;
-  eager calls use a plain autograd.Function over the same launchers (less host overhead).
+- torch custom ops (triton_op + wrap_triton, autograd registered) under torch.compile, so no graph break here
+  (the block-sparse plan is built once while tracing and read by the graph as an input); eager calls use a plain
+  autograd.Function over the same launchers (less host overhead).
 
 Limits: q, k, v of equal shape (B, H, N, D) (self-attention lengths); D a multiple of 8 up to 128 (16, 32, 48,
 64, 80, 96, 128 tested); fp16 / bf16, and fp32 with tf32 dots. CPU tensors run only through the Triton
@@ -754,7 +755,11 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     if layout.dim() == 3 and layout.shape[0] not in (1, H):
         raise ValueError(f"per-head layout has {layout.shape[0]} heads but the inputs have H={H}")
     scale = 1.0 / math.sqrt(D) if scale is None else float(scale)
-    masks, tiles = _sparse_plan(layout, N, block_size, causal, D, q.device)
+    if torch.compiler.is_compiling():  # built once while tracing; the graph reads it like a global tensor
+        key = _traced_plan_key(layout, N, block_size, causal, D, str(q.device))
+        masks, tiles = _TRACED_PLANS[key]
+    else:
+        masks, tiles = _sparse_plan(layout, N, block_size, causal, D, q.device)
     seed = draw_dropout_seed(q.device) if dropout_p > 0 else None
     return _attention(q, k, v, seed, masks, tiles, causal, float(dropout_p), scale)
 
@@ -762,7 +767,6 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
 _PLANS: dict = {}
 
 
-@torch.compiler.disable  # Python lookups by object identity: under torch.compile a graph break, run eagerly
 def _sparse_plan(layout, N, block_size, causal, D, device):
     """Block-mask lists for the three passes. Cached per layout object (and its version) so repeated calls skip
     even hashing the layout; get_block_mask caches per layout contents."""
@@ -779,3 +783,18 @@ def _sparse_plan(layout, N, block_size, causal, D, device):
             _PLANS.clear()
         plan = _PLANS[key] = (layout, [*fwd.rows, *dkdv.cols, *dq.rows], tiles)
     return plan[1], plan[2]
+
+
+
+_TRACED_PLANS: dict = {}
+
+
+@torch._dynamo.assume_constant_result
+def _traced_plan_key(layout, N, block_size, causal, D, device: str) -> tuple:
+    """Under torch.compile: build the plan while tracing (this runs eagerly then), keep it in _TRACED_PLANS and
+    return its key, a Python constant; the graph then reads the plan's tensors from that dict as inputs. The plan
+    depends only on the layout and the shapes, on which the graph is specialised. No graph break."""
+    key = (id(layout), layout._version, N, block_size, causal, D, device)
+    if key not in _TRACED_PLANS:
+        _TRACED_PLANS[key] = _sparse_plan(layout, N, block_size, causal, D, torch.device(device))
+    return key

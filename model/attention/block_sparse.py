@@ -19,7 +19,7 @@ def _layout(seq_len: int, pattern: str, block_size: int, window: int, stride: in
                         num_random=num_random, seed=seed)
 
 
-@torch.compiler.disable  # built once per (options, length) in Python; under torch.compile a graph break
+@torch._dynamo.assume_constant_result  # torch.compile: built once while tracing, a constant of the graph
 def layout_for(options: dict, seq_len: int) -> torch.Tensor:
     """The (shared by heads) block layout the options describe at this sequence length."""
     o = {**DEFAULTS, **options}

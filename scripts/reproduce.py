@@ -7,6 +7,7 @@
         --only throughput,parity,sparse --out R                    # the same report in two commands
     python scripts/bench_attention.py --part dense --out R/kernels [--append] ...   # a long benchmark in parts,
     python scripts/reproduce.py --full --only kernels --reuse-kernels --out R       # then put in the report
+    python scripts/reproduce.py --quick --only parity --reuse-runs --out R         # re-render from R/runs/
 
 Every training number comes from ordinary train.py runs (Hydra multirun, one job per config) under
 <out>/runs/; kernel numbers from scripts/bench_attention.py under <out>/kernels/. The report is <out>/report.md

@@ -316,8 +316,8 @@ def trainer(cfg, run_dir: Path, device: torch.device, d, summary: dict) -> dict:
                 with model.no_sync() if d.enabled and not last else nullcontext():
                     with autocast:
                         _, loss = model(x, y)
-                    # The engine hands a CUDA backward to its per-GPU thread; Python backward code (the Triton
-                    # launchers) runs measurably slower there (scripts/profile_attention.py).
+                    # The engine runs a CUDA backward on its per-GPU thread; backward_in_caller_thread keeps it on
+                    # this one (an experiment: slower end to end on an H100, docs/dev/kernel-notes.md v3).
                     with torch.autograd.set_multithreading_enabled(not tc.backward_in_caller_thread):
                         scaler.scale(loss / tc.grad_accum).backward()
                 loss_sum += loss.detach()

@@ -49,7 +49,7 @@ LOG2E = 1.4426950408889634
 def _dropout_keep(seed, bh, offs_m, start_n, N, dropout_p, BLOCK_N: tl.constexpr):
     """Keep mask (len(offs_m), BLOCK_N) of rows offs_m x columns start_n .. start_n + BLOCK_N of head bh.
 
-    One Philox call (4 x 32 random bits) serves 8 consecutive columns with 16 bits each, a quarter of the calls of
+    One Philox call (4 x 32 random bits) serves 8 consecutive columns with 16 bits each, an eighth of the calls of
     tl.rand per element, whose cost dominated the kernels. An element is kept if its 16 bits >= round(p * 2^16),
     i.e. with probability within 2^-16 of 1 - p. Element (row, col) always draws counter (bh*N + row) * ceil(N/8)
     + col // 8 and lane col % 8, whatever the tile, so every pass regenerates the same mask. start_n % 8 == 0."""

@@ -504,11 +504,18 @@ def _sparse_stages(q, head_d):
     return 2 if head_d > 64 or q.dtype == torch.float32 else 3
 
 
-def _launch_fwd(q, k, v, seed, causal, dropout_p, scale, sparse, wrap=wrap_triton):
+def _fwd_outputs(q):
+    return _empty_like_bhnd(q), q.new_empty(q.shape[:3], dtype=torch.float32)  # o, lse
+
+
+def _bwd_outputs(q, lse):
+    return torch.empty_like(lse), _empty_like_bhnd(q), _empty_like_bhnd(q), _empty_like_bhnd(q)  # delta, dq, dk, dv
+
+
+def _launch_fwd(q, k, v, seed, causal, dropout_p, scale, sparse, wrap=wrap_triton, out=None):
     B, H, N, D = q.shape
     head_d = max(16, triton.next_power_of_2(D))
-    o = _empty_like_bhnd(q)
-    lse = q.new_empty((B, H, N), dtype=torch.float32)
+    o, lse = out or _fwd_outputs(q)
     common = dict(H=H, N=N, qk_scale=scale * LOG2E, dropout_p=dropout_p, D=D, HEAD_D=head_d, CAUSAL=causal,
                   DROPOUT=dropout_p > 0)
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(o))
@@ -526,13 +533,12 @@ def _launch_fwd(q, k, v, seed, causal, dropout_p, scale, sparse, wrap=wrap_trito
     return o, lse
 
 
-def _launch_bwd(do, q, k, v, o, lse, seed, causal, dropout_p, scale, sparse, wrap=wrap_triton):
+def _launch_bwd(do, q, k, v, o, lse, seed, causal, dropout_p, scale, sparse, wrap=wrap_triton, out=None):
     B, H, N, D = q.shape
     head_d = max(16, triton.next_power_of_2(D))
     if do.stride(-1) != 1:
         do = do.contiguous()
-    delta = torch.empty_like(lse)
-    dq, dk, dv = _empty_like_bhnd(q), _empty_like_bhnd(q), _empty_like_bhnd(q)
+    delta, dq, dk, dv = out or _bwd_outputs(q, lse)
     common = dict(H=H, N=N, qk_scale=scale * LOG2E, sm_scale=scale, dropout_p=dropout_p, D=D, HEAD_D=head_d,
                   CAUSAL=causal, DROPOUT=dropout_p > 0, SPARSE=sparse is not None)
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq))
@@ -610,80 +616,136 @@ def _backward(ctx, do, _dlse):
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 
 
-def _launch_key(values):
-    """What picks a compiled binary, cheaply: each tensor's dtype, 16-byte alignment and device (Triton
-    specialises on the first two and loads a binary per GPU); every other argument by value. Ints by value are
-    finer than Triton's own specialisation (== 1, multiple of 16), so one binary may sit under several keys."""
-    return tuple((x.dtype, x.data_ptr() % 16 == 0, x.get_device()) if isinstance(x, torch.Tensor) else x
-                 for x in values)
+class _Replay:
+    """One recorded launch: the compiled binary's runner for a fixed grid, the full argument list in signature order,
+    and which of the call's tensors go where. Replaying swaps in the new call's tensors and launches, with none of
+    Triton's per-launch binding and specialisation (about 0.1 ms of host time per launch on the H100 host, measured
+    with scripts/profile_attention.py: more than the GPU needs for the whole attention at N = 1K)."""
+
+    def __init__(self, compiled, grid, values, slots):
+        self.run, self.values, self.slots = compiled[grid], values, slots
+
+    def __call__(self, tensors):
+        values = self.values.copy()
+        for pos, i in self.slots:
+            values[pos] = tensors[i]
+        self.run(*values)
 
 
-class _CachedLaunch:
-    """`kernel[grid](*args, **kwargs)` that reuses the compiled binary of an earlier launch with the same
-    specialisation. Triton binds and specialises all ~45 arguments in Python on every launch (about 0.1 ms of host
-    time per launch on an H100 host, measured with scripts/profile_attention.py), more than the GPU needs for the
-    whole attention at N = 1K; here a hit costs one flat key tuple (_launch_key). The first launch of each key goes
-    through Triton (and its autotuner) as usual. CUDA only: the interpreter keeps Triton's own path."""
+class _Recorder:
+    """`wrap` for the first call of a signature: launches through Triton (and its autotuner) as usual and records
+    each launch as a _Replay. `tensors` are the call's tensors; a launch argument that is none of them (by identity)
+    cannot be replayed, and the plan is then None (that signature keeps Triton's own launch)."""
 
-    def __init__(self, kernel):
+    def __init__(self, tensors):
+        self.tensors, self.replays = tensors, []
+
+    def __call__(self, kernel):  # wrap(kernel)[grid](*args, **kwargs), as with wrap_triton
         self.kernel = kernel
-        tuned = isinstance(kernel, triton.runtime.Autotuner)
-        self.arg_names = kernel.fn.arg_names if tuned else kernel.arg_names
-        self.compiled: dict = {}
+        return self
 
     def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.launch(grid, args, kwargs)
+        return lambda *args, **kwargs: self.record(self.kernel, grid, args, kwargs)
 
-    def launch(self, grid, args, kwargs):
-        key = (_launch_key(args), tuple(kwargs), _launch_key(kwargs.values()))
-        hit = self.compiled.get(key)
-        if hit is None:
-            compiled = self.kernel[grid](*args, **kwargs)
-            best = getattr(self.kernel, "best_config", None)
-            if compiled is not None and hasattr(compiled, "__getitem__"):
-                self.compiled[key] = (compiled, dict(best.kwargs) if best is not None else {})
-            return
-        compiled, tuned = hit
-        named = dict(zip(self.arg_names, args, strict=False), **kwargs, **tuned)
+    def record(self, kernel, grid, args, kwargs):
+        compiled = kernel[grid](*args, **kwargs)
+        tuned = isinstance(kernel, triton.runtime.Autotuner)
+        best = kernel.best_config.kwargs if tuned else {}
+        names = kernel.fn.arg_names if tuned else kernel.arg_names
+        named = dict(zip(names, args, strict=False), **kwargs, **best)
         g = grid(named) if callable(grid) else grid
-        compiled[(*g, *(1,) * (3 - len(g)))](*(named[n] for n in self.arg_names))
+        values, slots = [named[n] for n in names], []
+        for pos, x in enumerate(values):
+            if isinstance(x, torch.Tensor):
+                i = next((i for i, t in enumerate(self.tensors) if t is x), None)
+                slots.append((pos, i))
+                values[pos] = None  # the plan keeps no tensor alive
+        if self.replays is not None and hasattr(compiled, "__getitem__") and all(i is not None for _, i in slots):
+            self.replays.append(_Replay(compiled, (*g, *(1,) * (3 - len(g))), values, slots))
+        else:
+            self.replays = None
 
 
-_LAUNCHERS: dict = {}
+def _signature(*tensors):
+    """What picks the binaries and the integer arguments of a call: shapes, strides, dtype, device and 16-byte
+    alignment (Triton specialises pointers on it) of q, k, v (and dO)."""
+    return tuple((t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() % 16 == 0) for t in tensors)
 
 
-def _direct(kernel):
-    """Eager launches: the cached-binary path on GPUs (set FLASHGPT_LAUNCH_CACHE=0 to use Triton's own launch)."""
-    if INTERPRET or os.environ.get("FLASHGPT_LAUNCH_CACHE", "1") == "0":
-        return kernel
-    if kernel not in _LAUNCHERS:
-        _LAUNCHERS[kernel] = _CachedLaunch(kernel)
-    return _LAUNCHERS[kernel]
+_REPLAYS: dict = {}
+
+
+def _replayed(key, tensors, launch, keep):
+    """Run `launch(wrap)` through a _Recorder the first time `key` is seen, then replay it. `keep` (the block-mask
+    list, whose id is in the key) stays referenced by the cache so that id is never reused for another list."""
+    plan = _REPLAYS.get(key)
+    if plan is None and len({id(t) for t in tensors}) < len(tensors):  # e.g. q is k: roles ambiguous, no record
+        launch(lambda kernel: kernel)
+    elif plan is None:
+        recorder = _Recorder(tensors)
+        launch(recorder)
+        if len(_REPLAYS) > 256:
+            _REPLAYS.clear()
+        _REPLAYS[key] = (recorder.replays or False, keep)
+    elif plan[0] is False:
+        launch(lambda kernel: kernel)
+    else:
+        for replay in plan[0]:
+            replay(tensors)
+
+
+def _eager_fwd(q, k, v, seed, masks, tiles, causal, dropout_p, scale):
+    o, lse = _fwd_outputs(q)
+    launch = lambda wrap: _launch_fwd(q, k, v, seed, causal, dropout_p, scale, _sparse_args(masks, tiles), wrap,
+                                      out=(o, lse))
+    if INTERPRET or not _LAUNCH_CACHE:
+        launch(lambda kernel: kernel)
+    else:
+        key = ("fwd", _signature(q, k, v), seed is None, id(masks), causal, dropout_p, scale)
+        _replayed(key, (q, k, v, o, lse, seed, *masks), launch, masks)
+    return o, lse
+
+
+def _eager_bwd(do, q, k, v, o, lse, seed, masks, tiles, causal, dropout_p, scale):
+    if do.stride(-1) != 1:
+        do = do.contiguous()
+    delta, dq, dk, dv = _bwd_outputs(q, lse)
+    launch = lambda wrap: _launch_bwd(do, q, k, v, o, lse, seed, causal, dropout_p, scale,
+                                      _sparse_args(masks, tiles), wrap, out=(delta, dq, dk, dv))
+    if INTERPRET or not _LAUNCH_CACHE:
+        launch(lambda kernel: kernel)
+    else:
+        key = ("bwd", _signature(q, k, v, do), seed is None, id(masks), causal, dropout_p, scale)
+        _replayed(key, (do, q, k, v, o, lse, seed, delta, dq, dk, dv, *masks), launch, masks)
+    return dq, dk, dv
+
+
+_LAUNCH_CACHE = os.environ.get("FLASHGPT_LAUNCH_CACHE", "1") != "0"  # 0: every eager launch through Triton
 
 
 class _EagerAttention(torch.autograd.Function):
     """The same launchers without the custom-op layer, whose per-call host cost (~0.1-0.4 ms) dominated small
-    problems in eager mode. torch.compile goes through the custom ops instead (see _attention)."""
+    problems in eager mode; launches are replayed per signature (_replayed). torch.compile goes through the custom
+    ops instead (see _attention)."""
 
     @staticmethod
-    def forward(ctx, q, k, v, seed, sparse, causal, dropout_p, scale):
-        o, lse = _launch_fwd(q, k, v, seed, causal, dropout_p, scale, sparse, wrap=_direct)
+    def forward(ctx, q, k, v, seed, masks, tiles, causal, dropout_p, scale):
+        o, lse = _eager_fwd(q, k, v, seed, masks, tiles, causal, dropout_p, scale)
         ctx.save_for_backward(q, k, v, o, lse, seed)
-        ctx.meta = (sparse, causal, dropout_p, scale)
+        ctx.meta = (masks, tiles, causal, dropout_p, scale)
         return o
 
     @staticmethod
     def backward(ctx, do):
         q, k, v, o, lse, seed = ctx.saved_tensors
-        sparse, causal, dropout_p, scale = ctx.meta
-        dq, dk, dv = _launch_bwd(do, q, k, v, o, lse, seed, causal, dropout_p, scale, sparse, wrap=_direct)
-        return dq, dk, dv, None, None, None, None, None
+        dq, dk, dv = _eager_bwd(do, q, k, v, o, lse, seed, *ctx.meta)
+        return dq, dk, dv, None, None, None, None, None, None
 
 
 def _attention(q, k, v, seed, masks, tiles, causal, dropout_p, scale):
     if torch.compiler.is_compiling():
         return attention_fwd(q, k, v, seed, masks, tiles, causal, dropout_p, scale)[0]
-    return _EagerAttention.apply(q, k, v, seed, _sparse_args(masks, tiles), causal, dropout_p, scale)
+    return _EagerAttention.apply(q, k, v, seed, masks, tiles, causal, dropout_p, scale)
 
 
 # ----------------------------------------------------------------------------------------------------------------

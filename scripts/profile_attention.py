@@ -40,7 +40,7 @@ def attention_fn(args):
 def _time_inside_backward() -> list[float]:
     """Wrap the backward launcher to time it where it runs (autograd's device thread or the caller's)."""
     fa = sys.modules["kernels.flash_attention"]
-    launch_bwd, times = fa._launch_bwd, []
+    launch_bwd, times = fa._eager_bwd, []
 
     def timed(*a, **kw):
         t0 = time.perf_counter()
@@ -48,7 +48,7 @@ def _time_inside_backward() -> list[float]:
         times.append(time.perf_counter() - t0)
         return out
 
-    fa._launch_bwd = timed
+    fa._eager_bwd = timed
     return times
 
 
@@ -79,10 +79,11 @@ def main():
              "bwd (autograd, graph kept)": lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True)}
     if args.provider == "flash" and not args.dropout:  # the same backward launches, without the autograd engine
         fa = sys.modules["kernels.flash_attention"]
+        scale = q.shape[-1] ** -0.5
         with torch.no_grad():
-            o2, lse = fa._launch_fwd(q, k, v, None, True, args.dropout, q.shape[-1] ** -0.5, None, wrap=fa._direct)
-        modes["bwd launchers on the main thread"] = lambda: fa._launch_bwd(
-            do, q, k, v, o2, lse, None, True, args.dropout, q.shape[-1] ** -0.5, None, wrap=fa._direct)
+            o2, lse = fa._eager_fwd(q, k, v, None, [], fa._NO_TILES, True, args.dropout, scale)
+        modes["bwd launchers on the main thread"] = lambda: fa._eager_bwd(
+            do, q, k, v, o2, lse, None, [], fa._NO_TILES, True, args.dropout, scale)
     def same_thread():
         with torch.autograd.set_multithreading_enabled(False):
             step()
@@ -101,7 +102,7 @@ def main():
         wall_ms = (time.perf_counter() - t0) / args.iters * 1e3
         print(f"{mode}: host enqueue {host_ms:.3f} ms/call, wall {wall_ms:.3f} ms/call")
         if inside:  # host time spent in our backward launcher, on whichever thread autograd ran it
-            print(f"    of which in _launch_bwd: {sum(inside) / len(inside) * 1e3:.3f} ms/call")
+            print(f"    of which in _eager_bwd: {sum(inside) / len(inside) * 1e3:.3f} ms/call")
     fa = sys.modules["kernels.flash_attention"]
     for name in ("_attn_fwd_tuned", "_attn_bwd_dq_tuned", "_attn_bwd_dkdv_tuned"):
         print(f"autotuned {name}: {getattr(getattr(fa, name), 'best_config', None)}")

@@ -1,9 +1,12 @@
-"""The cached eager launch path: same binary reused per specialisation, arguments passed in signature order."""
+"""The eager launch cache: the first call of a signature goes through Triton and is recorded; later calls replay
+the same binaries with the new call's tensors swapped in, arguments in signature order."""
+
+import importlib
 
 import pytest
 import torch
 
-from kernels.flash_attention import _CachedLaunch, _launch_key
+fa = importlib.import_module("kernels.flash_attention")  # the module (kernels re-exports a function of that name)
 
 
 class FakeCompiled:
@@ -11,11 +14,11 @@ class FakeCompiled:
         self.log = log
 
     def __getitem__(self, grid):
-        return lambda *args: self.log.append(("direct", grid, args))
+        return lambda *args: self.log.append(("replay", grid, args))
 
 
 class FakeKernel:
-    arg_names = ["X", "n", "scale", "BLOCK"]
+    arg_names = ["X", "Y", "n", "scale", "BLOCK"]
 
     def __init__(self):
         self.log = []
@@ -27,50 +30,93 @@ class FakeKernel:
         return run
 
 
-def test_key_tells_apart_what_triton_specialises_on():
-    aligned = torch.zeros(64, dtype=torch.float16)
-    assert _launch_key([aligned, 16]) == _launch_key([torch.ones(8, dtype=torch.float16), 16])
-    assert _launch_key([aligned, 16]) != _launch_key([aligned.float(), 16])  # dtype
-    assert _launch_key([aligned, 16]) != _launch_key([aligned[1:], 16])  # 16-byte alignment
-    assert _launch_key([aligned, 16]) != _launch_key([aligned, 17])  # ints by value
-    assert _launch_key([aligned, True]) != _launch_key([aligned, False])  # constexpr values
-    assert _launch_key([aligned, None]) != _launch_key([aligned, 0])
+@pytest.fixture
+def kernel(monkeypatch):
+    monkeypatch.setattr(fa, "_REPLAYS", {})
+    return FakeKernel()
 
 
-def test_second_launch_reuses_the_binary_with_arguments_in_order():
-    kernel = FakeKernel()
-    launch = _CachedLaunch(kernel)
-    x = torch.zeros(64)
+def launcher(kernel, x, y, n=64):
     grid = lambda meta: (meta["n"] // meta["BLOCK"], 2)
-    launch[grid](x, 64, 0.5, BLOCK=16, num_warps=4)
-    launch[grid](x, 64, 0.5, BLOCK=16, num_warps=4)  # same key: cached binary
-    launch[grid](x.clone(), 64, 0.5, BLOCK=16, num_warps=4)  # another tensor of the same dtype and alignment
-    launch[grid](x, 65, 0.5, BLOCK=16, num_warps=4)  # another value: Triton again
-    kinds = [entry[0] for entry in kernel.log]
-    assert kinds == ["triton", "direct", "direct", "triton"]
-    assert kernel.log[1][1] == (4, 2, 1)
-    assert kernel.log[1][2] == (x, 64, 0.5, 16)
+    return lambda wrap: wrap(kernel)[grid](x, y, n, 0.5, BLOCK=16)
+
+
+def test_replay_swaps_in_the_new_tensors_in_signature_order(kernel):
+    x, y = torch.zeros(64), torch.ones(64)
+    fa._replayed("k", (x, y), launcher(kernel, x, y), keep=None)
+    x2, y2 = torch.zeros(64), torch.ones(64)
+    fa._replayed("k", (x2, y2), launcher(kernel, x2, y2), keep=None)
+    fa._replayed("k", (y2, x2), launcher(kernel, y2, x2), keep=None)  # roles follow the call, not the objects
+    assert [entry[0] for entry in kernel.log] == ["triton", "replay", "replay"]
+    assert kernel.log[1][1] == (4, 2, 1)  # the grid resolved once, padded to 3-D
+    assert kernel.log[1][2] == (x2, y2, 64, 0.5, 16)
+    assert kernel.log[2][2] == (y2, x2, 64, 0.5, 16)
+    assert all(value is None for value in fa._REPLAYS["k"][0][0].values[:2])  # the plan holds no tensor
+
+
+def test_another_signature_is_recorded_apart(kernel):
+    x, y = torch.zeros(64), torch.ones(64)
+    fa._replayed("k64", (x, y), launcher(kernel, x, y), keep=None)
+    fa._replayed("k128", (x, y), launcher(kernel, x, y, n=128), keep=None)
+    fa._replayed("k128", (x, y), launcher(kernel, x, y, n=128), keep=None)
+    assert [entry[0] for entry in kernel.log] == ["triton", "triton", "replay"]
+    assert kernel.log[2][1] == (8, 2, 1)
+
+
+def test_aliased_roles_are_not_recorded_but_replay_correctly(kernel):
+    x, y = torch.zeros(64), torch.ones(64)
+    fa._replayed("k", (x, x), launcher(kernel, x, x), keep=None)  # x is both X and Y: which role is which?
+    assert "k" not in fa._REPLAYS
+    fa._replayed("k", (x, y), launcher(kernel, x, y), keep=None)
+    fa._replayed("k", (y, y), launcher(kernel, y, y), keep=None)
+    assert [entry[0] for entry in kernel.log] == ["triton", "triton", "replay"]
+    assert kernel.log[2][2] == (y, y, 64, 0.5, 16)
+
+
+def test_a_tensor_outside_the_roles_keeps_tritons_launch(kernel):
+    x, y, stray = torch.zeros(64), torch.ones(64), torch.ones(64)
+    fa._replayed("k", (x, y), launcher(kernel, x, stray), keep=None)
+    fa._replayed("k", (x, y), launcher(kernel, x, stray), keep=None)
+    assert [entry[0] for entry in kernel.log] == ["triton", "triton"]
+
+
+def test_signature_tells_apart_what_triton_specialises_on():
+    a = torch.zeros(2, 3, 8, 16, dtype=torch.float16)
+    assert fa._signature(a) == fa._signature(torch.ones(2, 3, 8, 16, dtype=torch.float16))
+    assert fa._signature(a) != fa._signature(a.float())  # dtype
+    assert fa._signature(a) != fa._signature(a.transpose(1, 2).contiguous().transpose(1, 2))  # strides
+    assert fa._signature(a) != fa._signature(torch.zeros(2, 3, 9, 16, dtype=torch.float16))  # shape
+    flat = torch.zeros(2 * 3 * 8 * 16 + 1, dtype=torch.float16)
+    assert fa._signature(flat[:-1].view(2, 3, 8, 16)) != fa._signature(flat[1:].view(2, 3, 8, 16))  # alignment
 
 
 @pytest.mark.gpu
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 @pytest.mark.parametrize("causal", [True, False])
-def test_cached_launch_equals_tritons_own_launch(monkeypatch, causal):
-    from kernels import flash_attention
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+@pytest.mark.parametrize("sparse", [False, True])
+def test_replayed_launch_equals_tritons_own_launch(monkeypatch, causal, dropout_p, sparse):
+    from kernels import block_sparse_attention, flash_attention
+    from kernels.sparsity_patterns import build_layout
 
-    def run(cache: str):
-        monkeypatch.setenv("FLASHGPT_LAUNCH_CACHE", cache)
+    layout = build_layout("local", 777, 64, window=128).cuda()
+    attend = (lambda q, k, v: block_sparse_attention(q, k, v, layout, causal=causal, dropout_p=dropout_p,
+                                                     block_size=64)) if sparse else \
+        (lambda q, k, v: flash_attention(q, k, v, causal=causal, dropout_p=dropout_p))
+
+    def run(cache: bool):
+        monkeypatch.setattr(fa, "_LAUNCH_CACHE", cache)
+        torch.manual_seed(1)
         outs = []
-        for _ in range(3):  # the first call compiles, the later ones reuse the binary
-            q, k, v = (x.clone().requires_grad_() for x in qkv)
-            o = flash_attention(q, k, v, causal=causal)
+        for i in range(4):  # the first call records, later ones replay; the last with q, k, v one tensor
+            q, k, v = ((x.clone().requires_grad_() for x in qkv) if i < 3 else [qkv[0].clone().requires_grad_()] * 3)
+            o = attend(q, k, v)
             outs.append((o, *torch.autograd.grad(o, (q, k, v), do)))
         return outs
 
     torch.manual_seed(0)
     qkv = [torch.randn(3, 5, 777, 64, device="cuda", dtype=torch.bfloat16) for _ in range(3)]
     do = torch.randn_like(qkv[0])
-    reference = run("0")[0]
-    for outs in run("1"):
-        for got, want in zip(outs, reference, strict=True):
-            torch.testing.assert_close(got, want, rtol=0, atol=0)  # the same binary: bitwise equal
+    for got_call, want_call in zip(run(True), run(False), strict=True):
+        for got, want in zip(got_call, want_call, strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=0)  # the same binaries: bitwise equal

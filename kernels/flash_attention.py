@@ -677,7 +677,8 @@ _REPLAYS: dict = {}
 
 def _replayed(key, tensors, launch, keep):
     """Run `launch(wrap)` through a _Recorder the first time `key` is seen, then replay it. `keep` (the block-mask
-    list, whose id is in the key) stays referenced by the cache so that id is never reused for another list."""
+    list, whose id is in the key; dense calls pass a fresh empty list, keyed as such) stays referenced by the cache
+    so that id is never reused for another list."""
     plan = _REPLAYS.get(key)
     if plan is None and len({id(t) for t in tensors}) < len(tensors):  # e.g. q is k: roles ambiguous, no record
         launch(lambda kernel: kernel)
@@ -701,7 +702,7 @@ def _eager_fwd(q, k, v, seed, masks, tiles, causal, dropout_p, scale):
     if INTERPRET or not _LAUNCH_CACHE:
         launch(lambda kernel: kernel)
     else:
-        key = ("fwd", _signature(q, k, v), seed is None, id(masks), causal, dropout_p, scale)
+        key = ("fwd", _signature(q, k, v), seed is None, masks and id(masks), causal, dropout_p, scale)
         _replayed(key, (q, k, v, o, lse, seed, *masks), launch, masks)
     return o, lse
 
@@ -715,7 +716,7 @@ def _eager_bwd(do, q, k, v, o, lse, seed, masks, tiles, causal, dropout_p, scale
     if INTERPRET or not _LAUNCH_CACHE:
         launch(lambda kernel: kernel)
     else:
-        key = ("bwd", _signature(q, k, v, do), seed is None, id(masks), causal, dropout_p, scale)
+        key = ("bwd", _signature(q, k, v, do), seed is None, masks and id(masks), causal, dropout_p, scale)
         _replayed(key, (do, q, k, v, o, lse, seed, delta, dq, dk, dv, *masks), launch, masks)
     return dq, dk, dv
 

@@ -120,3 +120,16 @@ def test_replayed_launch_equals_tritons_own_launch(monkeypatch, causal, dropout_
     for got_call, want_call in zip(run(True), run(False), strict=True):
         for got, want in zip(got_call, want_call, strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=0)  # the same binaries: bitwise equal
+
+
+def test_dense_calls_share_one_key_whatever_empty_list_they_pass(monkeypatch):
+    keys = []
+    monkeypatch.setattr(fa, "_replayed", lambda key, *args: keys.append(key))
+    monkeypatch.setattr(fa, "INTERPRET", False)
+    monkeypatch.setattr(fa, "_LAUNCH_CACHE", True)
+    q = torch.randn(1, 2, 8, 16)
+    empties = [[] for _ in range(4)]  # all alive, so no two share an id
+    for i in range(2):
+        fa._eager_fwd(q, q, q, None, empties[2 * i], fa._NO_TILES, True, 0.0, 0.25)
+        fa._eager_bwd(q, q, q, q, q, torch.zeros(1, 2, 8), None, empties[2 * i + 1], fa._NO_TILES, True, 0.0, 0.25)
+    assert keys[0] == keys[2] and keys[1] == keys[3]

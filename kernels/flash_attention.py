@@ -702,7 +702,7 @@ def _eager_fwd(q, k, v, seed, masks, tiles, causal, dropout_p, scale):
     if INTERPRET or not _LAUNCH_CACHE:
         launch(lambda kernel: kernel)
     else:
-        key = ("fwd", _signature(q, k, v), seed is None, masks and id(masks), causal, dropout_p, scale)
+        key = ("fwd", _signature(q, k, v), seed is None, id(masks) if masks else None, causal, dropout_p, scale)
         _replayed(key, (q, k, v, o, lse, seed, *masks), launch, masks)
     return o, lse
 
@@ -716,7 +716,7 @@ def _eager_bwd(do, q, k, v, o, lse, seed, masks, tiles, causal, dropout_p, scale
     if INTERPRET or not _LAUNCH_CACHE:
         launch(lambda kernel: kernel)
     else:
-        key = ("bwd", _signature(q, k, v, do), seed is None, masks and id(masks), causal, dropout_p, scale)
+        key = ("bwd", _signature(q, k, v, do), seed is None, id(masks) if masks else None, causal, dropout_p, scale)
         _replayed(key, (do, q, k, v, o, lse, seed, delta, dq, dk, dv, *masks), launch, masks)
     return dq, dk, dv
 

@@ -4,7 +4,8 @@ Dense: naive, ours (flash), SDPA's flash backend, SDPA's cuDNN backend, FlexAtte
 Sparse: our block-sparse kernel vs our dense flash and FlexAttention with the same block mask.
 Tokens per batch are fixed (B = tokens / N). FLOPs: 4 * B * H * N^2 * D forward (times the kept fraction:
 about half for causal, the layout's density for sparse), backward 2.5x forward. Extra memory: peak allocated
-during one forward+backward minus what was allocated before (inputs and dO).
+during one forward+backward minus what was allocated before (inputs and dO). fwd_bwd_graph: fwd+bwd captured in a
+CUDA graph and replayed (GPU time, no host launch gaps); eager fwd_bwd well above it means host-bound.
 
     python scripts/bench_attention.py --quick --out /tmp/bench                # a few sizes (under 3 minutes)
     python scripts/bench_attention.py --out DIR                               # everything (over 10 minutes)
@@ -35,8 +36,8 @@ from kernels import sparsity_patterns as sp  # noqa: E402
 
 DENSE_PROVIDERS = ("naive", "flash", "sdpa_flash", "sdpa_cudnn", "flex")
 SPARSE_PROVIDERS = ("block_sparse", "flash", "flex")
-MODES = ("fwd", "bwd", "fwd_bwd")
-FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5}
+MODES = ("fwd", "bwd", "fwd_bwd", "fwd_bwd_graph")
+FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5, "fwd_bwd_graph": 3.5}
 
 
 # ------------------------------------------------------------------------------------------------------------
@@ -133,7 +134,33 @@ def measure(fn, B, H, N, D, dtype=torch.bfloat16, modes=MODES, warmup=10, rep=60
     if "fwd_bwd" in modes:
         out["fwd_bwd"] = triton.testing.do_bench(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do),
                                                  warmup=warmup, rep=rep, return_mode="median")
+    if "fwd_bwd_graph" in modes:
+        out.update(_graphed(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do), warmup, rep))
     return out
+
+
+def _graphed(step, warmup, rep) -> dict:
+    """The same fwd+bwd captured once in a CUDA graph and replayed: GPU time without the host's launch gaps
+    (METHOD.md: "for many small launches, capture a graph and time its replays")."""
+    import triton.testing
+
+    side = torch.cuda.Stream()  # warm-up off the default stream, as torch.cuda.graphs asks before a capture
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.empty_cache()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            step()
+    except RuntimeError as e:
+        return {"fwd_bwd_graph_status": f"not capturable: {str(e).splitlines()[0][:100]}"}
+    ms = triton.testing.do_bench(graph.replay, warmup=warmup, rep=rep, return_mode="median")
+    del graph
+    torch.cuda.empty_cache()
+    return {"fwd_bwd_graph": ms}
 
 
 def _guarded(fn, *args, **kwargs) -> dict:
@@ -169,8 +196,10 @@ def run_dense(seqs, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0
                             continue
                         impl = _impl(prov)
                         fn = lambda q, k, v, impl=impl, causal=causal, p=p: impl(q, k, v, causal, p)
+                        # naive is GPU-bound, and a graph's second memory pool would not fit beside it at 16K
+                        modes = MODES if prov != "naive" else MODES[:3]
                         row = dict(part="dense", provider=prov, N=N, B=B, H=heads, D=D, causal=causal, dropout=p,
-                                   **_guarded(fn, B, heads, N, D, dtype))
+                                   **_guarded(fn, B, heads, N, D, dtype, modes=modes))
                         rows.append(_add_rates(row, flops))
                         log(_fmt(row))
                         if on_row:
@@ -241,13 +270,15 @@ def _cell(row, mode):
 def markdown(rows: list[dict], env: dict) -> str:
     lines = [f"# Attention benchmark\n\n{env['gpu']}, torch {env['torch']}, triton {env['triton']}, {env['date']}. "
              "bf16, H=12, 16K tokens per batch (B = 16384 / N). Cells: median ms (TFLOP/s). "
-             "Extra memory: MiB above inputs during forward+backward.\n"]
+             "Extra memory: MiB above inputs during forward+backward. fwd_bwd_graph: the same fwd+bwd captured in a "
+             "CUDA graph and replayed, so the host's launch time is left out (GPU time; eager calls are host-bound "
+             "where fwd_bwd is well above it).\n"]
     dense = [r for r in rows if r["part"] == "dense"]
     groups = sorted({(r["D"], r["causal"], r["dropout"]) for r in dense}, key=lambda g: (g[0], not g[1], g[2]))
     for D, causal, p in groups:
         sel = [r for r in dense if (r["D"], r["causal"], r["dropout"]) == (D, causal, p)]
         provs = [x for x in DENSE_PROVIDERS if any(r["provider"] == x for r in sel)]
-        for mode in MODES:
+        for mode in [m for m in MODES if any(m in r for r in sel)]:
             lines.append(f"\n## Dense, D={D}, {'causal' if causal else 'non-causal'}, dropout {p}: {mode}\n")
             lines.append("| N | " + " | ".join(provs) + " | speedup vs sdpa_flash | speedup vs sdpa_cudnn |")
             lines.append("|---" * (len(provs) + 3) + "|")
@@ -273,7 +304,7 @@ def markdown(rows: list[dict], env: dict) -> str:
             by = {r["provider"]: r for r in sparse if (r["pattern"], r["window"], r["N"]) == (pat, window, N)}
             density = next(iter(by.values()))["density"]
             ideal = ((N + 1) / (2 * N)) / density
-            for mode in ("fwd", "fwd_bwd"):
+            for mode in ("fwd", "fwd_bwd", "fwd_bwd_graph"):
                 sp_ = _ratio(by, "flash", "block_sparse", mode)
                 frac = f"{float(sp_) / ideal:.2f}" if sp_ != "-" else "-"
                 lines.append(f"| {pat} | {window} | {N} | {density:.3f} | {mode} | "

@@ -668,8 +668,11 @@ class _Recorder:
 
 def _signature(*tensors):
     """What picks the binaries and the integer arguments of a call: shapes, strides, dtype, device and 16-byte
-    alignment (Triton specialises pointers on it) of q, k, v (and dO)."""
-    return tuple((t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() % 16 == 0) for t in tensors)
+    alignment (Triton specialises pointers on it) of q, k, v (and dO); and which of them are one tensor (q is k is
+    v in a self-attention test), since a recorded launch finds each argument's role by identity."""
+    ids = [id(t) for t in tensors]
+    return (tuple((t.shape, t.stride(), t.dtype, t.get_device(), t.data_ptr() % 16 == 0) for t in tensors),
+            tuple(ids.index(i) for i in ids))
 
 
 _REPLAYS: dict = {}
@@ -680,9 +683,7 @@ def _replayed(key, tensors, launch, keep):
     list, whose id is in the key; dense calls pass a fresh empty list, keyed as such) stays referenced by the cache
     so that id is never reused for another list."""
     plan = _REPLAYS.get(key)
-    if plan is None and len({id(t) for t in tensors}) < len(tensors):  # e.g. q is k: roles ambiguous, no record
-        launch(lambda kernel: kernel)
-    elif plan is None:
+    if plan is None:
         recorder = _Recorder(tensors)
         launch(recorder)
         if len(_REPLAYS) > 256:
@@ -716,7 +717,7 @@ def _eager_bwd(do, q, k, v, o, lse, seed, masks, tiles, causal, dropout_p, scale
     if INTERPRET or not _LAUNCH_CACHE:
         launch(lambda kernel: kernel)
     else:
-        key = ("bwd", _signature(q, k, v, do), seed is None, id(masks) if masks else None, causal, dropout_p, scale)
+        key = ("bwd", _signature(q, k, v, do, o), seed is None, id(masks) if masks else None, causal, dropout_p, scale)
         _replayed(key, (do, q, k, v, o, lse, seed, delta, dq, dk, dv, *masks), launch, masks)
     return dq, dk, dv
 

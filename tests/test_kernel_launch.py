@@ -63,14 +63,25 @@ def test_another_signature_is_recorded_apart(kernel):
     assert kernel.log[2][1] == (8, 2, 1)
 
 
-def test_aliased_roles_are_not_recorded_but_replay_correctly(kernel):
+def test_aliased_roles_replay_under_the_same_aliasing(kernel):
     x, y = torch.zeros(64), torch.ones(64)
-    fa._replayed("k", (x, x), launcher(kernel, x, x), keep=None)  # x is both X and Y: which role is which?
-    assert "k" not in fa._REPLAYS
-    fa._replayed("k", (x, y), launcher(kernel, x, y), keep=None)
-    fa._replayed("k", (y, y), launcher(kernel, y, y), keep=None)
-    assert [entry[0] for entry in kernel.log] == ["triton", "triton", "replay"]
+    key = lambda a, b: ("k", fa._signature(a, b))  # the signature records which arguments are one tensor
+    fa._replayed(key(x, x), (x, x), launcher(kernel, x, x), keep=None)
+    fa._replayed(key(x, y), (x, y), launcher(kernel, x, y), keep=None)  # not aliased: recorded apart
+    fa._replayed(key(y, y), (y, y), launcher(kernel, y, y), keep=None)
+    fa._replayed(key(y, x), (y, x), launcher(kernel, y, x), keep=None)
+    assert [entry[0] for entry in kernel.log] == ["triton", "triton", "replay", "replay"]
     assert kernel.log[2][2] == (y, y, 64, 0.5, 16)
+    assert kernel.log[3][2] == (y, x, 64, 0.5, 16)
+
+
+def test_repeated_plan_tensors_replay(kernel):
+    """A block-mask list may hold one tensor twice (two passes with the same tiles share it)."""
+    x, y, mask = torch.zeros(64), torch.ones(64), torch.ones(4)
+    fa._replayed("k", (x, y, mask, mask), launcher(kernel, x, mask), keep=None)
+    fa._replayed("k", (y, x, mask, mask), launcher(kernel, y, mask), keep=None)
+    assert [entry[0] for entry in kernel.log] == ["triton", "replay"]
+    assert kernel.log[1][2] == (y, mask, 64, 0.5, 16)
 
 
 def test_a_tensor_outside_the_roles_keeps_tritons_launch(kernel):
@@ -86,6 +97,7 @@ def test_signature_tells_apart_what_triton_specialises_on():
     assert fa._signature(a) != fa._signature(a.float())  # dtype
     assert fa._signature(a) != fa._signature(a.transpose(1, 2).contiguous().transpose(1, 2))  # strides
     assert fa._signature(a) != fa._signature(torch.zeros(2, 3, 9, 16, dtype=torch.float16))  # shape
+    assert fa._signature(a, a) != fa._signature(a, a.clone())  # one tensor in two roles
     flat = torch.zeros(2 * 3 * 8 * 16 + 1, dtype=torch.float16)
     assert fa._signature(flat[:-1].view(2, 3, 8, 16)) != fa._signature(flat[1:].view(2, 3, 8, 16))  # alignment
 

@@ -112,3 +112,11 @@ def test_kernel_section_keeps_paper_columns_apart(tmp_path):
     sp = report.sparse_section([], bench, tmp_path)
     assert "| local | 256 | 8192 | 0.050 | 1.00 | 8.00 | 8.00× |" in sp
     assert (tmp_path / "sparse_speed_vs_density.png").exists()
+
+
+def test_kernel_section_shows_the_cuda_graph_time_when_measured(tmp_path):
+    dense = [dict(part="dense", provider=p, N=1024, D=64, causal=True, dropout=0.0, fwd_bwd=t, fwd_bwd_graph=g)
+             for p, t, g in (("naive", 1.5, None), ("flash", 0.5, 0.25))]
+    md = report.kernel_section(report.normalize_bench({"env": {}, "rows": dense}), tmp_path)
+    assert "| N | naive (ms) | flash (ms) | flash, CUDA graph (ms) | naive ÷ flash |" in md
+    assert "| 1024 | 1.50 | 0.50 | 0.25 | 3.00× |" in md

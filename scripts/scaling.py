@@ -36,7 +36,8 @@ def train(run_dir: Path, nproc: int, overrides: list[str], log: list[dict]) -> N
            f"hydra.run.dir={run_dir}"]
     print("+", " ".join(cmd[1:]), flush=True)
     t0 = time.time()
-    env = {**os.environ, **NO_MULTICAST, "PYTHONPATH": str(ROOT)}
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH")) if p)  # keep the caller's too
+    env = {**os.environ, **NO_MULTICAST, "PYTHONPATH": path}
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "launch.log").write_text(proc.stdout + proc.stderr)

@@ -17,7 +17,8 @@ Features
 - Any N; head dims 16..128 (padded to the next power of two inside the kernel); any strides with unit last dim.
 - torch custom ops (triton_op + wrap_triton, autograd registered) under torch.compile, so no graph break here
   (the block-sparse plan is built once while tracing and read by the graph as an input); eager calls use a plain
-  autograd.Function over the same launchers (less host overhead).
+  autograd.Function over the same launchers, whose launches are recorded once per signature and then replayed
+  with the new tensors swapped in (less host overhead; FLASHGPT_LAUNCH_CACHE=0 turns that off).
 
 Limits: q, k, v of equal shape (B, H, N, D) (self-attention lengths); D a multiple of 8 up to 128 (16, 32, 48,
 64, 80, 96, 128 tested); fp16 / bf16, and fp32 with tf32 dots. CPU tensors run only through the Triton

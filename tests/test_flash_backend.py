@@ -72,8 +72,8 @@ def test_block_mask_is_built_while_tracing(monkeypatch, options):
 @pytest.mark.parametrize("attn,options", [("flash", {}), ("block_sparse", {"pattern": "local", "block_size": 16,
                                                                            "window": 16})])
 def test_compiled_model_matches_eager(attn, options):
-    """flash compiles into one graph. block_sparse's layout and block-mask lookups (Python caches) run outside the
-    graph, two breaks per layer, while its kernels run inside as the same custom ops as flash."""
+    """Both compile into one graph with no break: flash's custom ops, and block_sparse's, whose layout and block
+    mask are built once while tracing (assume_constant_result) and read by the graph as inputs."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(**{**TINY, "n_embd": 128}, attn=attn, attn_options=options)).cuda()
     x = torch.randint(0, 128, (2, 64), device="cuda")

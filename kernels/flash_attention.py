@@ -679,19 +679,27 @@ def _signature(*tensors):
 _REPLAYS: dict = {}
 
 
-def _replayed(key, tensors, launch, keep):
-    """Run `launch(wrap)` through a _Recorder the first time `key` is seen, then replay it. `keep` (the block-mask
-    list, whose id is in the key; dense calls pass a fresh empty list, keyed as such) stays referenced by the cache
-    so that id is never reused for another list."""
+def _own_launch(kernel):
+    return kernel  # wrap for Triton's own launch path
+
+
+def _replayed(launch, tensors, signed, meta, masks):
+    """Run `launch(wrap)` on `tensors` (all the call's tensors, in a fixed order of roles): through a _Recorder the
+    first time its key is seen, by replay after that. The key: the `signed` tensors' _signature, `meta` (the other
+    arguments that pick binaries or are passed by value) and the block-mask list's id; the cache keeps that list
+    referenced, so its id is never reused for another. Dense calls pass a fresh empty list, keyed as None."""
+    if INTERPRET or not _LAUNCH_CACHE:
+        return launch(_own_launch)
+    key = (_signature(*signed), *meta, id(masks) if masks else None)
     plan = _REPLAYS.get(key)
     if plan is None:
         recorder = _Recorder(tensors)
         launch(recorder)
         if len(_REPLAYS) > 256:
             _REPLAYS.clear()
-        _REPLAYS[key] = (recorder.replays or False, keep)
+        _REPLAYS[key] = (recorder.replays or False, masks)
     elif plan[0] is False:
-        launch(lambda kernel: kernel)
+        launch(_own_launch)
     else:
         for replay in plan[0]:
             replay(tensors)
@@ -701,11 +709,8 @@ def _eager_fwd(q, k, v, seed, masks, tiles, causal, dropout_p, scale):
     o, lse = _fwd_outputs(q)
     launch = lambda wrap: _launch_fwd(q, k, v, seed, causal, dropout_p, scale, _sparse_args(masks, tiles), wrap,
                                       out=(o, lse))
-    if INTERPRET or not _LAUNCH_CACHE:
-        launch(lambda kernel: kernel)
-    else:
-        key = ("fwd", _signature(q, k, v), seed is None, id(masks) if masks else None, causal, dropout_p, scale)
-        _replayed(key, (q, k, v, o, lse, seed, *masks), launch, masks)
+    _replayed(launch, (q, k, v, o, lse, seed, *masks), (q, k, v), ("fwd", seed is None, causal, dropout_p, scale),
+              masks)
     return o, lse
 
 
@@ -715,11 +720,8 @@ def _eager_bwd(do, q, k, v, o, lse, seed, masks, tiles, causal, dropout_p, scale
     delta, dq, dk, dv = _bwd_outputs(q, lse)
     launch = lambda wrap: _launch_bwd(do, q, k, v, o, lse, seed, causal, dropout_p, scale,
                                       _sparse_args(masks, tiles), wrap, out=(delta, dq, dk, dv))
-    if INTERPRET or not _LAUNCH_CACHE:
-        launch(lambda kernel: kernel)
-    else:
-        key = ("bwd", _signature(q, k, v, do, o), seed is None, id(masks) if masks else None, causal, dropout_p, scale)
-        _replayed(key, (do, q, k, v, o, lse, seed, delta, dq, dk, dv, *masks), launch, masks)
+    _replayed(launch, (do, q, k, v, o, lse, seed, delta, dq, dk, dv, *masks), (q, k, v, do, o),
+              ("bwd", seed is None, causal, dropout_p, scale), masks)
     return dq, dk, dv
 
 

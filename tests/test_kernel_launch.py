@@ -33,6 +33,8 @@ class FakeKernel:
 @pytest.fixture
 def kernel(monkeypatch):
     monkeypatch.setattr(fa, "_REPLAYS", {})
+    monkeypatch.setattr(fa, "INTERPRET", False)  # the cache is for GPU launches; here its logic runs on fakes
+    monkeypatch.setattr(fa, "_LAUNCH_CACHE", True)
     return FakeKernel()
 
 
@@ -41,35 +43,37 @@ def launcher(kernel, x, y, n=64):
     return lambda wrap: wrap(kernel)[grid](x, y, n, 0.5, BLOCK=16)
 
 
+def call(launch, tensors, signed=(), meta=("k",)):
+    fa._replayed(launch, tensors, signed, meta, masks=[])
+
+
 def test_replay_swaps_in_the_new_tensors_in_signature_order(kernel):
     x, y = torch.zeros(64), torch.ones(64)
-    fa._replayed("k", (x, y), launcher(kernel, x, y), keep=None)
+    call(launcher(kernel, x, y), (x, y))
     x2, y2 = torch.zeros(64), torch.ones(64)
-    fa._replayed("k", (x2, y2), launcher(kernel, x2, y2), keep=None)
-    fa._replayed("k", (y2, x2), launcher(kernel, y2, x2), keep=None)  # roles follow the call, not the objects
+    call(launcher(kernel, x2, y2), (x2, y2))
+    call(launcher(kernel, y2, x2), (y2, x2))  # roles follow the call, not the objects
     assert [entry[0] for entry in kernel.log] == ["triton", "replay", "replay"]
     assert kernel.log[1][1] == (4, 2, 1)  # the grid resolved once, padded to 3-D
     assert kernel.log[1][2] == (x2, y2, 64, 0.5, 16)
     assert kernel.log[2][2] == (y2, x2, 64, 0.5, 16)
-    assert all(value is None for value in fa._REPLAYS["k"][0][0].values[:2])  # the plan holds no tensor
+    (replays, _), = fa._REPLAYS.values()
+    assert all(value is None for value in replays[0].values[:2])  # the plan holds no tensor
 
 
 def test_another_signature_is_recorded_apart(kernel):
     x, y = torch.zeros(64), torch.ones(64)
-    fa._replayed("k64", (x, y), launcher(kernel, x, y), keep=None)
-    fa._replayed("k128", (x, y), launcher(kernel, x, y, n=128), keep=None)
-    fa._replayed("k128", (x, y), launcher(kernel, x, y, n=128), keep=None)
+    call(launcher(kernel, x, y), (x, y), meta=("n=64",))
+    call(launcher(kernel, x, y, n=128), (x, y), meta=("n=128",))
+    call(launcher(kernel, x, y, n=128), (x, y), meta=("n=128",))
     assert [entry[0] for entry in kernel.log] == ["triton", "triton", "replay"]
     assert kernel.log[2][1] == (8, 2, 1)
 
 
 def test_aliased_roles_replay_under_the_same_aliasing(kernel):
     x, y = torch.zeros(64), torch.ones(64)
-    key = lambda a, b: ("k", fa._signature(a, b))  # the signature records which arguments are one tensor
-    fa._replayed(key(x, x), (x, x), launcher(kernel, x, x), keep=None)
-    fa._replayed(key(x, y), (x, y), launcher(kernel, x, y), keep=None)  # not aliased: recorded apart
-    fa._replayed(key(y, y), (y, y), launcher(kernel, y, y), keep=None)
-    fa._replayed(key(y, x), (y, x), launcher(kernel, y, x), keep=None)
+    for a, b in ((x, x), (x, y), (y, y), (y, x)):  # the signature records which arguments are one tensor
+        call(launcher(kernel, a, b), (a, b), signed=(a, b))
     assert [entry[0] for entry in kernel.log] == ["triton", "triton", "replay", "replay"]
     assert kernel.log[2][2] == (y, y, 64, 0.5, 16)
     assert kernel.log[3][2] == (y, x, 64, 0.5, 16)
@@ -78,17 +82,25 @@ def test_aliased_roles_replay_under_the_same_aliasing(kernel):
 def test_repeated_plan_tensors_replay(kernel):
     """A block-mask list may hold one tensor twice (two passes with the same tiles share it)."""
     x, y, mask = torch.zeros(64), torch.ones(64), torch.ones(4)
-    fa._replayed("k", (x, y, mask, mask), launcher(kernel, x, mask), keep=None)
-    fa._replayed("k", (y, x, mask, mask), launcher(kernel, y, mask), keep=None)
+    call(launcher(kernel, x, mask), (x, y, mask, mask))
+    call(launcher(kernel, y, mask), (y, x, mask, mask))
     assert [entry[0] for entry in kernel.log] == ["triton", "replay"]
     assert kernel.log[1][2] == (y, mask, 64, 0.5, 16)
 
 
 def test_a_tensor_outside_the_roles_keeps_tritons_launch(kernel):
     x, y, stray = torch.zeros(64), torch.ones(64), torch.ones(64)
-    fa._replayed("k", (x, y), launcher(kernel, x, stray), keep=None)
-    fa._replayed("k", (x, y), launcher(kernel, x, stray), keep=None)
+    call(launcher(kernel, x, stray), (x, y))
+    call(launcher(kernel, x, stray), (x, y))
     assert [entry[0] for entry in kernel.log] == ["triton", "triton"]
+
+
+def test_cache_off_always_takes_tritons_launch(kernel, monkeypatch):
+    monkeypatch.setattr(fa, "_LAUNCH_CACHE", False)
+    x, y = torch.zeros(64), torch.ones(64)
+    call(launcher(kernel, x, y), (x, y))
+    call(launcher(kernel, x, y), (x, y))
+    assert [entry[0] for entry in kernel.log] == ["triton", "triton"] and not fa._REPLAYS
 
 
 def test_signature_tells_apart_what_triton_specialises_on():
@@ -134,14 +146,12 @@ def test_replayed_launch_equals_tritons_own_launch(monkeypatch, causal, dropout_
             torch.testing.assert_close(got, want, rtol=0, atol=0)  # the same binaries: bitwise equal
 
 
-def test_dense_calls_share_one_key_whatever_empty_list_they_pass(monkeypatch):
-    keys = []
-    monkeypatch.setattr(fa, "_replayed", lambda key, *args: keys.append(key) or hash(key))
-    monkeypatch.setattr(fa, "INTERPRET", False)
-    monkeypatch.setattr(fa, "_LAUNCH_CACHE", True)
+def test_dense_calls_share_one_key_whatever_empty_list_they_pass(kernel):
+    """The attention entry points key dense calls alike, though each passes its own fresh empty mask list."""
     q = torch.randn(1, 2, 8, 16)
     empties = [[] for _ in range(4)]  # all alive, so no two share an id
     for i in range(2):
         fa._eager_fwd(q, q, q, None, empties[2 * i], fa._NO_TILES, True, 0.0, 0.25)
         fa._eager_bwd(q, q, q, q, q, torch.zeros(1, 2, 8), None, empties[2 * i + 1], fa._NO_TILES, True, 0.0, 0.25)
-    assert keys[0] == keys[2] and keys[1] == keys[3]
+    assert len(fa._REPLAYS) == 2  # one forward key, one backward key
+    assert all(key[-1] is None for key in fa._REPLAYS)

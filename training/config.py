@@ -125,8 +125,61 @@ def validate(cfg) -> None:
         problems.append("data.name is missing (e.g. data=stdlib_docs)")
     if cfg.train.init_from == "resume" and not cfg.train.resume_from:
         problems.append("train.init_from=resume needs train.resume_from=<run dir or ckpt.pt>")
+    problems += optim_problems(cfg.optim) + model_problems(cfg.model)
+    if cfg.attn.get("name") == "block_sparse":
+        problems += block_sparse_problems(cfg.attn)
     if problems:
         raise ConfigError("invalid config: " + "; ".join(problems))
+
+
+def optim_problems(optim) -> list[str]:
+    import math
+
+    problems = [f"optim.{k}={optim[k]} (must be a finite number >= 0)" for k in ("lr", "min_lr", "weight_decay",
+                                                                                  "grad_clip")
+                if not (math.isfinite(optim[k]) and optim[k] >= 0)]
+    betas = list(optim.betas)
+    if len(betas) != 2 or not all(0 <= b < 1 for b in betas):
+        problems.append(f"optim.betas={betas} (two numbers in [0, 1), e.g. [0.9,0.95])")
+    return problems
+
+
+def model_problems(model) -> list[str]:
+    """Dropout ranges, and a shape (preset + overrides) that is positive, divisible and fits in memory."""
+    from model.presets import PRESETS
+    from model.shape import ModelShapeError, check_shape
+
+    problems = []
+    if model.attn_dropout is not None and not 0 <= model.attn_dropout < 1:
+        problems.append(f"model.attn_dropout={model.attn_dropout} (must be in [0, 1), or null: model.dropout)")
+    shape = {**PRESETS.get(model.preset, {}), **model.overrides}
+    if model.block_size is not None:
+        shape["block_size"] = model.block_size
+    try:
+        check_shape(shape, source="the model (preset, model.overrides, model.block_size)")
+    except ModelShapeError as e:
+        problems.append(str(e))
+    return problems
+
+
+def block_sparse_problems(attn) -> list[str]:
+    """The block-sparse options, checked against the pattern parser before any kernel runs."""
+    from kernels.sparsity_patterns import build_layout
+
+    problems = []
+    minimum = {"block_size": 16, "window": 1, "stride": 1, "num_global": 0, "num_random": 0}
+    for key, low in minimum.items():
+        value = attn.get(key)
+        if value is not None and (not isinstance(value, int) or value < low):
+            problems.append(f"attn.{key}={value} (must be an integer >= {low})")
+    block_size = attn.get("block_size")
+    if isinstance(block_size, int) and block_size >= 16 and block_size & (block_size - 1):
+        problems.append(f"attn.block_size={block_size} (must be a power of two >= 16, e.g. 64 or 128)")
+    try:
+        build_layout(str(attn.get("pattern", "local")), 1, 1)
+    except ValueError as e:
+        problems.append(f"attn.pattern={attn.get('pattern')}: {e}")
+    return problems
 
 
 def compose(overrides: list[str] = (), config_name: str = "config"):

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .run_dir import atomic_file, atomic_write_text
+
 MODULES = (
     "builtins", "os", "re", "json", "collections", "itertools", "functools", "pathlib", "string", "textwrap",
     "datetime", "math", "random", "statistics", "argparse", "logging", "subprocess", "threading", "asyncio",
@@ -22,6 +24,7 @@ MODULES = (
     "sched", "calendar",
 )
 VAL_FRACTION = 0.1
+BUILDING = ".building"  # present from the start of a build until meta.json is written: an unfinished build of ours
 
 
 def stdlib_text() -> str:
@@ -34,25 +37,37 @@ def stdlib_text() -> str:
     return "\n\n".join(docs)
 
 
+def buildable(out_dir: Path) -> bool:
+    """Building here overwrites nothing we did not make: the directory is new, empty or an unfinished build."""
+    return not out_dir.exists() or (out_dir.is_dir() and (not any(out_dir.iterdir()) or (out_dir / BUILDING).exists()))
+
+
 def prepare_stdlib_docs(out_dir: str | Path) -> Path:
-    """Write train.bin, val.bin and meta.json (the data-dir contract) with byte-level tokens."""
+    """Write train.bin, val.bin and meta.json (the data-dir contract) with byte-level tokens.
+
+    Only into a new or empty directory (or over an unfinished build of its own): never over other files."""
     out_dir = Path(out_dir)
+    if not buildable(out_dir):
+        raise FileExistsError(f"'{out_dir}' is not empty and was not made by this builder; build the corpus in a "
+                              f"new or empty directory")
     out_dir.mkdir(parents=True, exist_ok=True)
+    (out_dir / BUILDING).touch()
     tokens = np.frombuffer(stdlib_text().encode("utf-8"), dtype=np.uint8).astype(np.uint16)
     n_val = int(len(tokens) * VAL_FRACTION)
     splits = {"train": tokens[:-n_val], "val": tokens[-n_val:]}
     for split, arr in splits.items():
-        tmp = out_dir / f"{split}.bin.tmp"
-        arr.tofile(tmp)
-        tmp.replace(out_dir / f"{split}.bin")
+        with atomic_file(out_dir / f"{split}.bin") as f:
+            arr.tofile(f)
     meta = {"tokenizer": "bytes", "vocab_size": 256, "train_tokens": len(splits["train"]),
             "val_tokens": len(splits["val"]), "source": f"pydoc text of {len(MODULES)} stdlib modules",
             "python": sys.version.split()[0]}
-    tmp = out_dir / "meta.json.tmp"
-    tmp.write_text(json.dumps(meta, indent=2))
-    tmp.replace(out_dir / "meta.json")  # written last: its presence marks a complete data dir
+    atomic_write_text(out_dir / "meta.json", json.dumps(meta, indent=2))  # last: its presence marks a complete dir
+    (out_dir / BUILDING).unlink(missing_ok=True)
     return out_dir
 
 
 if __name__ == "__main__":
-    print(prepare_stdlib_docs(sys.argv[1] if len(sys.argv) > 1 else "data/stdlib_docs"))
+    try:
+        print(prepare_stdlib_docs(sys.argv[1] if len(sys.argv) > 1 else "data/stdlib_docs"))
+    except FileExistsError as e:
+        sys.exit(f"error: {e}")

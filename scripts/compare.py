@@ -16,10 +16,9 @@ import shlex
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from reporting import plots, report  # noqa: E402
-from reporting.runs import load_runs, load_wandb_runs  # noqa: E402
+from reporting import plots, report
+from reporting.environment import environment
+from reporting.runs import load_runs, load_wandb_runs
 
 
 def main(argv=None) -> Path:
@@ -48,13 +47,13 @@ def main(argv=None) -> Path:
         + (f" wandb `{args.wandb}` groups {args.group or 'all'}" if args.wandb else "") + f"; {len(runs)} runs.\n",
         report.throughput_section(runs, out, "all runs"),
         report.parity_section(report.auto_pairs(runs), out),
-        report.sparse_section(sparse, [], out) if sparse else "",
+        report.sparse_section(sparse, out),
     ]
     curves = [(f"{r.label} {r.model} seq{r.seq_len} ({r.name})", r) for r in runs if r.history]
     if curves:
         png = plots.loss_curves(curves, out / "loss.png", title="train loss, all runs")
         sections.append(f"## All loss curves\n\n![loss]({png})\n")
-    env = {**report.environment(), "command": shlex.join(["compare.py", *(argv or sys.argv[1:])])}
+    env = {**environment(), "command": shlex.join(["compare.py", *(argv or sys.argv[1:])])}
     path = report.write_report(out, args.title, env, sections, {"runs": [r.to_json(True) for r in runs]})
     path.rename(out / "compare.md")
     (out / "runs.json").write_text(json.dumps([r.to_json() for r in runs], indent=1, default=str))

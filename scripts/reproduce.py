@@ -25,12 +25,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from reporting import attention_bench, attention_results, report
+from reporting.environment import environment
+from reporting.runs import Run, load_runs
+from reporting.tables import loss_gap
 
-from reporting import report  # noqa: E402
-from reporting.runs import Run, load_runs  # noqa: E402
-from reporting.tables import loss_gap  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 SECTIONS = ("kernels", "throughput", "parity", "sparse")
 
@@ -186,10 +186,9 @@ def sparse(plan: dict, sweeps: Sweeps, skipped: dict, patterns: list[str]) -> li
     return runs
 
 
-BENCH_ARGS = {  # scripts/bench_attention.py options per mode: the paper's conditions at head dim 64
-    "quick": ["--head-dims", "64", "--seqs", "512", "1024", "2048", "4096", "8192", "--causal", "both",
-              "--dropout", "0.0", "0.1"],
-    "full": ["--head-dims", "64", "128", "--causal", "both", "--dropout", "0.0", "0.1"],
+BENCH_SIZES = {  # the paper's conditions at head dim 64
+    "quick": {**attention_bench.QUICK, "sparse_seqs": (16384,)},
+    "full": {**attention_bench.FULL, "head_dims": (64, 128)},
 }
 
 
@@ -208,31 +207,15 @@ def draw_layouts(patterns: list[str], seq: int, out: Path) -> list[tuple[str, st
 
 
 def kernels(mode: str, out: Path, device: str, reuse: bool) -> tuple[list[dict], str]:
-    results = out / "kernels" / "results.json"
+    kdir = out / "kernels"
+    links = "[kernels/results.md](kernels/results.md), [kernels/results.json](kernels/results.json)"
     if reuse:  # e.g. a benchmark run in parts with bench_attention.py --append --out <out>/kernels
-        if not results.exists():
-            return [], f"--reuse-kernels: {results} does not exist."
-        return report.normalize_bench(json.loads(results.read_text())), (
-            "From an existing benchmark: [kernels/results.md](kernels/results.md), "
-            "[kernels/results.json](kernels/results.json).")
+        rows = attention_results.load(kdir / "results.json")[1]
+        return rows, f"From an existing benchmark: {links}." if rows else f"--reuse-kernels: no rows in {kdir}."
     if device != "cuda":
         return [], "skipped: the kernel benchmark needs a CUDA GPU (this run uses --device cpu)."
-    bench = ROOT / "scripts" / "bench_attention.py"
-    if not bench.exists():
-        return [], "skipped: scripts/bench_attention.py is not in this checkout."
-    kdir = out / "kernels"
-    cmd = [sys.executable, str(bench), "--out", str(kdir), *BENCH_ARGS.get(mode, ["--quick"])]
-    print("+", shlex.join(cmd), flush=True)
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True)
-    kdir.mkdir(parents=True, exist_ok=True)
-    (kdir / "bench.log").write_text(proc.stdout + proc.stderr)
-    records = report.normalize_bench(json.loads(results.read_text())) if results.exists() else []
-    shown = shlex.join(["python", "scripts/bench_attention.py", "--out", "<report>/kernels", *cmd[4:]])
-    if proc.returncode != 0:
-        return records, f"`{shown}` exited with {proc.returncode}; see [kernels/bench.log](kernels/bench.log)."
-    return records, (f"Raw benchmark output, all providers and modes (fwd, bwd, fwd+bwd, TFLOP/s): "
-                     f"[kernels/results.md](kernels/results.md), [kernels/results.json](kernels/results.json) "
-                     f"(`{shown}`).")
+    rows = attention_bench.sweep(kdir, BENCH_SIZES.get(mode, attention_bench.QUICK))
+    return rows, f"Every provider and mode (fwd, bwd, fwd+bwd, TFLOP/s): {links}."
 
 
 def main(argv=None) -> Path:
@@ -287,7 +270,7 @@ def main(argv=None) -> Path:
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
     out = Path(args.out).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    env = {**report.environment(), "command": shlex.join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
+    env = {**environment(), "command": shlex.join([Path(sys.argv[0]).name, *(argv or sys.argv[1:])]),
            "mode": mode, "device": device}
     child_env = dict(os.environ)
     if device == "cpu" and args.triton_interpret:
@@ -326,7 +309,8 @@ def main(argv=None) -> Path:
     bench: list[dict] = state.get("kernels", {}).get("raw") or []
     if "kernels" in only:
         bench, note = kernels(mode, out, device, args.reuse_kernels)
-        keep("kernels", report.kernel_section(bench, out) + f"\n{note}\n" if bench else
+        heading = "1. Attention kernels: runtime and memory vs sequence length (paper Fig. 3, Tables 9–21)"
+        keep("kernels", attention_results.kernel_section(bench, out, heading) + f"\n{note}\n" if bench else
              f"## 1. Attention kernels\n\n{note}\n", bench)
     keep("io", report.io_section(), footer=stamp_now)  # a model, not runs
     if "throughput" in only:
@@ -337,13 +321,12 @@ def main(argv=None) -> Path:
         pairs, note = parity(plan, sweeps, skipped, device)
         keep("parity", report.parity_section(pairs, out, note),
              [{"title": t, "a": a.to_json(True), "b": b.to_json(True)} for t, a, b in pairs])
-    if "sparse" in only or "kernels" in only:  # the sparse section shows the benchmark's sparse rows too
-        if "sparse" in only:
-            sruns = sparse(plan, sweeps, skipped, patterns)
-            layouts = draw_layouts(patterns, plan["small_seq"], out) if "block_sparse" not in skipped else []
-            state["sparse_runs"] = {"runs": [r.to_json(True) for r in sruns], "layouts": layouts}
-        saved = state.get("sparse_runs", {"runs": [], "layouts": []})
-        keep("sparse", report.sparse_section([Run.from_json(r) for r in saved["runs"]], bench, out,
+    if "sparse" in only:
+        sruns = sparse(plan, sweeps, skipped, patterns)
+        layouts = draw_layouts(patterns, plan["small_seq"], out) if "block_sparse" not in skipped else []
+        state["sparse_runs"] = {"runs": [r.to_json(True) for r in sruns], "layouts": layouts}
+        saved = state["sparse_runs"]
+        keep("sparse", report.sparse_section([Run.from_json(r) for r in saved["runs"]], out,
                                              [tuple(x) for x in saved["layouts"]]), saved["runs"])
     path = save()
     print(f"report: {path}")

@@ -19,13 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))
+from reporting import plots
+from reporting.environment import environment
+from reporting.report import write_report
+from reporting.runs import load_run_dir
+from reporting.tables import fmt, loss_gap, markdown_table, status_cell
 
-from reporting import plots  # noqa: E402
-from reporting.report import environment, write_report  # noqa: E402
-from reporting.runs import load_run_dir  # noqa: E402
-from reporting.tables import fmt, loss_gap, markdown_table, status_cell  # noqa: E402
+ROOT = Path(__file__).resolve().parent.parent
 
 NO_MULTICAST = {"NCCL_NVLS_ENABLE": "0", "TORCH_SYMM_MEM_DISABLE_MULTICAST": "1", "NVSHMEM_DISABLE_NVLS": "1"}
 

@@ -1,20 +1,49 @@
-"""bench_attention.py's bookkeeping (no GPU needed): a run stopped part-way keeps the rows it measured."""
+"""The attention benchmark without a GPU: its providers compute attention, its bookkeeping keeps what a stopped run
+measured, and its command line still takes the flags GPU runs use."""
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import pytest
+import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import bench_attention  # noqa: E402
+from reporting import attention_bench
+from reporting.attention_results import markdown
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_attention.py"
+
+
+def load_script():
+    spec = importlib.util.spec_from_file_location("bench_attention_cli", SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
 
 
 def fake_rows(n):
-    return [bench_attention._add_rates(
+    return [attention_bench.add_rates(
         dict(part="dense", provider=p, N=N, B=16384 // N, H=12, D=64, causal=True, dropout=0.0, fwd=0.1 * i + 0.1,
              bwd=0.3, fwd_bwd=0.4, extra_mib=98.0), flops_fwd=1e9)
         for i, (p, N) in enumerate([("flash", 1024), ("sdpa_flash", 1024), ("flash", 4096)][:n])]
+
+
+@pytest.mark.parametrize("causal", [True, False])
+def test_providers_compute_the_same_attention(causal):
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 32, 16) for _ in range(3))
+    want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    for name in ("naive", "flash", "sdpa_flash"):
+        torch.testing.assert_close(attention_bench.provider(name)(q, k, v, causal, 0.0), want, atol=2e-3, rtol=0)
+
+
+def test_quick_plan_and_flop_count():
+    quick = attention_bench.plan(True, head_dims=(128,), dropouts=(0.1,))
+    assert quick["seqs"] == (1024, 4096, 16384) and quick["head_dims"] == (64,) and quick["dropouts"] == (0.0,)
+    assert attention_bench.plan(False, [512])["seqs"] == (512,)
+    row = attention_bench.add_rates({"fwd": 1.0, "fwd_bwd": 3.5}, attention_bench.fwd_flops(1, 1, 1024, 64, 0.5))
+    assert row["fwd_tflops"] == pytest.approx(4 * 1024 * 1024 * 64 * 0.5 / 1e-3 / 1e12)
+    assert row["fwd_bwd_tflops"] == pytest.approx(row["fwd_tflops"])
 
 
 def test_results_json_grows_row_by_row(tmp_path, monkeypatch):
@@ -23,20 +52,37 @@ def test_results_json_grows_row_by_row(tmp_path, monkeypatch):
             on_row(row)
         raise KeyboardInterrupt  # e.g. the device's time limit
 
-    monkeypatch.setattr(bench_attention.torch.cuda, "is_available", lambda: True)
-    monkeypatch.setattr(bench_attention, "environment",
-                        lambda: {"gpu": "test GPU", "torch": "x", "triton": "y", "date": "today"})
-    monkeypatch.setattr(bench_attention, "run_dense", stopped_after_two)
+    cli = load_script()
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention_bench, "environment", lambda: {"gpu": "test GPU", "torch": "x", "triton": "y"})
+    monkeypatch.setattr(attention_bench, "run_dense", stopped_after_two)
     with pytest.raises(KeyboardInterrupt):
-        bench_attention.main(["--out", str(tmp_path), "--part", "dense"])
+        cli.main(["--out", str(tmp_path), "--part", "dense", "--quick"])
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [(r["provider"], r["N"]) for r in rows] == [("flash", 1024), ("sdpa_flash", 1024)]
 
     def third(*args, on_row=None, **kwargs):  # a later part, appended: the earlier rows stay
         on_row(fake_rows(3)[2])
 
-    monkeypatch.setattr(bench_attention, "run_dense", third)
-    bench_attention.main(["--out", str(tmp_path), "--part", "dense", "--append"])
+    monkeypatch.setattr(attention_bench, "run_dense", third)
+    cli.main(["--out", str(tmp_path), "--part", "dense", "--head-dims", "64", "--causal", "yes", "--dropout", "0",
+              "--seqs", "4096", "--providers", "flash", "--append"])
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [(r["provider"], r["N"]) for r in rows] == [("flash", 1024), ("sdpa_flash", 1024), ("flash", 4096)]
-    assert "flash" in (tmp_path / "results.md").read_text()
+    md = (tmp_path / "results.md").read_text()
+    assert "| 1024 | 0.10 (10) | 0.20 (5) | 2.00× |" in md  # fwd: sdpa_flash's time over flash's
+    assert (tmp_path / "dense.png").stat().st_size > 1000
+
+
+def test_failed_cases_are_rows_not_crashes():
+    rows = fake_rows(1) + [dict(part="dense", provider="naive", N=1024, B=16, H=12, D=64, causal=True, dropout=0.0,
+                                status="OOM")]
+    md = markdown(rows, {"gpu": "g"})
+    assert "| 1024 | **OOM** | 0.10 (10) | – |" in md
+
+
+def test_the_cli_needs_a_gpu(tmp_path, monkeypatch):
+    cli = load_script()
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        cli.main(["--out", str(tmp_path), "--quick"])

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from reporting import paper, report
+from reporting import attention_results, paper, report
+from reporting.environment import environment
 from reporting.runs import load_runs
 from reporting.tables import loss_gap, throughput_table
 
@@ -82,7 +83,7 @@ def test_report_sections_and_plots(sweep, tmp_path):
     runs = load_runs([sweep])
     sections = [report.throughput_section(runs, tmp_path, "cpu"), report.parity_section(report.auto_pairs(runs),
                                                                                          tmp_path)]
-    path = report.write_report(tmp_path, "test", report.environment(), sections, {"runs": [r.to_json() for r in runs]})
+    path = report.write_report(tmp_path, "test", environment(), sections, {"runs": [r.to_json() for r in runs]})
     md = path.read_text()
     assert "torch" in md and "date_utc" in md  # stamped
     assert "**OOM**" in md and "largest |Δ train loss|" in md
@@ -92,31 +93,35 @@ def test_report_sections_and_plots(sweep, tmp_path):
     assert len(raw["runs"]) == 4 and "environment" in raw
 
 
+def bench_row(provider, n, fwd_bwd, extra_mib=None, graph=None, **kw):
+    """FIXTURE row in the benchmark's schema (reporting/attention_results.py), only to check the rendering."""
+    row = {**dict(part="dense", provider=provider, N=n, B=16384 // n, H=12, D=64, causal=True, dropout=0.0,
+                  fwd_bwd=fwd_bwd, fwd_bwd_tflops=1.0, extra_mib=extra_mib), **kw}
+    if graph:
+        row.update(fwd_bwd_graph=graph, fwd_bwd_graph_tflops=2.0)
+    return row
+
+
 def test_kernel_section_keeps_paper_columns_apart(tmp_path):
-    # FIXTURE rows in scripts/bench_attention.py's results.json format, only to check the rendering: the paper's
-    # numbers must sit in their own "paper (A100)" columns, never in ours.
-    dense = [dict(part="dense", provider=p, N=n, D=64, causal=True, dropout=0.0, fwd_bwd=t, extra_mib=m)
-             for p, t, m in (("naive", 1.5, 300.0), ("flash", 0.5, 30.0)) for n in (1024, 2048)]
-    dense.append(dict(part="dense", provider="naive", N=4096, D=64, causal=True, dropout=0.0, status="OOM"))
+    # the paper's numbers must sit in their own "paper (A100)" columns, never in ours
+    dense = [bench_row(p, n, t, m) for p, t, m in (("naive", 1.5, 300.0), ("flash", 0.5, 30.0)) for n in (1024, 2048)]
+    dense.append(dict(part="dense", provider="naive", N=4096, B=4, H=12, D=64, causal=True, dropout=0.0,
+                      status="OOM"))
     cases = (("block_sparse", 256, 0.05, 1.0), ("block_sparse", 1024, 0.2, 3.0), ("flash", 256, 0.05, 8.0))
-    sparse = [dict(part="sparse", provider=p, pattern="local", window=w, N=8192, D=64, causal=True, dropout=0.0,
-                   density=d, fwd_bwd=t) for p, w, d, t in cases]
-    bench = report.normalize_bench({"env": {}, "rows": dense + sparse})
-    md = report.kernel_section(bench, tmp_path)
-    assert "| N | naive (ms) | flash (ms) | naive ÷ flash | paper (A100): PyTorch Attention |" in md
+    sparse = [bench_row(p, 8192, t, part="sparse", pattern="local", window=w, density=d) for p, w, d, t in cases]
+    md = attention_results.kernel_section(dense + sparse, tmp_path, "Attention kernels")
+    assert "| N | naive | flash | naive ÷ flash | paper (A100): PyTorch Attention |" in md
     # ours, then the paper's Table 14 (masking, no dropout): PyTorch 7.23, FlashAttention 2.37, block-sparse 0.69
-    assert "| 1024 | 1.50 | 0.50 | 3.00× | 7.23 | 2.37 | 0.69 | 3.05× |" in md
+    assert "| 1024 | 1.50 (1) | 0.50 (1) | 3.00× | 7.23 | 2.37 | 0.69 | 3.05× |" in md
     assert paper.paper_runtime("naive", 1024, dropout=False, mask=True) == 7.23
-    assert "**OOM**" in md
-    assert (tmp_path / "kernels_fwd_bwd_causal_nodrop.png").exists()
-    sp = report.sparse_section([], bench, tmp_path)
-    assert "| local | 256 | 8192 | 0.050 | 1.00 | 8.00 | 8.00× |" in sp
-    assert (tmp_path / "sparse_speed_vs_density.png").exists()
+    assert "| 4096 | **OOM** | – | – |" in md
+    # the ideal speedup is the dense causal density over the layout's: (8193 / 16384) / 0.05 = 10.00
+    assert "| local | 256 | 8192 | 0.050 | fwd_bwd | 1.00 (1) | 8.00 (1) | – | 8.00× | 10.00× | 0.80 | – |" in md
+    assert (tmp_path / "kernels_dense.png").exists() and (tmp_path / "kernels_sparse.png").exists()
 
 
 def test_kernel_section_shows_the_cuda_graph_time_when_measured(tmp_path):
-    dense = [dict(part="dense", provider=p, N=1024, D=64, causal=True, dropout=0.0, fwd_bwd=t, fwd_bwd_graph=g)
-             for p, t, g in (("naive", 1.5, None), ("flash", 0.5, 0.25))]
-    md = report.kernel_section(report.normalize_bench({"env": {}, "rows": dense}), tmp_path)
-    assert "| N | naive (ms) | flash (ms) | flash, CUDA graph (ms) | naive ÷ flash |" in md
-    assert "| 1024 | 1.50 | 0.50 | 0.25 | 3.00× |" in md
+    dense = [bench_row("naive", 1024, 1.5), bench_row("flash", 1024, 0.5, graph=0.25)]
+    md = attention_results.kernel_section(dense, tmp_path, "Attention kernels")
+    assert "### D=64, causal, dropout 0: forward+backward replayed from a CUDA graph" in md
+    assert "| 1024 | – | 0.25 (2) | – |" in md

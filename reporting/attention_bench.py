@@ -1,0 +1,267 @@
+"""Attention benchmark: time, TFLOP/s and extra memory of attention implementations vs sequence length (CUDA).
+
+Dense providers: naive (the model's `attn=naive`), ours (`kernels.flash_attention`), SDPA's flash backend, SDPA's
+cuDNN backend, FlexAttention (compiled, causal mask). Sparse: our block-sparse kernel vs our dense flash and
+FlexAttention with the same block mask. Tokens per batch are fixed (B = tokens / N). FLOPs: 4 * B * H * N^2 * D
+forward times the computed fraction (the causal density, or the layout's for sparse); backward 2.5x forward.
+Extra memory: peak allocated during one forward+backward minus what was allocated before (inputs and dO).
+fwd_bwd_graph: fwd+bwd captured in a CUDA graph and replayed (GPU time, no host launch gaps); eager fwd_bwd well
+above it means the call is host-bound. Rows follow the schema in `reporting/attention_results.py`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from functools import cache, lru_cache
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+from kernels import block_sparse_attention, flash_attention
+from kernels import sparsity_patterns as sp
+from model.attention import causal_density, get_backend
+
+from .attention_results import DENSE_PROVIDERS, MODES, SPARSE_PROVIDERS, load, merge_rows, save, write_outputs
+from .environment import environment
+
+FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5, "fwd_bwd_graph": 3.5}
+QUICK = dict(seqs=(1024, 4096, 16384), head_dims=(64,), causals=(True,), dropouts=(0.0,),
+             sparse_seqs=(4096, 16384), density_seq=0)
+FULL = dict(seqs=(512, 1024, 2048, 4096, 8192, 16384, 32768, 65536), head_dims=(64, 128), causals=(True, False),
+            dropouts=(0.0, 0.1), sparse_seqs=(1024, 4096, 16384, 65536), density_seq=8192)
+
+
+# ---- providers: (q, k, v, causal, dropout_p) -> o ----
+
+def naive(q, k, v, causal, dropout_p):
+    return get_backend("naive").attend(q, k, v, causal=causal, dropout_p=dropout_p)
+
+
+def ours(q, k, v, causal, dropout_p):
+    return flash_attention(q, k, v, causal=causal, dropout_p=dropout_p)
+
+
+def _sdpa(backend_name: str):
+    def attend(q, k, v, causal, dropout_p):
+        from torch.nn.attention import SDPBackend, sdpa_kernel
+        with sdpa_kernel(getattr(SDPBackend, backend_name)):
+            return F.scaled_dot_product_attention(q, k, v, is_causal=causal, dropout_p=dropout_p)
+    return attend
+
+
+@cache
+def _compiled_flex():
+    from torch.nn.attention.flex_attention import flex_attention
+    torch._dynamo.config.cache_size_limit = 256  # one compile per shape and mask; never fall back to eager flex
+    torch._functorch.config.donated_buffer = False  # the bwd timing keeps the graph (retain_graph=True)
+    return torch.compile(flex_attention, dynamic=False)
+
+
+_LAYOUTS: dict = {}  # (pattern, N, window) -> block layout, for the FlexAttention masks
+
+
+@lru_cache(maxsize=16)
+def _flex_block_mask(n, causal, layout_key=None, block_size=128):
+    """FlexAttention block mask: causal, or a block layout (plus causal), built once per shape."""
+    from torch.nn.attention.flex_attention import create_block_mask
+    layout = _LAYOUTS[layout_key].cuda() if layout_key is not None else None
+
+    def mask_mod(b, h, q_idx, kv_idx):
+        keep = q_idx >= kv_idx if causal else q_idx >= 0
+        if layout is not None:
+            keep = keep & layout[q_idx // block_size, kv_idx // block_size]
+        return keep
+    return create_block_mask(mask_mod, None, None, n, n, device="cuda", BLOCK_SIZE=block_size, _compile=True)
+
+
+def flex(q, k, v, causal, dropout_p, layout_key=None, block_size=128):
+    if dropout_p:
+        raise NotImplementedError("FlexAttention has no dropout")
+    if not causal and layout_key is None:
+        return _compiled_flex()(q, k, v)
+    return _compiled_flex()(q, k, v, block_mask=_flex_block_mask(q.shape[-2], causal, layout_key, block_size))
+
+
+PROVIDERS: dict[str, Callable] = {"naive": naive, "flash": ours, "sdpa_flash": _sdpa("FLASH_ATTENTION"),
+                                  "sdpa_cudnn": _sdpa("CUDNN_ATTENTION"), "flex": flex}
+
+
+def provider(name: str) -> Callable:
+    """The (q, k, v, causal, dropout_p) -> o function of a dense provider."""
+    return PROVIDERS[name]
+
+
+# ---- measurement ----
+
+def measure(fn, B, H, N, D, dtype=torch.bfloat16, modes=MODES, warmup=10, rep=60) -> dict:
+    """Median ms per mode and extra memory (MiB) of o = fn(q, k, v) on random (B, H, N, D) inputs."""
+    import triton.testing
+
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
+    do = torch.randn(B, H, N, D, device="cuda", dtype=dtype)
+    bench = lambda f: triton.testing.do_bench(f, warmup=warmup, rep=rep, return_mode="median")
+    out = {}
+    torch.autograd.grad(fn(q, k, v), (q, k, v), do)  # compile / autotune (forward and backward) outside the
+    torch.cuda.synchronize()                         # timings and the memory reading
+    base = torch.cuda.memory_allocated()
+    torch.cuda.reset_peak_memory_stats()
+    torch.autograd.grad(fn(q, k, v), (q, k, v), do)
+    torch.cuda.synchronize()
+    out["extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
+    if "fwd" in modes:
+        with torch.no_grad():
+            out["fwd"] = bench(lambda: fn(q, k, v))
+    if "bwd" in modes:
+        o = fn(q, k, v)
+        out["bwd"] = bench(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True))
+        del o
+    if "fwd_bwd" in modes:
+        out["fwd_bwd"] = bench(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do))
+    if "fwd_bwd_graph" in modes:
+        out.update(graphed(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do), bench))
+    return out
+
+
+def graphed(step, bench) -> dict:
+    """The same fwd+bwd captured once in a CUDA graph and replayed: GPU time without the host's launch gaps."""
+    side = torch.cuda.Stream()  # warm-up off the default stream, as torch.cuda.graphs asks before a capture
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        for _ in range(3):
+            step()
+    torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.empty_cache()
+    graph = torch.cuda.CUDAGraph()
+    try:
+        with torch.cuda.graph(graph):
+            step()
+    except RuntimeError as e:
+        return {"fwd_bwd_graph_status": f"not capturable: {str(e).splitlines()[0][:100]}"}
+    ms = bench(graph.replay)
+    del graph
+    torch.cuda.empty_cache()
+    return {"fwd_bwd_graph": ms}
+
+
+def guarded(fn, *args, **kwargs) -> dict:
+    """measure(), recording OOM or an unsupported configuration instead of stopping the sweep."""
+    try:
+        return measure(fn, *args, **kwargs)
+    except torch.cuda.OutOfMemoryError:
+        return {"status": "OOM"}
+    except Exception as e:  # noqa: BLE001  (a backend refusing a shape is a result, not a crash)
+        return {"status": f"error: {type(e).__name__}: {str(e).splitlines()[0][:120] if str(e) else ''}"}
+    finally:
+        torch.cuda.empty_cache()
+
+
+def add_rates(row: dict, flops_fwd: float) -> dict:
+    for m in MODES:
+        if m in row:
+            row[f"{m}_tflops"] = flops_fwd * FLOP_FACTOR[m] / (row[m] * 1e-3) / 1e12
+    return row
+
+
+def fwd_flops(B, H, N, D, density: float) -> float:
+    return 4 * B * H * N * N * D * density
+
+
+# ---- sweeps ----
+
+def run_dense(seqs, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0.1), providers=DENSE_PROVIDERS,
+              heads=12, tokens=16384, dtype=torch.bfloat16, log=print, on_row=None) -> list[dict]:
+    rows = []
+    for D in head_dims:
+        for causal in causals:
+            for p in dropouts:
+                for N in seqs:
+                    B = max(1, tokens // N)
+                    flops = fwd_flops(B, heads, N, D, causal_density(N) if causal else 1.0)
+                    for prov in providers:
+                        if prov == "flex" and p:
+                            continue
+                        impl = provider(prov)
+                        fn = lambda q, k, v, impl=impl, causal=causal, p=p: impl(q, k, v, causal, p)
+                        # naive is GPU-bound, and a graph's second memory pool would not fit beside it at 16K
+                        modes = MODES if prov != "naive" else MODES[:3]
+                        row = dict(part="dense", provider=prov, N=N, B=B, H=heads, D=D, causal=causal, dropout=p,
+                                   **guarded(fn, B, heads, N, D, dtype, modes=modes))
+                        rows.append(add_rates(row, flops))
+                        log(one_line(row))
+                        if on_row:
+                            on_row(row)
+    return rows
+
+
+def run_sparse(seqs=(1024, 4096, 16384, 65536), patterns=("local", "butterfly"), density_seq=8192,
+               windows=(256, 512, 1024, 2048, 4096), providers=SPARSE_PROVIDERS, D=64, heads=12, tokens=16384,
+               block_size=128, dtype=torch.bfloat16, log=print, on_row=None) -> list[dict]:
+    """Causal block-sparse vs N for each pattern, then vs density (local window sweep at density_seq)."""
+    cases = [(pat, N, 256) for pat in patterns for N in seqs]
+    cases += [("local", density_seq, w) for w in windows if density_seq]
+    rows = []
+    for pat, N, window in cases:
+        B = max(1, tokens // N)
+        layout = sp.build_layout(pat, N, block_size, window=window)
+        key = (pat, N, window)
+        _LAYOUTS[key] = layout
+        density = sp.layout_density(layout, N, block_size, causal=True)
+        for prov in providers:
+            if prov == "block_sparse":
+                fn = lambda q, k, v, layout=layout: block_sparse_attention(q, k, v, layout, causal=True,
+                                                                           block_size=block_size)
+            elif prov == "flex":
+                fn = lambda q, k, v, key=key: flex(q, k, v, True, 0.0, layout_key=key, block_size=block_size)
+            else:
+                fn = lambda q, k, v: flash_attention(q, k, v, causal=True)
+            row = dict(part="sparse", provider=prov, pattern=pat, window=window, N=N, B=B, H=heads, D=D, causal=True,
+                       dropout=0.0, density=density, **guarded(fn, B, heads, N, D, dtype))
+            # FLOPs counted over kept blocks only (dense flash computes more, at the dense causal count)
+            rows.append(add_rates(row, fwd_flops(B, heads, N, D, causal_density(N) if prov == "flash" else density)))
+            log(one_line(row))
+            if on_row:
+                on_row(row)
+    return rows
+
+
+def one_line(row: dict) -> str:
+    head = (f"{row['part']:6s} {row['provider']:12s} {row.get('pattern') or '':9s} N={row['N']:6d} D={row['D']:3d} "
+            f"causal={int(row['causal'])} p={row['dropout']:.1f}")
+    if "status" in row:
+        return f"{head}  {row['status']}"
+    times = " ".join(f"{m}={row[m]:.3f}ms({row[m + '_tflops']:.0f}TF)" for m in MODES if m in row)
+    return f"{head}  {times} mem={row['extra_mib']:.0f}MiB"
+
+
+def plan(quick: bool, seqs=None, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0.1)) -> dict:
+    """The sizes to measure: --quick's few (causal D=64 at 1K/4K/16K; sparse at 4K/16K), else what was asked."""
+    if quick:
+        return {**QUICK, "seqs": tuple(seqs or QUICK["seqs"])}
+    return {**FULL, "seqs": tuple(seqs or FULL["seqs"]), "head_dims": tuple(head_dims), "causals": tuple(causals),
+            "dropouts": tuple(dropouts)}
+
+
+def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_PROVIDERS, append: bool = False,
+          env: dict | None = None) -> list[dict]:
+    """Measure `part` ("dense", "sparse" or "all") at `sizes` (plan()) into out_dir: results.json grows row by row,
+    so a run stopped at a time limit keeps what it measured; with append, rows of an earlier run stay unless
+    re-measured. Writes results.md and the plots at the end; returns all rows."""
+    results = Path(out_dir) / "results.json"
+    earlier = load(results)[1] if append else []
+    env = env or environment()
+    rows: list[dict] = []
+
+    def keep(row):
+        rows.append(row)
+        save(results, env, merge_rows(earlier, rows))
+
+    if part in ("dense", "all"):
+        run_dense(sizes["seqs"], sizes["head_dims"], sizes["causals"], sizes["dropouts"], tuple(providers),
+                  on_row=keep)
+    if part in ("sparse", "all"):
+        run_sparse(sizes["sparse_seqs"], density_seq=sizes["density_seq"], on_row=keep)
+    rows = merge_rows(earlier, rows)
+    write_outputs(rows, out_dir, env)
+    return rows

@@ -11,6 +11,8 @@ from pathlib import Path
 
 import torch
 
+from .shape import ModelShapeError, check_shape
+
 HUB_NAMES = ("gpt2", "gpt2-medium", "gpt2-large", "gpt2-xl")
 CONV1D = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
 # GPTConfig fields a caller may change on a pretrained model; the shape comes from the weights.
@@ -32,16 +34,32 @@ def _resolve(name_or_path: str) -> str:
             raise PretrainedError(f"'{path}' has no config.json, so it is not a transformers model directory.{hint} "
                                   f"Pass a directory written by GPT2LMHeadModel.save_pretrained (or "
                                   f"scripts/export_hf.py), or a hub name: {', '.join(HUB_NAMES)}.")
-        model_type = json.loads(config_file.read_text()).get("model_type")
+        try:
+            hf_config = json.loads(config_file.read_text())
+        except ValueError as e:
+            raise PretrainedError(f"'{config_file}' is not valid JSON ({e}); re-export the model") from None
+        model_type = hf_config.get("model_type")
         if model_type != "gpt2":
             raise PretrainedError(f"'{path}' holds a '{model_type}' model, not GPT-2 (config.json model_type must "
                                   f"be 'gpt2'). Only GPT-2 checkpoints map onto this model.")
+        _check_shape(hf_config, config_file)
         return str(path)
     if name_or_path.removeprefix("openai-community/") in HUB_NAMES:
         return name_or_path
     raise PretrainedError(f"'{name_or_path}' is neither a local directory nor a GPT-2 hub name. Use one of "
                           f"{', '.join(HUB_NAMES)} (needs the hub or its cache) or the path of a directory "
                           f"written by save_pretrained.")
+
+
+def _check_shape(hf_config: dict, config_file: Path) -> None:
+    """Refuse n_layer=10**9 or -1 before transformers starts building (it would run for minutes, or train nothing)."""
+    names = {"n_layer": "n_layer", "n_head": "n_head", "n_embd": "n_embd", "n_positions": "block_size",
+             "vocab_size": "vocab_size"}
+    shape = {ours: hf_config[theirs] for theirs, ours in names.items() if theirs in hf_config}
+    try:
+        check_shape(shape, source=f"'{config_file}'")
+    except ModelShapeError as e:
+        raise PretrainedError(str(e)) from None
 
 
 def load_hf(name_or_path: str):

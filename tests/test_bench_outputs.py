@@ -86,3 +86,29 @@ def test_the_cli_needs_a_gpu(tmp_path, monkeypatch):
     monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         cli.main(["--out", str(tmp_path), "--quick"])
+
+
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA events, graphs)")
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_a_tiny_sweep_times_every_mode_on_a_gpu(tmp_path):
+    sizes = {**attention_bench.QUICK, "seqs": (256,), "sparse_seqs": (512,)}
+    rows = attention_bench.sweep(tmp_path, sizes, providers=("naive", "flash", "sdpa_flash"))
+    flash = next(r for r in rows if r["part"] == "dense" and r["provider"] == "flash")
+    assert all(flash[m] > 0 for m in ("fwd", "bwd", "fwd_bwd", "fwd_bwd_graph")) and flash["extra_mib"] > 0
+    assert {r["provider"] for r in rows if r["part"] == "sparse"} == {"block_sparse", "flash", "flex"}
+    assert (tmp_path / "results.md").exists()
+
+
+@pytest.mark.gpu
+@needs_gpu
+@pytest.mark.parametrize("name", ["flash", "block_sparse"])
+def test_profile_times_public_calls_on_a_gpu(name):
+    from reporting import attention_profile
+
+    lines = []
+    attention_profile.report(name, 256, 2, 2, 64, 0.0, "local", iters=3, log=lines.append)
+    assert any(line.startswith("fwd+bwd: host enqueue") for line in lines)
+    assert any("GPU kernel time per fwd+bwd" in line for line in lines)

@@ -1,5 +1,13 @@
 """Triton attention kernels: FlashAttention (dense) and block-sparse FlashAttention, one kernel family."""
 
-from .flash_attention import block_sparse_attention, draw_dropout_seed, dropout_keep_mask, flash_attention
+from .block_mask import BlockMask, create_block_mask
+from .flash_attention import (
+    block_sparse_attention,
+    draw_dropout_seed,
+    dropout_keep_mask,
+    flash_attention,
+    kernel_dropout_p,
+)
 
-__all__ = ["block_sparse_attention", "draw_dropout_seed", "dropout_keep_mask", "flash_attention"]
+__all__ = ["BlockMask", "create_block_mask", "block_sparse_attention", "draw_dropout_seed", "dropout_keep_mask",
+           "flash_attention", "kernel_dropout_p"]

@@ -1,23 +1,65 @@
-"""Which key tiles each query tile visits (and the transpose), built from a block layout; cached.
+"""BlockMask: which key blocks each query block visits, and the transpose, built from a block layout.
 
 A layout is a bool tensor (num_q_blocks, num_k_blocks), shared by heads, or (H, num_q_blocks, num_k_blocks), at
-`block_size` granularity. Kernel tiles may be smaller than a layout block (never larger: a tile must divide
-block_size, so each tile lies inside one block and is either wholly kept or wholly dropped by the layout). Each
-kept tile pair is then either *full* (every element kept: unmasked fast path) or *partial* (on the causal diagonal
-or crossing the sequence end: the kernel applies element masks).
+`block_size` granularity (layout[i, j]: query block i sees key block j). Each kept block is either *full* (every
+element kept: the kernels' unmasked path) or *partial* (on the causal diagonal or crossing the sequence end: the
+kernels apply element masks). Kernel tiles divide block_size, so a kernel visits a listed block as several tiles.
 
-For each query tile: count and ascending indices of full key tiles, likewise partial ones ("rows"); for each key
-tile, the same over query tiles ("cols"), which the dK/dV pass walks. Index lists are padded to the longest row.
+Like FlexAttention's BlockMask: per query block the counts and ascending indices of full and partial key blocks
+(`kv_*`, walked by the forward and the deterministic dQ pass), and per key block the same over query blocks
+(`q_*`, walked by the dK/dV pass). Index lists are padded to the longest row. `create_block_mask()` is the one
+constructor; it keeps the last 64 masks, keyed by the layout's contents and the shapes.
 """
 
 from __future__ import annotations
 
+import hashlib
 from collections import OrderedDict
+from dataclasses import dataclass, fields
 
 import torch
 
-_CACHE: OrderedDict = OrderedDict()
-_CACHE_SIZE = 64
+CACHE_SIZE = 64
+
+
+@dataclass(frozen=True)
+class BlockMask:
+    block_size: int
+    seq_len: int
+    causal: bool
+    kv_full_count: torch.Tensor  # (H or 1, q blocks) int32
+    kv_full_index: torch.Tensor  # (H or 1, q blocks, width) int32
+    kv_part_count: torch.Tensor
+    kv_part_index: torch.Tensor
+    q_full_count: torch.Tensor  # (H or 1, k blocks): the transpose
+    q_full_index: torch.Tensor
+    q_part_count: torch.Tensor
+    q_part_index: torch.Tensor
+
+    @property
+    def shape(self) -> tuple[int, int, int]:
+        n = self.kv_full_count.shape[-1]
+        return self.kv_full_count.shape[0], n, n
+
+    @property
+    def density(self) -> float:
+        """Fraction of (head, query block, key block) triples visited."""
+        visited = int(self.kv_full_count.sum()) + int(self.kv_part_count.sum())
+        h, n, _ = self.shape
+        return visited / (h * n * n)
+
+    def tensors(self) -> list[torch.Tensor]:
+        """The index tensors in field order: how the mask crosses the custom-op boundary (see from_tensors)."""
+        return [getattr(self, f.name) for f in fields(self) if f.type == "torch.Tensor"]
+
+    @classmethod
+    def from_tensors(cls, tensors: list[torch.Tensor], block_size: int, seq_len: int, causal: bool) -> BlockMask:
+        return cls(block_size, seq_len, causal, *tensors)
+
+    def __repr__(self) -> str:
+        h, n, _ = self.shape
+        return (f"BlockMask(heads={h}, blocks={n}x{n}, block_size={self.block_size}, seq_len={self.seq_len}, "
+                f"causal={self.causal}, density={self.density:.3f})")
 
 
 def check_layout(layout: torch.Tensor, seq_len: int, block_size: int) -> torch.Tensor:
@@ -34,21 +76,16 @@ def check_layout(layout: torch.Tensor, seq_len: int, block_size: int) -> torch.T
     return layout.to(device="cpu", dtype=torch.bool)
 
 
-def tile_status(layout: torch.Tensor, seq_len: int, block_size: int, tile_m: int, tile_n: int,
-                causal: bool) -> torch.Tensor:
-    """(H, query tiles, key tiles) int8: 0 skipped, 1 full, 2 partial (element masks needed)."""
-    if block_size % tile_m or block_size % tile_n:
-        raise ValueError(f"tiles {tile_m}x{tile_n} must divide block_size={block_size}")
-    n_m, n_n = -(-seq_len // tile_m), -(-seq_len // tile_n)
-    qi = torch.arange(n_m)
-    ki = torch.arange(n_n)
-    kept = layout[:, (qi * tile_m // block_size)][:, :, (ki * tile_n // block_size)]
-    q_lo, q_hi = qi[:, None] * tile_m, qi[:, None] * tile_m + tile_m - 1
-    k_lo, k_hi = ki[None, :] * tile_n, ki[None, :] * tile_n + tile_n - 1
-    partial = (q_hi >= seq_len) | (k_hi >= seq_len)
+def block_status(layout: torch.Tensor, seq_len: int, block_size: int, causal: bool) -> torch.Tensor:
+    """(H, query blocks, key blocks) int8: 0 skipped, 1 full, 2 partial (element masks needed)."""
+    n = layout.shape[-1]
+    lo = torch.arange(n) * block_size
+    hi = lo + block_size - 1
+    kept = layout.clone()
+    partial = (hi[:, None] >= seq_len) | (hi[None, :] >= seq_len)
     if causal:
-        kept = kept & (k_lo <= q_hi)  # some element on or below the diagonal
-        partial = partial | (k_hi > q_lo)  # some element above it
+        kept &= lo[None, :] <= hi[:, None]  # some element on or below the diagonal
+        partial = partial | (hi[None, :] > lo[:, None])  # some element above it
     status = kept.to(torch.int8)
     status[kept & partial.expand_as(kept)] = 2
     return status
@@ -63,40 +100,47 @@ def _lists(status: torch.Tensor, value: int, width: int) -> tuple[torch.Tensor, 
     return counts.contiguous(), order.to(torch.int32).contiguous()
 
 
-class BlockMask:
-    """Index lists for one (layout, N, tiles, causal); `rows` and `cols` are (full_cnt, full_idx, part_cnt,
-    part_idx), on the device of the attention inputs."""
-
-    def __init__(self, status: torch.Tensor, device: torch.device):
-        self.status = status
-        self.rows = self._both(status, device)
-        self.cols = self._both(status.transpose(1, 2), device)
-
-    @staticmethod
-    def _both(status, device):
-        """Full and partial lists padded to one width, so the kernel indexes both with the same strides."""
-        width = max(int((status == v).sum(-1).max()) for v in (1, 2)) if status.numel() else 1
-        lists = (*_lists(status, 1, max(width, 1)), *_lists(status, 2, max(width, 1)))
-        return tuple(t.to(device) for t in lists)
-
-    def __getitem__(self, which: str):
-        return getattr(self, which)
-
-    @property
-    def visited_fraction(self) -> float:
-        return float((self.status > 0).float().mean())
+def _full_and_partial(status: torch.Tensor) -> list[torch.Tensor]:
+    """Full and partial lists padded to one width, so the kernels index both with the same strides."""
+    width = max(1, *(int((status == v).sum(-1).max()) for v in (1, 2)))
+    return [*_lists(status, 1, width), *_lists(status, 2, width)]
 
 
-def get_block_mask(layout: torch.Tensor, seq_len: int, block_size: int, tile_m: int, tile_n: int, causal: bool,
-                   device: torch.device) -> BlockMask:
+def _build(layout: torch.Tensor, seq_len: int, block_size: int, causal: bool, device: torch.device) -> BlockMask:
+    status = block_status(layout, seq_len, block_size, causal)
+    lists = [*_full_and_partial(status), *_full_and_partial(status.transpose(1, 2))]
+    return BlockMask(block_size, seq_len, causal, *(t.to(device) for t in lists))
+
+
+_CACHE: OrderedDict[tuple, BlockMask] = OrderedDict()
+
+
+def cache_key(layout: torch.Tensor, seq_len: int, block_size: int, causal: bool, device: torch.device | str) -> tuple:
     layout = check_layout(layout, seq_len, block_size)
-    key = (layout.numpy().tobytes(), tuple(layout.shape), seq_len, block_size, tile_m, tile_n, causal, str(device))
+    contents = hashlib.sha1(layout.numpy().tobytes()).hexdigest()
+    return contents, tuple(layout.shape), seq_len, block_size, causal, str(torch.device(device))
+
+
+def create_block_mask(layout: torch.Tensor, seq_len: int, block_size: int, causal: bool,
+               device: torch.device | str) -> BlockMask:
+    """The BlockMask of a layout at this sequence length, on `device` (built once per contents, then cached)."""
+    return cached(cache_key(layout, seq_len, block_size, causal, device), layout)
+
+
+def cached(key: tuple, layout: torch.Tensor | None = None) -> BlockMask:
+    """The cached mask for a cache_key; builds it from `layout` on a miss."""
     mask = _CACHE.get(key)
     if mask is None:
-        mask = BlockMask(tile_status(layout, seq_len, block_size, tile_m, tile_n, causal), device)
+        _, shape, seq_len, block_size, causal, device = key
+        mask = _build(check_layout(layout, seq_len, block_size), seq_len, block_size, causal, torch.device(device))
         _CACHE[key] = mask
-        if len(_CACHE) > _CACHE_SIZE:
+        if len(_CACHE) > CACHE_SIZE:
             _CACHE.popitem(last=False)
     else:
         _CACHE.move_to_end(key)
     return mask
+
+
+def traced(key: tuple) -> BlockMask:
+    """The cached mask for a key already built (no reordering of the cache: safe to trace under torch.compile)."""
+    return _CACHE[key]

@@ -1,25 +1,14 @@
-"""FlashAttention kernel vs a float64 reference (CPU: Triton interpreter, small odd shapes)."""
-
-import os
+"""FlashAttention kernels vs a float64 reference: the same cases compiled on a GPU host and through the Triton
+interpreter on CPU (fp32 there, bf16 on the GPU; see attention_checks)."""
 
 import pytest
 import torch
+from attention_checks import assert_matches_reference, packed_qkv, rel_err
 
-from kernels import draw_dropout_seed, dropout_keep_mask, flash_attention
-from kernels.reference import assert_matches_reference, packed_qkv, reference_attention, rel_err
-
-# These run the kernels on CPU tensors through the Triton interpreter (conftest sets it when there is no GPU).
-pytestmark = pytest.mark.skipif(os.environ.get("TRITON_INTERPRET") != "1",
-                                reason="CPU tests through the Triton interpreter (TRITON_INTERPRET=1)")
+from kernels import draw_dropout_seed, dropout_keep_mask, flash_attention, kernel_dropout_p
 
 
-def check_against_reference(B, H, N, D, causal, **ref_kwargs):
-    qkv, (q, k, v) = packed_qkv(B, H, N, D)
-    o = flash_attention(q, k, v, causal=causal)
-    ref = reference_attention(q, k, v, causal=causal, **ref_kwargs)
-    assert_matches_reference(o, ref, qkv)
-
-
+@pytest.mark.parametrize("deterministic", [False, True])
 @pytest.mark.parametrize("B,H,N,D,causal", [
     (1, 1, 37, 64, False),
     (2, 3, 37, 48, True),
@@ -28,35 +17,39 @@ def check_against_reference(B, H, N, D, causal, **ref_kwargs):
     (2, 1, 33, 16, True),
     (1, 1, 1, 64, True),
     (1, 1, 64, 32, True),  # exact multiple of the tiles
+    (1, 2, 200, 64, True),  # several tiles on every device
 ])
-def test_forward_and_gradients_match_reference(B, H, N, D, causal):
-    check_against_reference(B, H, N, D, causal)
+def test_forward_and_gradients_match_reference(kernel_device, B, H, N, D, causal, deterministic):
+    qkv, (q, k, v) = packed_qkv(B, H, N, D, kernel_device)
+    o = flash_attention(q, k, v, causal=causal, deterministic=deterministic)
+    assert_matches_reference(o, qkv, q, k, v, causal=causal)
 
 
-def test_custom_op_path_matches_reference():
-    # torch.compile goes through the registered op (eager calls skip it); check it and its autograd directly
-    from kernels.flash_attention import _NO_TILES, attention_fwd
-
-    qkv, (q, k, v) = packed_qkv(2, 2, 37, 32)
-    o, lse = attention_fwd(q, k, v, None, [], _NO_TILES, True, 0.0, 0.25)
-    ref = reference_attention(q, k, v, causal=True, scale=0.25)
-    assert rel_err(o, ref) < 1e-5 and lse.shape == (2, 2, 37)
-    do = torch.randn_like(o)
-    assert rel_err(torch.autograd.grad(o, qkv, do)[0], torch.autograd.grad(ref, qkv, do.double())[0]) < 1e-5
-
-
-def test_contiguous_and_half_inputs():
-    # fp16 here; bf16 only on the GPU (the interpreter mishandles bf16 tensors: numpy has no bfloat16)
-    torch.manual_seed(1)
-    q, k, v = (torch.randn(1, 2, 40, 64, dtype=torch.float16) for _ in range(3))
+def test_custom_scale_and_fp16(kernel_device):
+    qkv, (q, k, v) = packed_qkv(1, 2, 40, 64, kernel_device, dtype=torch.float16)
     o = flash_attention(q, k, v, causal=True, scale=0.3)
     assert o.dtype == torch.float16
-    assert rel_err(o, reference_attention(q, k, v, causal=True, scale=0.3)) < 1e-2
+    assert_matches_reference(o, qkv, q, k, v, causal=True, scale=0.3)
 
 
-def test_dropout_reproducible_and_matches_reference_with_same_mask():
+def test_large_scores_do_not_overflow(kernel_device):
+    """The online softmax subtracts a running max: scores of several hundred would overflow exp() otherwise."""
+    qkv, (q, k, v) = packed_qkv(1, 1, 70, 32, kernel_device, std=6.0)  # |q.k| / sqrt(32) up to several hundred
+    o = flash_attention(q, k, v, causal=True)
+    assert_matches_reference(o, qkv, q, k, v, causal=True)
+
+
+def test_deterministic_backward_is_bitwise_repeatable(kernel_device):
+    qkv, (q, k, v) = packed_qkv(2, 3, 150, 64, kernel_device)
+    do = torch.randn(2, 3, 150, 64, device=kernel_device, dtype=q.dtype)
+    grads = [torch.autograd.grad(flash_attention(q, k, v, causal=True, deterministic=True), qkv, do)[0]
+             for _ in range(3)]
+    assert all(torch.equal(grads[0], g) for g in grads[1:])
+
+
+def test_dropout_reproducible_and_matches_reference_with_same_mask(kernel_device):
     p, (B, H, N, D) = 0.3, (2, 2, 37, 32)
-    qkv, (q, k, v) = packed_qkv(B, H, N, D)
+    qkv, (q, k, v) = packed_qkv(B, H, N, D, kernel_device)
     torch.manual_seed(123)
     o1 = flash_attention(q, k, v, causal=True, dropout_p=p)
     torch.manual_seed(123)
@@ -64,21 +57,27 @@ def test_dropout_reproducible_and_matches_reference_with_same_mask():
     assert torch.equal(o1, o2)
     torch.manual_seed(123)
     keep = dropout_keep_mask(draw_dropout_seed(q.device), B, H, N, p)
-    ref = reference_attention(q, k, v, causal=True, keep=keep, dropout_p=p)
-    assert rel_err(o1, ref) < 1e-5
-    do = torch.randn_like(o1)
-    (grad,) = torch.autograd.grad(o1, qkv, do)
-    (grad_ref,) = torch.autograd.grad(ref, qkv, do.double())
-    assert rel_err(grad, grad_ref) < 1e-5
+    assert_matches_reference(o1, qkv, q, k, v, causal=True, keep=keep, dropout_p=kernel_dropout_p(p))
 
 
-def test_dropout_keep_rate_within_statistical_bounds():
-    p, n = 0.25, 2 * 3 * 64 * 64
-    keep = dropout_keep_mask(torch.tensor([7]), 2, 3, 64, p)
-    rate = keep.float().mean().item()
-    sigma = (p * (1 - p) / n) ** 0.5
-    assert abs(rate - (1 - p)) < 5 * sigma
-    assert not torch.equal(keep, dropout_keep_mask(torch.tensor([8]), 2, 3, 64, p))
+def test_dropout_keep_rate_is_the_rounded_p(kernel_device):
+    p, n = 0.1, 2 * 3 * 64 * 64
+    assert kernel_dropout_p(p) == 26 / 256
+    keep = dropout_keep_mask(torch.tensor([7], device=kernel_device), 2, 3, 64, p)
+    rate, sigma = keep.float().mean().item(), (0.1 * 0.9 / n) ** 0.5
+    assert abs(rate - (1 - 26 / 256)) < 5 * sigma
+    assert not torch.equal(keep, dropout_keep_mask(torch.tensor([8], device=kernel_device), 2, 3, 64, p))
+
+
+def test_dropout_is_unbiased(kernel_device):
+    """With v = 1 every output element is sum_j P_ij keep_ij / (1 - p): its mean over many rows must be 1, which
+    holds only if the scale uses the same rounded p as the keep threshold."""
+    B, H, N, D, p = 1, 4, 256, 16, 0.1
+    torch.manual_seed(0)
+    q, k = (torch.randn(B, H, N, D, device=kernel_device) * 0.1 for _ in range(2))
+    o = flash_attention(q, k, torch.ones(B, H, N, D, device=kernel_device), dropout_p=p)
+    sigma = (kernel_dropout_p(p) / (1 - kernel_dropout_p(p)) / N / (B * H * N)) ** 0.5  # P ~ 1/N per element
+    assert abs(o[..., 0].float().mean().item() - 1.0) < 6 * sigma
 
 
 def test_refuses_bad_inputs_with_a_message():
@@ -89,5 +88,12 @@ def test_refuses_bad_inputs_with_a_message():
         flash_attention(q, q, q.transpose(-1, -2).contiguous().transpose(-1, -2))
     with pytest.raises(ValueError, match="dropout_p"):
         flash_attention(q, q, q, dropout_p=1.0)
+    with pytest.raises(ValueError, match="rounds to 0"):
+        flash_attention(q, q, q, dropout_p=1e-3)
     with pytest.raises(ValueError, match="positive"):
         flash_attention(q, q, q, scale=-1.0)
+
+
+def test_rel_err_helper_sees_a_difference():
+    x = torch.ones(4)
+    assert rel_err(x, x) == 0 and rel_err(x * 1.1, x) > 0.05

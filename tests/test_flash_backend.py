@@ -56,9 +56,9 @@ def test_block_mask_is_built_while_tracing(monkeypatch, options):
     import sys
 
     fa = sys.modules["kernels.flash_attention"]
-    uses_masks = lambda q, k, v, seed, masks, tiles, *rest: q + sum(  # noqa: E731
-        (j + 1) * m.float().sum() for j, m in enumerate(masks)) * 1e-3 + sum(tiles)
-    monkeypatch.setattr(fa, "_attention", uses_masks)
+    uses_mask = lambda q, k, v, mask, *rest: q + sum(  # noqa: E731
+        (j + 1) * t.float().sum() for j, t in enumerate(mask.tensors())) * 1e-3 + mask.block_size
+    monkeypatch.setattr(fa, "_attention", uses_mask)
     torch.manual_seed(0)
     model = GPT(GPTConfig(**{**TINY, "n_embd": 128}, attn="block_sparse", attn_options=options))
     x = torch.randint(0, 128, (2, 64))
@@ -73,7 +73,7 @@ def test_block_mask_is_built_while_tracing(monkeypatch, options):
                                                                            "window": 16})])
 def test_compiled_model_matches_eager(attn, options):
     """Both compile into one graph with no break: flash's custom ops, and block_sparse's, whose layout and block
-    mask are built once while tracing (assume_constant_result) and read by the graph as inputs."""
+    mask are built once while tracing (torch.compiler.assume_constant_result) and read by the graph as inputs."""
     torch.manual_seed(0)
     model = GPT(GPTConfig(**{**TINY, "n_embd": 128}, attn=attn, attn_options=options)).cuda()
     x = torch.randint(0, 128, (2, 64), device="cuda")

@@ -1,38 +1,32 @@
 """Block-sparse FlashAttention in Triton: only the blocks a sparsity pattern keeps are computed."""
 
-from functools import lru_cache
-
 import torch
 
 from .flash import HEAD_DIMS, triton_unavailable
 from .registry import AttentionBackend, register
 
-DEFAULTS = dict(pattern="local", block_size=128, window=256, stride=4, num_global=1, num_random=2, seed=0)
+DEFAULTS = dict(pattern="local", block_size=128, window=256, stride=4, num_global=1, num_random=2, seed=0,
+                deterministic=False)
 
 
-@lru_cache(maxsize=32)
-def _layout(seq_len: int, pattern: str, block_size: int, window: int, stride: int, num_global: int,
-            num_random: int, seed: int) -> torch.Tensor:
+@torch.compiler.assume_constant_result  # torch.compile: built once while tracing, a constant of the graph
+def layout_for(options: dict, seq_len: int) -> torch.Tensor:
+    """The (shared by heads) block layout the options describe at this sequence length. Not cached here: the
+    kernels cache the BlockMask built from it by its contents."""
     from kernels.sparsity_patterns import build_layout
 
-    return build_layout(pattern, seq_len, block_size, window=window, stride=stride, num_global=num_global,
-                        num_random=num_random, seed=seed)
-
-
-@torch._dynamo.assume_constant_result  # torch.compile: built once while tracing, a constant of the graph
-def layout_for(options: dict, seq_len: int) -> torch.Tensor:
-    """The (shared by heads) block layout the options describe at this sequence length."""
     o = {**DEFAULTS, **options}
-    return _layout(seq_len, str(o["pattern"]), int(o["block_size"]), int(o["window"]), int(o["stride"]),
-                   int(o["num_global"]), int(o["num_random"]), int(o["seed"]))
+    return build_layout(str(o["pattern"]), seq_len, int(o["block_size"]), window=int(o["window"]),
+                        stride=int(o["stride"]), num_global=int(o["num_global"]), num_random=int(o["num_random"]),
+                        seed=int(o["seed"]))
 
 
 def block_sparse_attend(q, k, v, *, causal: bool, dropout_p: float = 0.0, scale: float | None = None, **options):
     from kernels import block_sparse_attention
 
-    block_size = int(options.get("block_size", DEFAULTS["block_size"]))
+    o = {**DEFAULTS, **options}
     return block_sparse_attention(q, k, v, layout_for(options, q.shape[-2]), causal=causal, dropout_p=dropout_p,
-                                  scale=scale, block_size=block_size)
+                                  scale=scale, block_size=int(o["block_size"]), deterministic=bool(o["deterministic"]))
 
 
 def density(options: dict, seq_len: int, causal: bool) -> float:

@@ -9,10 +9,11 @@ from .registry import AttentionBackend, register
 HEAD_DIMS = (16, 32, 48, 64, 80, 96, 128)
 
 
-def flash_attend(q, k, v, *, causal: bool, dropout_p: float = 0.0, scale: float | None = None):
+def flash_attend(q, k, v, *, causal: bool, dropout_p: float = 0.0, scale: float | None = None,
+                 deterministic: bool = False):
     from kernels import flash_attention  # imported on first use: the model itself never needs Triton
 
-    return flash_attention(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale)
+    return flash_attention(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, deterministic=deterministic)
 
 
 def triton_unavailable(device_type: str) -> str | None:
@@ -33,6 +34,7 @@ register(AttentionBackend(
     name="flash",
     attend=flash_attend,
     description="FlashAttention in Triton: tiled online softmax, recomputing backward, in-kernel dropout",
+    options=("deterministic",),  # True: the two-pass backward, bitwise repeatable (default: single pass, faster)
     devices=("cuda", "cpu"),
     dtypes=(torch.float16, torch.bfloat16, torch.float32),
     head_dims=HEAD_DIMS,

@@ -62,7 +62,7 @@ class AttentionBackend:
             if reason:
                 problems.append(reason)
         if problems:
-            others = ", ".join(n for n in available_backends() if n != self.name)
+            others = ", ".join(n for n in available_backends() if n != self.name and _runs_on(n, device_type))
             raise UnsupportedAttentionError(
                 f"attention backend '{self.name}' does not support " + "; ".join(problems)
                 + f". Change the request or choose another backend (attn=...): {others}.")
@@ -80,6 +80,14 @@ def register(backend: AttentionBackend) -> AttentionBackend:
         raise ValueError(f"attention backend '{backend.name}' is already registered")
     _BACKENDS[backend.name] = backend
     return backend
+
+
+def _runs_on(name: str, device_type: str | None) -> bool:
+    """Whether a backend can run on this device type in this process (any device when none is given)."""
+    backend = _BACKENDS[name]
+    if device_type is None:
+        return True
+    return device_type in backend.devices and not (backend.unavailable and backend.unavailable(device_type))
 
 
 def available_backends() -> list[str]:

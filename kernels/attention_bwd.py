@@ -1,0 +1,273 @@
+"""FlashAttention backward in Triton: recomputes P from q, k, v and the forward's LSE (no N x N matrix in memory).
+
+Features
+- Fast (default), FlashAttention-2's single pass: a preprocess launch computes delta = rowsum(dO * O) and zeroes
+  an fp32 dQ accumulator; then one program per key tile holds its dK, dV on chip while it walks the query tiles
+  that see it, and adds each tile's dQ contribution to the accumulator with fp32 atomics. Five matrix products per
+  tile pair (S, dP, dV, dK, dQ). The order of the atomic adds varies, so dQ varies in its last bits between runs.
+- Deterministic: a dQ pass (one program per query tile, walking key tiles; it also writes delta), then the same
+  key-tile pass without dQ. Each program owns the rows it writes: bitwise repeatable, seven products per tile pair.
+- Causal tiles, block-sparse index lists (the transposed BlockMask lists for the key-tile pass) and dropout
+  (the forward's mask regenerated once per pass) as in kernels/attention_fwd.py, whose jit helpers this reuses.
+
+Tested: triton 3.6 (H200, torch 2.11, compiled) and the triton 3.9 interpreter (torch 2.13 CPU).
+"""
+
+from __future__ import annotations
+
+import triton
+import triton.language as tl
+
+from .attention_fwd import dropout_keep, head_offset, key_tile_ranges, load_rows, tile_index, tile_keep
+
+# ----------------------------------------------------------------------------------------------------------------
+# jit helpers
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _row_delta(O, DO, stride_on, stride_don, offs_m, offs_d, N, D: tl.constexpr, EVEN_D: tl.constexpr):
+    """delta_i = sum_d dO_id * O_id: the rowsum(dP * P) term of the softmax gradient."""
+    o = load_rows(O + offs_m[:, None] * stride_on + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
+                  D, True, EVEN_D)
+    do = load_rows(DO + offs_m[:, None] * stride_don + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
+                   D, True, EVEN_D)
+    return tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+
+
+@triton.jit
+def _store_rows(ptrs, value, rows, N, offs_d, D: tl.constexpr, EVEN_D: tl.constexpr):
+    if EVEN_D:
+        tl.store(ptrs, value, mask=rows < N)
+    else:
+        tl.store(ptrs, value, mask=(rows < N) & (offs_d < D))
+
+
+@triton.jit
+def _query_tile_ranges(start_n, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
+                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, SPARSE: tl.constexpr,
+                       SPARSE_BLOCK: tl.constexpr):
+    """The query tiles that see key tile start_n: masked (diagonal) ones, unmasked ones, then the masked tail that
+    crosses the sequence end (dense only; sparse lists count it as partial). BLOCK_N is a multiple of BLOCK_M.
+    Returns (part_lo, part_hi, part_ptr, full_lo, full_hi, full_ptr, tail_lo, tail_hi)."""
+    if SPARSE:  # the transposed block mask: per key block, the query blocks that see it
+        PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_M
+        col = start_n * BLOCK_N // SPARSE_BLOCK
+        part_hi = tl.load(part_cnt + h * s_ch + col * s_cm) * PER_BLOCK
+        full_hi = tl.load(full_cnt + h * s_ch + col * s_cm) * PER_BLOCK
+        return (0, part_hi, part_idx + h * s_ih + col * s_im, 0, full_hi, full_idx + h * s_ih + col * s_im, 0, 0)
+    else:
+        m_tiles = tl.cdiv(N, BLOCK_M)
+        if CAUSAL:
+            part_lo = start_n * (BLOCK_N // BLOCK_M)
+            part_hi = tl.minimum(part_lo + BLOCK_N // BLOCK_M, m_tiles)
+        else:
+            part_lo = 0
+            part_hi = 0
+        full_hi = tl.maximum(N // BLOCK_M, part_hi)
+        return part_lo, part_hi, part_idx, part_hi, full_hi, full_idx, full_hi, m_tiles
+
+
+# ----------------------------------------------------------------------------------------------------------------
+# backward kernels
+# ----------------------------------------------------------------------------------------------------------------
+
+
+@triton.jit
+def attn_bwd_preprocess(O, DO, Delta, DQ_ACC, stride_ob, stride_oh, stride_on, stride_dob, stride_doh, stride_don,
+                        stride_ab, stride_ah, stride_an, H, N,
+                        D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr):
+    """delta for BLOCK_M rows of one batch*head, and zeros in the same rows of the fp32 dQ accumulator."""
+    EVEN_D: tl.constexpr = D == HEAD_D
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_D)
+    delta = _row_delta(O + head_offset(b, h, stride_ob, stride_oh), DO + head_offset(b, h, stride_dob, stride_doh),
+                       stride_on, stride_don, offs_m, offs_d, N, D, EVEN_D)
+    tl.store(Delta + bh.to(tl.int64) * N + offs_m, delta, mask=offs_m < N)
+    acc_ptrs = DQ_ACC + head_offset(b, h, stride_ab, stride_ah) + offs_m[:, None] * stride_an + offs_d[None, :]
+    _store_rows(acc_ptrs, tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32), offs_m[:, None], N, offs_d[None, :],
+                D, EVEN_D)
+
+
+@triton.jit
+def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, n_start, offs_n, offs_d,
+              lo, hi, idx_ptr, seed, bh, N, qk_scale, sm_scale, dropout_p, threshold,
+              D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+              MASK: tl.constexpr, SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, DROPOUT: tl.constexpr,
+              EVEN_D: tl.constexpr, DQ_ATOMIC: tl.constexpr):
+    """Accumulate one key tile's dK, dV over query tiles lo..hi (and add their dQ terms when DQ_ATOMIC); works on
+    transposed tiles (keys x queries)."""
+    for i in tl.range(lo, hi):
+        offs_m = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_M + tl.arange(0, BLOCK_M)
+        qT = load_rows(Q + offs_m[None, :] * stride_qn + offs_d[:, None], offs_m[None, :], N, offs_d[:, None],
+                       D, MASK, EVEN_D)
+        if MASK:
+            lse = tl.load(LSE + offs_m, mask=offs_m < N, other=0.0)
+            delta = tl.load(Delta + offs_m, mask=offs_m < N, other=0.0)
+        else:
+            lse = tl.load(LSE + offs_m)
+            delta = tl.load(Delta + offs_m)
+        pT = tl.math.exp2(tl.dot(k, qT) * qk_scale - lse[None, :])
+        if MASK:
+            pT = tl.where(tl.trans(tile_keep(offs_m, offs_n, N, CAUSAL)), pT, 0.0)
+        do = load_rows(DO + offs_m[:, None] * stride_don + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
+                       D, MASK, EVEN_D)
+        dpT = tl.dot(v, tl.trans(do))
+        if DROPOUT:
+            keepT = tl.trans(dropout_keep(seed, bh, offs_m, n_start, N, threshold, BLOCK_N).to(tl.int8)) != 0
+            scale_keep = 1.0 / (1.0 - dropout_p)
+            dv = tl.dot(tl.where(keepT, pT * scale_keep, 0.0).to(do.dtype), do, dv)
+            dpT = tl.where(keepT, dpT * scale_keep, 0.0)
+        else:
+            dv = tl.dot(pT.to(do.dtype), do, dv)
+        dsT = (pT * (dpT - delta[None, :])).to(qT.dtype)
+        dk = tl.dot(dsT, tl.trans(qT), dk)
+        if DQ_ATOMIC:
+            dq = tl.dot(tl.trans(dsT), k) * sm_scale
+            dq_ptrs = DQ_ACC + offs_m[:, None] * stride_an + offs_d[None, :]
+            if MASK or not EVEN_D:
+                tl.atomic_add(dq_ptrs, dq, mask=(offs_m[:, None] < N) & (offs_d[None, :] < D), sem="relaxed")
+            else:
+                tl.atomic_add(dq_ptrs, dq, sem="relaxed")
+    return dk, dv
+
+
+@triton.jit
+def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, seed_ptr,
+                full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
+                stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+                stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+                stride_gb, stride_gh, stride_gn, stride_ab, stride_ah, stride_an,
+                H, N, N_BUCKET, qk_scale, sm_scale, dropout_p,
+                D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr, SPARSE: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr,
+                DQ_ATOMIC: tl.constexpr):
+    """One program per key tile of BLOCK_N rows, visiting query tiles of BLOCK_M rows: writes dK, dV, and with
+    DQ_ATOMIC adds dQ (scaled) into the fp32 DQ_ACC. N_BUCKET is only an autotuning key."""
+    EVEN_D: tl.constexpr = D == HEAD_D
+    PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_M
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    dropout_p = tl.cast(dropout_p, tl.float32)
+    threshold = (dropout_p * 256.0 + 0.5).to(tl.uint32)
+    start_n = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    Q += head_offset(b, h, stride_qb, stride_qh)
+    K += head_offset(b, h, stride_kb, stride_kh)
+    V += head_offset(b, h, stride_vb, stride_vh)
+    DO += head_offset(b, h, stride_dob, stride_doh)
+    DK += head_offset(b, h, stride_gb, stride_gh)
+    DV += head_offset(b, h, stride_gb, stride_gh)
+    DQ_ACC += head_offset(b, h, stride_ab, stride_ah)
+    LSE += bh.to(tl.int64) * N
+    Delta += bh.to(tl.int64) * N
+    n_start = start_n * BLOCK_N
+    offs_n = n_start + tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, HEAD_D)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+    k = load_rows(K + offs_n[:, None] * stride_kn + offs_d[None, :], offs_n[:, None], N, offs_d[None, :],
+                  D, True, EVEN_D)
+    v = load_rows(V + offs_n[:, None] * stride_vn + offs_d[None, :], offs_n[:, None], N, offs_d[None, :],
+                  D, True, EVEN_D)
+    dk = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
+    part_lo, part_hi, part_ptr, full_lo, full_hi, full_ptr, tail_lo, tail_hi = _query_tile_ranges(
+        start_n, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
+        BLOCK_M, BLOCK_N, CAUSAL, SPARSE, SPARSE_BLOCK)
+    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, n_start, offs_n,
+                       offs_d, part_lo, part_hi, part_ptr, seed, bh, N, qk_scale, sm_scale, dropout_p, threshold,
+                       D, BLOCK_M, BLOCK_N, CAUSAL, True, SPARSE, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
+    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, n_start, offs_n,
+                       offs_d, full_lo, full_hi, full_ptr, seed, bh, N, qk_scale, sm_scale, dropout_p, threshold,
+                       D, BLOCK_M, BLOCK_N, CAUSAL, False, SPARSE, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
+    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, n_start, offs_n,
+                       offs_d, tail_lo, tail_hi, part_ptr, seed, bh, N, qk_scale, sm_scale, dropout_p, threshold,
+                       D, BLOCK_M, BLOCK_N, CAUSAL, True, False, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
+    g_ptrs = offs_n[:, None] * stride_gn + offs_d[None, :]
+    _store_rows(DK + g_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), offs_n[:, None], N, offs_d[None, :], D, EVEN_D)
+    _store_rows(DV + g_ptrs, dv.to(DV.dtype.element_ty), offs_n[:, None], N, offs_d[None, :], D, EVEN_D)
+
+
+@triton.jit
+def _q_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, lo, hi, idx_ptr,
+             seed, bh, N, qk_scale, dropout_p, threshold,
+             D: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr,
+             SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, EVEN_D: tl.constexpr):
+    """Accumulate one query tile's dQ over key tiles lo..hi: the forward's iteration, recomputing P from the LSE."""
+    for i in tl.range(lo, hi):
+        start_n = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_N
+        offs_n = start_n + tl.arange(0, BLOCK_N)
+        kT = load_rows(K + offs_n[None, :] * stride_kn + offs_d[:, None], offs_n[None, :], N, offs_d[:, None],
+                       D, MASK, EVEN_D)
+        vT = load_rows(V + offs_n[None, :] * stride_vn + offs_d[:, None], offs_n[None, :], N, offs_d[:, None],
+                       D, MASK, EVEN_D)
+        p = tl.math.exp2(tl.dot(q, kT) * qk_scale - lse[:, None])
+        if MASK:
+            p = tl.where(tile_keep(offs_m, offs_n, N, CAUSAL), p, 0.0)
+        dp = tl.dot(do, vT)
+        if DROPOUT:
+            keep = dropout_keep(seed, bh, offs_m, start_n, N, threshold, BLOCK_N)
+            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
+        ds = p * (dp - delta[:, None])
+        dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq)
+    return dq
+
+
+@triton.jit
+def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, seed_ptr,
+                full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
+                stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
+                stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
+                stride_gb, stride_gh, stride_gn, stride_ob, stride_oh, stride_on,
+                H, N, N_BUCKET, qk_scale, sm_scale, dropout_p,
+                D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
+                CAUSAL: tl.constexpr, SPARSE: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr):
+    """Deterministic backward, first pass: one program per query tile writes its dQ rows, and the delta of its rows
+    for the key-tile pass that follows."""
+    EVEN_D: tl.constexpr = D == HEAD_D
+    PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
+    qk_scale = tl.cast(qk_scale, tl.float32)
+    sm_scale = tl.cast(sm_scale, tl.float32)
+    dropout_p = tl.cast(dropout_p, tl.float32)
+    threshold = (dropout_p * 256.0 + 0.5).to(tl.uint32)
+    start_m = tl.program_id(0)
+    bh = tl.program_id(1)
+    b = bh // H
+    h = bh % H
+    Q += head_offset(b, h, stride_qb, stride_qh)
+    K += head_offset(b, h, stride_kb, stride_kh)
+    V += head_offset(b, h, stride_vb, stride_vh)
+    DO += head_offset(b, h, stride_dob, stride_doh)
+    DQ += head_offset(b, h, stride_gb, stride_gh)
+    O += head_offset(b, h, stride_ob, stride_oh)
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, HEAD_D)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+    q = load_rows(Q + offs_m[:, None] * stride_qn + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
+                  D, True, EVEN_D)
+    do = load_rows(DO + offs_m[:, None] * stride_don + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
+                   D, True, EVEN_D)
+    delta = _row_delta(O, DO, stride_on, stride_don, offs_m, offs_d, N, D, EVEN_D)
+    tl.store(Delta + bh.to(tl.int64) * N + offs_m, delta, mask=offs_m < N)
+    lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=offs_m < N, other=0.0)
+    dq = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
+    full_lo, full_hi, full_ptr, part_lo, part_hi, part_ptr = key_tile_ranges(
+        start_m, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
+        BLOCK_M, BLOCK_N, CAUSAL, SPARSE, SPARSE_BLOCK)
+    dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, full_lo, full_hi, full_ptr,
+                  seed, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, False, SPARSE, PER_BLOCK, DROPOUT,
+                  EVEN_D)
+    dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, part_lo, part_hi, part_ptr,
+                  seed, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, True, SPARSE, PER_BLOCK, DROPOUT,
+                  EVEN_D)
+    _store_rows(DQ + offs_m[:, None] * stride_gn + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+                offs_m[:, None], N, offs_d[None, :], D, EVEN_D)

@@ -37,6 +37,7 @@ from .attention_fwd import attn_fwd, dropout_mask_kernel
 from .block_mask import BlockMask
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+AUTOTUNE = os.environ.get("FLASHGPT_AUTOTUNE", "1") != "0"  # 0: first fitting config, no tuning (quick GPU tests)
 LOG2E = 1.4426950408889634
 DROPOUT_LEVELS = 256  # dropout thresholds are 8-bit
 
@@ -75,7 +76,7 @@ def _prune(configs, named_args, **kwargs):
         return m <= limit and n <= limit and (head_d <= 64 or m * n <= 8192) and small_ok
 
     fitting = [c for c in configs if fits(c)] or configs[-1:]
-    return fitting[:1] if INTERPRET else fitting  # the interpreter cannot time configs
+    return fitting if AUTOTUNE and not INTERPRET else fitting[:1]  # the interpreter cannot time configs
 
 
 def _tuned(kernel, name, tiles, **options):

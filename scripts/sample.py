@@ -28,6 +28,17 @@ def codec(tokenizer: str):
     return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
 
 
+def read_prompt(prompt: str) -> str:
+    """The prompt text; FILE:path reads the file."""
+    if not prompt.startswith("FILE:"):
+        return prompt
+    try:
+        return Path(prompt[5:]).read_text()
+    except (OSError, UnicodeDecodeError) as e:
+        raise SystemExit(f"error: cannot read the prompt file '{prompt[5:]}' ({getattr(e, 'strerror', None) or e}); "
+                         f"pass an existing UTF-8 text file with --prompt FILE:<path>, or the text itself") from None
+
+
 def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
@@ -50,7 +61,7 @@ def main(argv=None) -> list[str]:
     print(f"model: {args.model} ({model.num_params() / 1e6:.2f}M params), tokenizer: {tokenizer}, "
           f"backend: {get_backend(model.config.attn).describe(model.config.attn_options)}, device: {args.device}")
     encode, decode = codec(tokenizer)
-    prompt = Path(args.prompt[5:]).read_text() if args.prompt.startswith("FILE:") else args.prompt
+    prompt = read_prompt(args.prompt)
     ids = encode(prompt)
     if not ids:
         raise SystemExit("error: the prompt encodes to no tokens; pass a non-empty --prompt")

@@ -66,6 +66,20 @@ def temp_path(path: str | os.PathLike) -> Path:
     return Path(tmp)
 
 
+def check_writable_location(argv: list[str]) -> None:
+    """Refuse, before Hydra creates it, a run directory (hydra.run.dir / hydra.sweep.dir, default outputs/ or
+    multirun/) that cannot be created or written: Hydra would fail there with a traceback."""
+    sweep = "-m" in argv or "--multirun" in argv
+    key = "hydra.sweep.dir=" if sweep else "hydra.run.dir="
+    value = next((a[len(key):] for a in argv if a.startswith(key)), "multirun" if sweep else "outputs")
+    path = Path(value.split("$")[0] or ".")  # up to the first interpolation, e.g. ${now:...}
+    existing = next(p for p in (path, *path.absolute().parents) if p.exists())
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise RunDirError(f"cannot write to the run directory '{value}' ('{existing}' is "
+                          f"{'read-only' if existing.is_dir() else 'a file'}); choose a writable one with "
+                          f"{key}<dir>")
+
+
 class RunDir:
     """An exclusively claimed run directory.
 

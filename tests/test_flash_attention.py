@@ -80,10 +80,10 @@ def test_dropout_is_unbiased(kernel_device):
     assert abs(o[..., 0].float().mean().item() - 1.0) < 6 * sigma
 
 
-def test_refuses_bad_inputs_with_a_message():
-    q = torch.randn(1, 1, 8, 64)
+def test_refuses_bad_inputs_with_a_message(kernel_device):
+    q = torch.randn(1, 1, 8, 64, device=kernel_device)
     with pytest.raises(ValueError, match="head dim"):
-        flash_attention(*(torch.randn(1, 1, 8, 256),) * 3)
+        flash_attention(*(torch.randn(1, 1, 8, 256, device=kernel_device),) * 3)
     with pytest.raises(ValueError, match="unit stride"):
         flash_attention(q, q, q.transpose(-1, -2).contiguous().transpose(-1, -2))
     with pytest.raises(ValueError, match="dropout_p"):

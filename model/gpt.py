@@ -14,7 +14,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from .attention import get_backend
+from .attention import attention_density, get_backend
 from .presets import PRESETS
 
 
@@ -61,8 +61,9 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        # Split the packed projection into (B, H, N, D) views: no copies, backends take strided inputs.
-        q, k, v = self.c_attn(x).view(B, N, 3, self.n_head, C // self.n_head).permute(2, 0, 3, 1, 4)
+        # (B, H, N, D) views of the packed projection, split as nanoGPT does: no copy forward, and backward
+        # gathers the three gradients with one cat (unbinding a (3, B, H, N, D) view costs a stack and a copy).
+        q, k, v = (t.view(B, N, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
         y = self.attend(q, k, v, causal=True, dropout_p=self.attn_dropout if self.training else 0.0,
                         scale=None, **self.attn_options)
         y = y.transpose(1, 2).reshape(B, N, C)
@@ -128,13 +129,22 @@ class GPT(nn.Module):
         get_backend(c.attn).check(device=device, dtype=dtype, head_dim=c.head_dim,
                                   dropout_p=c.attn_dropout_p, causal=True, options=c.attn_options)
 
+    def describe_attention(self) -> str:
+        return get_backend(self.config.attn).describe(self.config.attn_options)
+
+    def attention_density(self, seq_len: int) -> float:
+        """Fraction of the causal N x N score matrix the backend computes (for FLOPs and MFU)."""
+        return attention_density(self.config.attn, self.config.attn_options, seq_len, causal=True)
+
     def num_params(self, non_embedding: bool = True) -> int:
         n = sum(p.numel() for p in self.parameters())
         if non_embedding:
             n -= self.transformer.wpe.weight.numel()
         return n
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = False):
+        """(logits, loss). With targets, logits are None unless asked for: a training step must not keep the
+        (B, N, vocab) logits alive through its backward."""
         B, N = idx.shape
         if N > self.config.block_size:
             raise ValueError(f"sequence length {N} exceeds the model's context of {self.config.block_size} "
@@ -147,7 +157,7 @@ class GPT(nn.Module):
         if targets is None:
             return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return (logits if return_logits else None), loss
 
     def configure_optimizers(self, weight_decay: float, learning_rate: float, betas: tuple[float, float],
                              device_type: str, fused: bool | None = None) -> torch.optim.AdamW:
@@ -185,6 +195,17 @@ class GPT(nn.Module):
         """GPT-2 weights from the Hugging Face hub name or a local save_pretrained directory."""
         from .pretrained import load_pretrained
         return load_pretrained(cls, name_or_path, attn=attn, **overrides)
+
+    @classmethod
+    def from_checkpoint(cls, ckpt: dict, **overrides) -> GPT:
+        """The model a train.py checkpoint dict holds (docs/dev/CONTRACTS.md), with GPTConfig overrides such as
+        attn="flash" (another backend starts without the trained one's options)."""
+        saved = ckpt["model_config"]
+        if overrides.get("attn", saved.get("attn")) != saved.get("attn"):
+            overrides.setdefault("attn_options", {})
+        model = cls(GPTConfig(**{**saved, **overrides}))
+        model.load_state_dict(ckpt["model"])
+        return model
 
     def config_dict(self) -> dict:
         return asdict(self.config)

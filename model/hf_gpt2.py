@@ -1,7 +1,7 @@
-"""The paper's "HuggingFace" baseline: transformers' GPT2LMHeadModel (eager attention) behind our interface.
+"""The paper's "HuggingFace" baseline: transformers' GPT2LMHeadModel (eager attention) with GPT's interface.
 
-Same shape as the preset, built from a GPT2Config (no download), trained by the same loop as our GPT.
-Checkpoints hold the weights in our GPT's layout, so load_model() and the scripts read them alike.
+Same shape as the preset, built from a GPT2Config (no download), trained by the same loop as GPT. Its state dict
+is in GPT's names and layout, so checkpoints, load_model() and the scripts read both alike.
 """
 
 from __future__ import annotations
@@ -10,14 +10,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from model import GPT, GPTConfig
-from model.attention import causal_density
+from .attention import causal_density
+from .gpt import GPT, GPTConfig
+from .pretrained import CONV1D
 
-# HF's GPT-2 uses Conv1D (in, out) weights where our GPT has nn.Linear (out, in).
-_TRANSPOSED = ("attn.c_attn.weight", "attn.c_proj.weight", "mlp.c_fc.weight", "mlp.c_proj.weight")
+DESCRIPTION = "hf-eager (transformers GPT2LMHeadModel, attn_implementation=eager)"
 
 
-class HFGPT(nn.Module):
+class HFGPT2(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
         from transformers import GPT2Config, GPT2LMHeadModel
@@ -33,23 +33,23 @@ class HFGPT(nn.Module):
         self.config = config
         self.hf = GPT2LMHeadModel._from_config(hf_config, attn_implementation="eager")
 
-    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None):
+    def forward(self, idx: torch.Tensor, targets: torch.Tensor | None = None, return_logits: bool = False):
         logits = self.hf(input_ids=idx).logits
         if targets is None:
-            return logits[:, [-1], :], None
+            return logits, None
         loss = F.cross_entropy(logits.view(-1, logits.size(-1)), targets.reshape(-1), ignore_index=-1)
-        return logits, loss
+        return (logits if return_logits else None), loss
 
     def check_attention(self, device, dtype) -> None:
         pass  # eager attention runs on any device and dtype torch does
 
     def describe_attention(self) -> str:
-        return "hf-eager (transformers GPT2LMHeadModel, attn_implementation=eager)"
+        return DESCRIPTION
 
     def attention_density(self, seq_len: int) -> float:
         return causal_density(seq_len)
 
-    # The same parameter count, FLOP count and optimizer grouping as our GPT.
+    # The same parameter count, FLOP count, optimizer grouping and sampling as GPT.
     num_params = GPT.num_params
     flops_per_token = GPT.flops_per_token
     configure_optimizers = GPT.configure_optimizers
@@ -59,10 +59,12 @@ class HFGPT(nn.Module):
     def transformer(self):
         return self.hf.transformer
 
-    def gpt_state_dict(self) -> dict:
-        """Weights under our GPT's names and layout."""
-        sd = {k: v for k, v in self.hf.state_dict().items() if not k.endswith((".attn.bias", ".attn.masked_bias"))}
-        return {k: v.t() if k.endswith(_TRANSPOSED) else v for k, v in sd.items()}
+    def state_dict(self, *args, **kwargs) -> dict:
+        """Weights under GPT's names and layout (Conv1D (in, out) matrices transposed to Linear's (out, in))."""
+        sd = self.hf.state_dict(*args, **kwargs)
+        return {k: v.t() if k.endswith(CONV1D) else v for k, v in sd.items()
+                if not k.endswith((".attn.bias", ".attn.masked_bias"))}
 
-    def load_gpt_state_dict(self, sd: dict) -> None:
-        self.hf.load_state_dict({k: v.t() if k.endswith(_TRANSPOSED) else v for k, v in sd.items()}, strict=False)
+    def load_state_dict(self, state_dict: dict, strict: bool = True, assign: bool = False):
+        sd = {k: v.t() if k.endswith(CONV1D) else v for k, v in state_dict.items()}
+        return self.hf.load_state_dict(sd, strict=strict, assign=assign)

@@ -165,25 +165,3 @@ def to_hf(model, vocab_size: int | None = None):
                 v = v[:vocab_size]
             hf_sd[k].copy_(v)
     return hf.eval()
-
-
-def load_any(source: str, attn: str = "sdpa", map_location="cpu", **overrides):
-    """(model, tokenizer name) from a train.py checkpoint (run dir or .pt) or a GPT-2 hub name / directory."""
-    path = Path(source).expanduser()
-    if path.is_file() or (path / "ckpt.pt").is_file():
-        from training.checkpoint import load_checkpoint
-
-        from .gpt import GPT, GPTConfig
-
-        ckpt = load_checkpoint(path, map_location=map_location)
-        saved = ckpt["model_config"]
-        if attn != saved.get("attn"):
-            overrides.setdefault("attn_options", {})  # the trained backend's options mean nothing to another
-        model = GPT(GPTConfig(**{**saved, "attn": attn, **overrides}))
-        model.load_state_dict(ckpt["model"])
-        data_cfg = (ckpt.get("config") or {}).get("data") or {}
-        tokenizer = data_cfg.get("tokenizer") or ("bytes" if model.config.vocab_size <= 256 else "gpt2")
-        return model.to(map_location).eval(), tokenizer
-    from .gpt import GPT
-
-    return GPT.from_pretrained(source, attn=attn, **overrides).to(map_location).eval(), "gpt2"

@@ -20,7 +20,8 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from model.pretrained import load_any, to_hf  # noqa: E402
+from model.pretrained import to_hf  # noqa: E402
+from training.sources import load_any  # noqa: E402
 
 GPT2_VOCAB = 50257
 

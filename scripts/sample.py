@@ -15,7 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from model.attention import available_backends, get_backend  # noqa: E402
-from model.pretrained import load_any  # noqa: E402
+from training.sources import load_any  # noqa: E402
 
 
 def codec(tokenizer: str):

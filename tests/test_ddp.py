@@ -12,7 +12,7 @@ ROOT = Path(__file__).resolve().parent.parent
 def test_two_gloo_processes_train_and_log_once(tmp_path):
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
            str(ROOT / "train.py"), "model=gpt2-nano", "train.batch_size=4", "train.seq_len=32", "train.max_steps=4",
-           "train.log_interval=1", "train.eval_iters=2", "train.sample_at_eval=false", "train.warmup_steps=1",
+           "train.log_interval=1", "train.eval_iters=2", "train.sample_at_eval=false", "train.untimed_steps=1",
            f"data.dir={tmp_path / 'data'}", f"hydra.run.dir={tmp_path / 'run'}"]
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT)}
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -54,7 +54,7 @@ def test_fine_tuning_from_a_saved_gpt2_lowers_the_loss(tmp_path, pretrained_dir,
     cfg = compose(["data=text", f"data.dir={data_dir}", "data.tokenizer=bytes", "model=gpt2-nano", "attn=naive",
                    f"train.init_from={pretrained_dir}", "train.max_steps=40", "train.batch_size=8",
                    "train.seq_len=64", "train.eval_interval=0", "train.eval_iters=4", "train.log_interval=5",
-                   "train.sample_at_eval=false", "train.warmup_steps=1", "optim.lr=3e-3", "optim.warmup=4",
+                   "train.sample_at_eval=false", "train.untimed_steps=1", "optim.lr=3e-3", "optim.lr_warmup_steps=4",
                    "optim.min_lr=3e-4"])
     summary = train.main(cfg, tmp_path / "run")
     assert summary["status"] == "ok", summary["error"]
@@ -72,7 +72,7 @@ def test_fine_tuning_from_a_saved_gpt2_lowers_the_loss(tmp_path, pretrained_dir,
 def test_finetune_experiment_composes():
     cfg = compose(["experiment=finetune_owt", "attn=flash"])
     assert cfg.train.init_from == "gpt2" and cfg.data.name == "openwebtext" and cfg.model.preset == "gpt2"
-    assert 1e-5 <= cfg.optim.lr <= 6e-5 and cfg.optim.warmup <= 200 and cfg.train.eval_interval > 0
+    assert 1e-5 <= cfg.optim.lr <= 6e-5 and cfg.optim.lr_warmup_steps <= 200 and cfg.train.eval_interval > 0
     assert cfg.attn.name == "flash" and cfg.data.source.revision == "refs/convert/parquet"
 
 

@@ -1,9 +1,13 @@
-"""Model presets, attention-backend parity and causality."""
+"""Model presets, attention-backend parity, causality, and no overhead against a minimal GPT-2."""
+
+import collections
 
 import pytest
 import torch
+from torch.profiler import ProfilerActivity, profile
 
 from model import GPT, PRESETS, GPTConfig
+from training.minimal_gpt2 import MinimalGPT2
 
 # Parameter counts without position embeddings (as nanoGPT reports them), vocab padded to 50304.
 EXPECTED_M = {"gpt2": 124, "gpt2-medium": 354, "gpt2-large": 773, "gpt2-xl": 1556}
@@ -21,7 +25,7 @@ def test_preset_shapes_and_params(name):
     if name in EXPECTED_M:
         assert model.num_params() / 1e6 == pytest.approx(EXPECTED_M[name], rel=0.01)
     x = torch.zeros(2, 16, dtype=torch.long, device="meta")
-    logits, loss = model(x, x)
+    logits, loss = model(x, x, return_logits=True)
     assert logits.shape == (2, 16, config.vocab_size) and loss.shape == ()
 
 
@@ -42,8 +46,8 @@ def test_naive_and_sdpa_agree_on_logits_and_gradients():
     a, b = _pair()
     x = torch.randint(0, 256, (3, 40))
     y = torch.randint(0, 256, (3, 40))
-    la, loss_a = a(x, y)
-    lb, loss_b = b(x, y)
+    la, loss_a = a(x, y, return_logits=True)
+    lb, loss_b = b(x, y, return_logits=True)
     torch.testing.assert_close(la, lb)
     loss_a.backward()
     loss_b.backward()
@@ -66,3 +70,52 @@ def test_causal_future_tokens_do_not_affect_the_past(attn):
     out[0, t].sum().backward()
     assert emb.grad[0, t + 1:].abs().max() == 0
     assert emb.grad[0, : t + 1].abs().sum() > 0
+
+
+def test_training_forward_returns_the_loss_only():
+    """A training step must not hold the (B, N, vocab) logits through its backward."""
+    model = GPT(GPTConfig.preset("gpt2-nano"))
+    x = torch.randint(0, 256, (2, 16))
+    logits, loss = model(x, x)
+    assert logits is None and loss.shape == ()
+    assert model(x)[0].shape == (2, 16, 256) and model(x, x, return_logits=True)[0].shape == (2, 16, 256)
+
+
+def minimal_twin(model: GPT) -> MinimalGPT2:
+    c = model.config
+    twin = MinimalGPT2(c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd)
+    renames = (("transformer.", ""), ("attn.c_proj", "attn_proj"), ("mlp.c_proj", "mlp_proj"),
+               ("attn.c_attn", "c_attn"), ("mlp.c_fc", "c_fc"))
+    sd = {}
+    for k, v in model.state_dict().items():
+        for old, new in renames:
+            k = k.replace(old, new)
+        sd[k] = v
+    twin.load_state_dict(sd)
+    return twin
+
+
+# Ops that only relabel memory (views, metadata) or are no-ops; the rest launch work on a GPU.
+VIEW_OPS = {"as_strided", "view", "reshape", "transpose", "permute", "select", "slice", "narrow", "split", "unbind",
+            "expand", "t", "detach", "alias", "_unsafe_view", "empty", "empty_like", "empty_strided", "_reshape_alias",
+            "dropout", "unsqueeze", "squeeze", "contiguous", "lift_fresh", "result_type", "to", "resolve_conj"}
+
+
+def work_ops(fn) -> collections.Counter:
+    fn().backward()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn().backward()
+    names = (e.name.removeprefix("aten::") for e in prof.events() if e.name.startswith("aten::"))
+    return collections.Counter(n for n in names if n not in VIEW_OPS)
+
+
+def test_no_more_work_than_a_minimal_gpt2():
+    """Same maths as a nanoGPT-shaped GPT-2, and no extra copies or launches in one forward + backward."""
+    torch.manual_seed(0)
+    ours = GPT(GPTConfig.preset("gpt2-nano", attn="sdpa"))
+    twin = minimal_twin(ours)
+    xy = torch.randint(0, 256, (2, 33))
+    x, y = xy[:, :-1], xy[:, 1:]
+    torch.testing.assert_close(ours(x, y)[1], twin(x, y))
+    extra = work_ops(lambda: ours(x, y)[1]) - work_ops(lambda: twin(x, y))
+    assert not extra, f"ops the minimal GPT-2 does not run: {dict(extra)}"

@@ -120,7 +120,7 @@ def test_eval_refuses_data_of_another_tokenizer(bytes_run, tmp_path):
 
 
 def test_a_checkpoint_of_one_backend_loads_under_another(tmp_path):
-    from model.pretrained import load_any
+    from training.sources import load_any
 
     torch.manual_seed(0)
     trained = GPT(GPTConfig(vocab_size=256, block_size=64, n_layer=1, n_head=2, n_embd=32, attn="block_sparse",

@@ -15,7 +15,7 @@ from training.corpus import prepare_stdlib_docs
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["model=gpt2-nano", "train.batch_size=4", "train.seq_len=32", "train.eval_iters=2", "train.log_interval=1",
-        "train.sample_at_eval=false", "train.warmup_steps=1", "optim.warmup=2"]
+        "train.sample_at_eval=false", "train.untimed_steps=1", "optim.lr_warmup_steps=2"]
 
 
 @pytest.fixture(scope="module")
@@ -23,10 +23,10 @@ def data_dir(tmp_path_factory):
     return prepare_stdlib_docs(tmp_path_factory.mktemp("data") / "stdlib_docs")
 
 
-def run(tmp_path, data_dir, *overrides, multirun=False):
-    cfg = compose([f"data.dir={data_dir}", *overrides])
-    summary = train.main(cfg, tmp_path / "run", multirun=multirun)
-    return summary, tmp_path / "run"
+def run(tmp_path, data_dir, *overrides, multirun=False, name="run"):
+    overrides = [f"data.dir={data_dir}", *overrides]
+    summary = train.main(compose(overrides), tmp_path / name, multirun=multirun, overrides=overrides)
+    return summary, tmp_path / name
 
 
 def rows(run_dir):
@@ -70,6 +70,7 @@ def test_hf_baseline_trains_a_couple_of_steps(tmp_path, data_dir):
     assert summary["status"] == "ok" and "hf-eager" in summary["backend"]
     ckpt = torch.load(run_dir / "ckpt.pt", weights_only=True)
     assert ckpt["impl"] == "hf" and "lm_head.weight" in ckpt["model"]
+    assert GPT.from_checkpoint(ckpt).state_dict().keys() == ckpt["model"].keys()  # GPT's layout
 
 
 def test_oom_is_recorded_and_a_sweep_goes_on(tmp_path, data_dir, monkeypatch):
@@ -86,8 +87,8 @@ def test_oom_is_recorded_and_a_sweep_goes_on(tmp_path, data_dir, monkeypatch):
 def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(tmp_path, data_dir, monkeypatch):
     forward, calls = GPT.forward, []
 
-    def poisoned(self, idx, targets=None):
-        logits, loss = forward(self, idx, targets)
+    def poisoned(self, idx, targets=None, return_logits=False):
+        logits, loss = forward(self, idx, targets, return_logits)
         calls.append(1)
         return logits, loss * float("nan") if len(calls) == 5 else loss
 

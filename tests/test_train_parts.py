@@ -10,7 +10,7 @@ from training.metrics import PEAK_FLOPS, StepTimer, mfu, peak_flops
 
 
 def test_warmup_then_cosine_to_min_lr():
-    optim = OmegaConf.create({"lr": 1.0, "min_lr": 0.1, "warmup": 10, "schedule": "cosine"})
+    optim = OmegaConf.create({"lr": 1.0, "min_lr": 0.1, "lr_warmup_steps": 10, "schedule": "cosine"})
     lrs = [learning_rate(s, optim, 110) for s in range(110)]
     assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
     assert all(a >= b for a, b in zip(lrs[9:], lrs[10:], strict=False))

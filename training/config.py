@@ -19,79 +19,89 @@ class ConfigError(ValueError):
 
 @dataclass
 class ModelConfig:
-    preset: str = "gpt2-nano"  # a name in model/presets.py
-    impl: str = "ours"  # ours | hf (Hugging Face GPT2LMHeadModel, eager attention: the paper's baseline)
+    preset: str = "gpt2"  # a name in model/presets.py (model=<name> sets it); the vocab grows to fit the data
+    impl: str = "ours"  # ours | hf (transformers' GPT2LMHeadModel, eager attention: the paper's baseline)
     block_size: int | None = None  # None: the preset's context length
-    dropout: float = 0.0
-    attn_dropout: float | None = None  # None: same as dropout
+    dropout: float = 0.0  # embedding and residual dropout
+    attn_dropout: float | None = None  # attention-probability dropout; None: same as dropout
     overrides: dict[str, Any] = field(default_factory=dict)  # other GPTConfig fields: +model.overrides.n_layer=8
 
 
 @dataclass
 class OptimConfig:
-    name: str = "adamw"
-    lr: float = 6e-4
-    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])
-    weight_decay: float = 0.1
-    grad_clip: float = 1.0  # 0: no clipping
-    warmup: int = 100  # linear learning-rate warm-up steps
-    min_lr: float = 6e-5
+    name: str = "adamw"  # adamw (weight decay on matrices and embeddings only; fused on CUDA)
+    lr: float = 6e-4  # peak learning rate
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # AdamW's betas
+    weight_decay: float = 0.1  # on 2-D weights only
+    grad_clip: float = 1.0  # max global gradient norm; 0: no clipping
+    lr_warmup_steps: int = 100  # linear learning-rate warm-up, in optimizer steps
+    min_lr: float = 6e-5  # where the decay ends, at train.max_steps
     schedule: str = "cosine"  # cosine | linear | constant (after warm-up)
+    warmup: int | None = None  # deprecated name of optim.lr_warmup_steps
 
 
 @dataclass
 class TrainConfig:
     batch_size: int = 16  # sequences per micro-step per rank
-    seq_len: int = 256
+    seq_len: int = 1024  # tokens per sequence (<= the model's block_size)
     grad_accum: int = 1  # micro-steps per optimizer step
-    max_steps: int = 1000
-    eval_interval: int = 250  # 0: eval only at the end
-    eval_iters: int = 20
-    log_interval: int = 10
-    ckpt_interval: int = 0  # 0: checkpoint only at the end; -1: never
-    compile: bool = False
-    backward_in_caller_thread: bool = False  # backward on the training thread (H100: slower; dev/kernel-notes.md)
+    max_steps: int = 1000  # optimizer steps; may be raised when resuming
+    eval_interval: int = 250  # steps between evals; 0: eval only at the end
+    eval_iters: int = 20  # validation batches per eval
+    log_interval: int = 10  # steps between log lines (and host-device synchronisations)
+    ckpt_interval: int = 250  # steps between checkpoints (also at the end and on Ctrl-C); 0: at the end only; -1: never
+    compile: Any = "auto"  # torch.compile the model: auto (on CUDA, not on CPU) | true | false
+    compile_mode: str = "default"  # torch.compile mode: default | reduce-overhead (CUDA graphs) | max-autotune | ...
     dtype: str = "auto"  # auto | bf16 | fp16 | fp32 (auto: bf16 on CUDA if supported else fp16; fp32 on CPU)
     device: str = "auto"  # auto | cpu | cuda
     seed: int = 1337
     init_from: str = "scratch"  # scratch | resume | a Hugging Face name or local path (e.g. gpt2)
     resume_from: str | None = None  # run directory or ckpt.pt, for init_from=resume
-    sample_at_eval: bool = False
-    sample_tokens: int = 200
-    warmup_steps: int = 3  # steps left out of the timing (compile, allocator and autotune warm-up)
+    sample_at_eval: bool = False  # print a sample from the model at each eval
+    sample_tokens: int = 200  # length of that sample
+    untimed_steps: int = 3  # first steps left out of the timing (compile, allocator and autotune warm-up)
     peak_flops: float | None = None  # override the per-device peak used for MFU (FLOP/s per GPU)
+    warmup_steps: int | None = None  # deprecated name of train.untimed_steps
 
 
 @dataclass
 class LoggerConfig:
     type: str = "none"  # none | wandb
     mode: str = "offline"  # online | offline | disabled (offline: a run never waits for a login)
-    project: str = "flashgpt"
-    group: str | None = None  # None: <model>-<attn>-seq<seq_len>
+    project: str = "flashgpt"  # wandb project
+    group: str | None = None  # None: the sweep (python train.py -m ...), else <model>-<attn>-seq<seq_len>
     name: str | None = None  # None: <model>-<attn>-seq<seq_len>-bs<batch>
     tags: list[str] = field(default_factory=list)
 
 
 @dataclass
 class Config:
-    model: ModelConfig = MISSING
+    model: ModelConfig = field(default_factory=ModelConfig)
     attn: dict[str, Any] = MISSING
     data: dict[str, Any] = MISSING
-    optim: OptimConfig = MISSING
+    optim: OptimConfig = field(default_factory=OptimConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
-    logger: LoggerConfig = MISSING
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
 
 
 def register_configs() -> None:
+    """The schema, one `model` choice per preset in model/presets.py (the presets live there only), and the
+    --help page."""
+    from model.presets import PRESETS
+
+    from .help import help_config
+
     cs = ConfigStore.instance()
     cs.store(name="config_schema", node=Config)
-    cs.store(group="model", name="model_schema", node=ModelConfig)
-    cs.store(group="optim", name="optim_schema", node=OptimConfig)
-    cs.store(group="logger", name="logger_schema", node=LoggerConfig)
+    for preset in PRESETS:
+        cs.store(group="model", name=preset, node={"preset": preset})
+    cs.store(group="hydra/help", name="flashgpt", node=help_config(Config))
 
 
 CHOICES = {
     "model.impl": ("ours", "hf"),
+    "train.compile": ("auto", True, False),
+    "train.compile_mode": ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs"),
     "optim.name": ("adamw",),
     "optim.schedule": ("cosine", "linear", "constant"),
     "train.dtype": ("auto", "bf16", "fp16", "fp32"),
@@ -115,8 +125,11 @@ def validate(cfg) -> None:
     for key in POSITIVE:
         if OmegaConf.select(cfg, key) < 1:
             problems.append(f"{key}={OmegaConf.select(cfg, key)} (must be >= 1)")
-    if cfg.train.warmup_steps < 0 or cfg.optim.warmup < 0:
-        problems.append("train.warmup_steps and optim.warmup must be >= 0")
+    if cfg.train.untimed_steps < 0 or cfg.optim.lr_warmup_steps < 0:
+        problems.append("train.untimed_steps and optim.lr_warmup_steps must be >= 0")
+    if cfg.model.impl == "hf" and cfg.train.init_from not in ("scratch", "resume"):
+        problems.append(f"model.impl=hf trains from scratch only (train.init_from={cfg.train.init_from}); for "
+                        "pretrained weights use model.impl=ours")
     if not 0 <= cfg.model.dropout < 1:
         problems.append(f"model.dropout={cfg.model.dropout} (must be in [0, 1))")
     if not cfg.attn.get("name"):

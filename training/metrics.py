@@ -87,3 +87,11 @@ class StepTimer:
     def median_ms(self) -> float | None:
         times = sorted(self.interval_ms)
         return times[len(times) // 2] if times else None
+
+
+def duration(seconds: float) -> str:
+    """1h02m, 3m05s, 42s: elapsed time and ETA on log lines."""
+    s = int(round(seconds))
+    if s >= 3600:
+        return f"{s // 3600}h{s % 3600 // 60:02d}m"
+    return f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"

@@ -3,8 +3,9 @@
 Features
 - Exact attention over (B, H, N, D) without the N x N matrix in memory: the forward (kernels/attention_fwd.py)
   saves the row log-sum-exp; the backward (kernels/attention_bwd.py) recomputes P from it.
-- Backward: by default FlashAttention-2's single pass (dQ accumulated in fp32 with atomics across key tiles);
-  `deterministic=True` takes the two-pass backward, bitwise repeatable.
+- Backward: FlashAttention-2's single pass (dQ accumulated in fp32 with atomics across key tiles) when dropout is
+  on, the two-pass backward (bitwise repeatable) otherwise, whichever measured faster on the H200 (_single_pass);
+  `deterministic=True` always takes the two passes.
 - Causal, block-sparse (a layout of kept blocks, turned into a kernels.block_mask.BlockMask), and dropout inside
   the kernels, reproducible under torch.manual_seed. Dropout draws 8 random bits per element, so p is rounded to
   a multiple of 1/256 (0.1 runs as 26/256 = 0.1016); the kept values are scaled with that p, unbiased.
@@ -136,8 +137,16 @@ def _launch_fwd(q, k, v, seed, mask, causal, dropout_p, scale):
     return o, lse
 
 
+def _single_pass(dropout_p: float, deterministic: bool) -> bool:
+    """The single pass saves two of seven matrix products and a dropout-mask regeneration, but adds N^2 D / BLOCK_N
+    fp32 atomics per head. Measured on the H200 (docs/dev/kernel-notes.md): faster with dropout (the mask is the
+    larger cost), slower without, where the two passes win."""
+    return dropout_p > 0 and not deterministic
+
+
 def _launch_bwd(do, q, k, v, o, lse, seed, mask, causal, dropout_p, scale, deterministic):
     B, H, N, D = q.shape
+    deterministic = not _single_pass(dropout_p, deterministic)
     if do.stride(-1) != 1:
         do = do.contiguous()
     delta, dk, dv = torch.empty_like(lse), _empty_bhnd(q), _empty_bhnd(q)
@@ -269,8 +278,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
                     dropout_p: float = 0.0, scale: float | None = None, deterministic: bool = False) -> torch.Tensor:
     """softmax(q k^T * scale [causal mask]) [dropout] v over (B, H, N, D) tensors, without the N x N matrix.
 
-    deterministic=True: a two-pass backward whose gradients are bitwise repeatable (slower); the default single
-    pass accumulates dQ with atomics, whose order varies in the last bits."""
+    deterministic=True: always the two-pass backward, whose gradients are bitwise repeatable; by default dropout
+    runs take the faster single pass, which accumulates dQ with atomics whose order varies in the last bits."""
     return _attention(q, k, v, None, causal, dropout_p, scale, deterministic)
 
 

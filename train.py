@@ -299,22 +299,24 @@ def optimizer_step(run: Run, step: int) -> float:
     lr = learning_rate(step - 1, cfg.optim, tc.max_steps)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    losses = []
+    total = torch.zeros((), device=run.device)
     for micro in range(tc.grad_accum):
         x, y = run.train_data.next()
         last = micro == tc.grad_accum - 1
+        if run.info["compiled"]:
+            torch.compiler.cudagraph_mark_step_begin()  # compile_mode=reduce-overhead: a new replay may begin
         with run.model.no_sync() if run.d.enabled and not last else nullcontext():
             with run.autocast:
                 _, loss = run.model(x, y)
-            run.scaler.scale(loss / tc.grad_accum).backward()
-        losses.append(loss.detach())  # detach() of a CUDA-graph output is read (summed below) before the next replay
+            run.scaler.scale(loss / tc.grad_accum if tc.grad_accum > 1 else loss).backward()
+        total += loss.detach()  # read now: a CUDA graph's next replay reuses the output's memory
     if cfg.optim.grad_clip > 0:
         run.scaler.unscale_(run.optimizer)
         torch.nn.utils.clip_grad_norm_(run.model.parameters(), cfg.optim.grad_clip)
     run.scaler.step(run.optimizer)
     run.scaler.update()
     run.optimizer.zero_grad(set_to_none=True)
-    run.pending.append((step, sum(losses) / tc.grad_accum))
+    run.pending.append((step, total / tc.grad_accum))
     return lr
 
 

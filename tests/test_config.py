@@ -9,7 +9,7 @@ from omegaconf.errors import ValidationError
 
 from model import PRESETS
 from model.attention import available_backends
-from training.config import ConfigError, compose, validate
+from training.config import ConfigError, TrainConfig, compose, validate
 
 CONF = Path(__file__).resolve().parent.parent / "conf"
 # conf/<group>/*.yaml, and the model presets (registered from model/presets.py)
@@ -33,6 +33,13 @@ def test_defaults_are_the_quickstart():
     assert (cfg.model.preset, cfg.attn.name, cfg.data.name, cfg.logger.type) == ("gpt2-tiny", "sdpa",
                                                                                  "stdlib_docs", "none")
     assert cfg.train.seq_len <= 256 and cfg.train.max_steps <= 1000
+
+
+def test_runs_checkpoint_periodically_by_default():
+    """A kill or Ctrl-C of the default run leaves a checkpoint to resume from, not only one at the end."""
+    quickstart = compose().train
+    assert 0 < quickstart.ckpt_interval < quickstart.max_steps
+    assert 0 < TrainConfig.ckpt_interval < TrainConfig.max_steps
 
 
 def test_experiments_state_their_own_learning_rate():

@@ -49,3 +49,34 @@ def test_resume_reproduces_the_uninterrupted_run(tmp_path, monkeypatch):
     again_in_place = train.main(compose([*base, "train.init_from=resume", f"train.resume_from={tmp_path / 'cut'}"]),
                                 tmp_path / "cut")
     assert again_in_place["status"] == "ok" and losses(tmp_path / "cut") == full
+
+
+def test_resume_restores_the_runs_own_config_and_applies_allowed_overrides(tmp_path, caplog):
+    """The resume command need not repeat the run's settings: they come from its checkpoint; max_steps may grow."""
+    data = prepare_stdlib_docs(tmp_path / "data")
+    first = [f"data.dir={data}", *FAST, "optim.lr=1e-3", "train.max_steps=6", "train.ckpt_interval=3"]
+    assert train.main(compose(first), tmp_path / "a", overrides=first)["status"] == "ok"
+
+    caplog.set_level("INFO", logger="train")
+    again = [f"data.dir={data}", "train.init_from=resume", f"train.resume_from={tmp_path / 'a'}",
+             "train.max_steps=8"]
+    summary = train.main(compose(again), tmp_path / "b", overrides=again)
+    assert summary["status"] == "ok" and summary["steps"] == 8 and summary["model"] == "gpt2-nano"
+    config = json.loads((tmp_path / "b" / "config.json").read_text())
+    assert (config["model"]["preset"], config["optim"]["lr"], config["train"]["seq_len"]) == ("gpt2-nano", 1e-3, 32)
+    assert config["train"]["ckpt_interval"] == 3 and config["train"]["max_steps"] == 8
+    messages = [r.getMessage() for r in caplog.records]
+    assert f"resumed from {tmp_path / 'a'} at step 6" in messages
+    assert "resume: train.max_steps 6 -> 8" in messages
+
+
+def test_resume_refuses_overrides_that_change_the_run(tmp_path):
+    data = prepare_stdlib_docs(tmp_path / "data")
+    first = [f"data.dir={data}", *FAST, "train.max_steps=2"]
+    assert train.main(compose(first), tmp_path / "a", overrides=first)["status"] == "ok"
+    again = [f"data.dir={data}", "train.init_from=resume", f"train.resume_from={tmp_path / 'a'}", "model=gpt2-tiny",
+             "train.max_steps=4"]
+    summary = train.main(compose(again), tmp_path / "b", overrides=again)
+    assert summary["status"] == "error"
+    assert "model.preset gpt2-nano -> gpt2-tiny" in summary["error"] and "would change the run" in summary["error"]
+    assert "train.max_steps" not in summary["error"].split("Allowed")[0]

@@ -1,10 +1,14 @@
 """train.py end to end on CPU: the quickstart learns, files follow the run-dir contract, failures are recorded."""
 
+import ast
 import json
+import re
+import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
@@ -124,3 +128,85 @@ def test_init_from_a_local_pretrained_directory(tmp_path, data_dir):
     summary, run_dir = run(tmp_path, data_dir, *FAST, f"train.init_from={tmp_path / 'hf'}", "train.max_steps=2")
     assert summary["status"] == "ok"
     assert json.loads((run_dir / "config.json").read_text())["model_config"]["n_embd"] == 32
+
+
+def test_log_lines_show_elapsed_time_and_eta_and_the_sample_as_text(tmp_path, data_dir, caplog):
+    caplog.set_level("INFO", logger="train")
+    run(tmp_path, data_dir, *FAST, "train.max_steps=4", "train.log_interval=2", "train.sample_at_eval=true",
+        "train.sample_tokens=60")
+    steps = [r.getMessage() for r in caplog.records if r.getMessage().startswith("step ")]
+    assert len(steps) == 2 and all(re.search(r"\| \d+s elapsed, eta \d+s$", m) for m in steps), steps
+    sample = next(r.getMessage() for r in caplog.records if r.getMessage().startswith("sample:"))
+    assert sample.startswith("sample:\n") and "\\n" not in sample and "'" not in sample[:9]
+
+
+def test_a_sweep_is_one_wandb_group(tmp_path, data_dir):
+    groups = set()
+    for job, attn in enumerate(["naive", "sdpa"]):
+        summary, run_dir = run(tmp_path, data_dir, *FAST, f"attn={attn}", "train.max_steps=1", multirun=True,
+                               name=f"sweep/{job}")
+        assert summary["status"] == "ok"
+        groups.add(json.loads((run_dir / "config.json").read_text())["logger"]["group"])
+    assert groups == {f"sweep-{tmp_path / 'sweep'}"}
+
+
+def test_compile_mode_is_passed_to_torch_compile(tmp_path, data_dir, monkeypatch):
+    calls = []
+
+    def fake_compile(model, **kwargs):
+        calls.append(kwargs)
+        return model
+
+    monkeypatch.setattr(torch, "compile", fake_compile)
+    run(tmp_path, data_dir, *FAST, "train.max_steps=1", name="auto")  # auto: not on a CPU
+    assert calls == []
+    summary, run_dir = run(tmp_path, data_dir, *FAST, "train.max_steps=2", "train.compile=true",
+                           "train.compile_mode=reduce-overhead", "train.grad_accum=2")
+    assert summary["status"] == "ok" and calls == [{"mode": "reduce-overhead"}]
+    assert json.loads((run_dir / "config.json").read_text())["compiled"] is True
+
+
+def test_gpt2_tokenized_data_trains_the_quickstart_model_with_a_vocab_that_fits(tmp_path, caplog):
+    """`python train.py data=text`: the data carries its tokenizer; the model's vocab grows to fit it."""
+    data = tmp_path / "text"
+    data.mkdir()
+    rng = np.random.default_rng(0)
+    for split in ("train", "val"):
+        rng.integers(0, 50257, 4000, dtype=np.uint16).tofile(data / f"{split}.bin")
+    (data / "meta.json").write_text(json.dumps({"tokenizer": "gpt2", "vocab_size": 50257, "train_tokens": 4000,
+                                                "val_tokens": 4000}))
+    caplog.set_level("INFO", logger="train")
+    overrides = ["data=text", f"data.dir={data}", "train.max_steps=2", "train.batch_size=2", "train.seq_len=32",
+                 "train.eval_iters=1", "train.sample_at_eval=false"]
+    summary = train.main(compose(overrides), tmp_path / "run", overrides=overrides)
+    assert summary["status"] == "ok", summary["error"]
+    config = json.loads((tmp_path / "run" / "config.json").read_text())
+    assert config["model"]["preset"] == "gpt2-tiny" and config["model_config"]["vocab_size"] == 50304
+    assert any("vocab_size 256 -> 50304 to fit the data's gpt2 tokenizer" in r.getMessage() for r in caplog.records)
+
+
+def test_ctrl_c_checkpoints_and_stops_without_a_traceback(tmp_path, data_dir):
+    cmd = [sys.executable, str(ROOT / "train.py"), *FAST, "train.max_steps=100000", "train.eval_interval=0",
+           "train.ckpt_interval=0", f"data.dir={data_dir}", f"hydra.run.dir={tmp_path / 'run'}"]
+    proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    out = []
+    for line in proc.stdout:  # wait until it trains
+        out.append(line)
+        if "step 3/" in line:
+            proc.send_signal(signal.SIGINT)
+            break
+    out += proc.stdout.readlines()
+    out = "".join(out)
+    assert proc.wait(timeout=120) == 130, out[-3000:]
+    assert "Traceback" not in out and "resume with: python train.py train.init_from=resume" in out, out[-3000:]
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    ckpt = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)
+    assert summary["status"] == "interrupted" and ckpt["step"] == summary["steps"] >= 3
+
+
+def test_model_imports_nothing_from_training():
+    for path in (ROOT / "model").rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            assert not any(n.split(".")[0] == "training" for n in names), f"{path} imports {names}"

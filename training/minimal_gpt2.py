@@ -1,7 +1,8 @@
-"""A minimal GPT-2 (nanoGPT's shape, SDPA attention): the reference the project's model and step are timed against.
+"""A minimal GPT-2 (nanoGPT's shape): the reference the project's model and training step are timed against.
 
-Same parameters and maths as model.GPT with attn=sdpa and no dropout; nothing else (no backend registry, no
-checks), so whatever the project's model costs beyond this is overhead (scripts/bench_train_step.py).
+Same parameters and maths as model.GPT without dropout; nothing else (no registry, no checks), so whatever the
+project's model costs beyond this is overhead (tests/test_model.py, scripts/bench_train_step.py). Attention is
+SDPA unless another `attend(q, k, v)` over (B, H, N, D) causal is given (e.g. a backend's, for the same kernel).
 """
 
 from __future__ import annotations
@@ -12,9 +13,9 @@ import torch.nn.functional as F
 
 
 class Block(nn.Module):
-    def __init__(self, n_embd: int, n_head: int):
+    def __init__(self, n_embd: int, n_head: int, attend):
         super().__init__()
-        self.n_head = n_head
+        self.n_head, self.attend = n_head, attend
         self.ln_1, self.ln_2 = nn.LayerNorm(n_embd), nn.LayerNorm(n_embd)
         self.c_attn, self.attn_proj = nn.Linear(n_embd, 3 * n_embd), nn.Linear(n_embd, n_embd)
         self.c_fc, self.mlp_proj = nn.Linear(n_embd, 4 * n_embd), nn.Linear(4 * n_embd, n_embd)
@@ -23,16 +24,17 @@ class Block(nn.Module):
         B, T, C = x.shape
         q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
         q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        y = self.attend(q, k, v)
         x = x + self.attn_proj(y.transpose(1, 2).contiguous().view(B, T, C))
         return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
 
 class MinimalGPT2(nn.Module):
-    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int):
+    def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, attend=None):
         super().__init__()
+        attend = attend or (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
         self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
-        self.h = nn.ModuleList(Block(n_embd, n_head) for _ in range(n_layer))
+        self.h = nn.ModuleList(Block(n_embd, n_head, attend) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd)
         self.lm_head = nn.Linear(n_embd, vocab_size, bias=False)
         self.wte.weight = self.lm_head.weight

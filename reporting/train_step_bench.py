@@ -1,0 +1,145 @@
+"""train.py's own optimizer step against a minimal bare GPT-2 loop, in one process (scripts/bench_train_step.py).
+
+For each case (seq x batch, attention backend, eager or compiled): the bare loop (training/minimal_gpt2.py with
+the same attention function, random tokens already on the device, AdamW fused on CUDA) and train.py's step
+(`train.set_up` + `train.optimizer_step`: its model, data pipeline, autocast, clipping and loss bookkeeping), each
+warmed up, then timed over the same number of steps with one synchronisation at the end. Peak memory is
+torch.cuda.max_memory_allocated per loop on CUDA (the process's peak RSS on CPU, which only grows).
+"""
+
+from __future__ import annotations
+
+import gc
+import json
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+import train
+from model.attention import get_backend
+from reporting.environment import environment
+from training.config import compose
+from training.distributed import Dist
+from training.metrics import peak_memory_gb, synchronize
+from training.minimal_gpt2 import MinimalGPT2
+from training.run_config import resolve_config
+
+
+def reset_peak(device: torch.device) -> None:
+    torch._dynamo.reset()  # each case compiles afresh and frees the last one's graphs
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def timed(step, warmup: int, steps: int, device: torch.device) -> float:
+    """Seconds per step over `steps` steps, after `warmup` untimed ones."""
+    for _ in range(warmup):
+        step()
+    synchronize(device)
+    start = time.perf_counter()
+    for _ in range(steps):
+        step()
+    synchronize(device)
+    return (time.perf_counter() - start) / steps
+
+
+def train_py_case(overrides: list[str], device: torch.device, warmup: int, steps: int, run_dir: Path):
+    """train.py's set-up and optimizer step, as its loop runs them between two synchronisation points."""
+    cfg, _ = resolve_config(compose(overrides))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    run = train.set_up(cfg, run_dir, device, Dist(), ckpt=None)
+    counter = iter(range(1, 10**9))
+    seconds = timed(lambda: train.optimizer_step(run, next(counter)), warmup, steps, device)
+    train.read_losses(run, stop_requested=False)
+    return seconds, run.train_loss, run.raw_model.config, getattr(torch, run.info["dtype"])
+
+
+def bare_case(c, seq: int, batch: int, device: torch.device, dtype: torch.dtype, compiled: bool, warmup: int,
+              steps: int):
+    """The minimal GPT-2, same shape and attention function as train.py's model, in a bare loop."""
+    attend = get_backend(c.attn).attend
+    torch.manual_seed(0)
+    model = MinimalGPT2(c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd,
+                        lambda q, k, v: attend(q, k, v, causal=True, dropout_p=0.0, scale=None)).to(device)
+    optimizer = model.configure_optimizer(fused=device.type == "cuda")
+    step_model = torch.compile(model) if compiled else model
+    x, y = (torch.randint(0, c.vocab_size, (batch, seq), device=device) for _ in range(2))
+    autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
+    losses = []
+
+    def step():
+        with autocast:
+            loss = step_model(x, y)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+        losses.append(loss.detach())
+
+    seconds = timed(step, warmup, steps, device)
+    return seconds, losses[-1].item()
+
+
+def bench(cases: list[tuple[int, int]], attns: list[str], modes: list[str], model: str, device: str,
+          warmup: int, steps: int, data_dir: str | None = None) -> dict:
+    device = torch.device(device)
+    dtype_name = "bf16" if device.type == "cuda" else "fp32"
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        data = data_dir or str(Path(tmp) / "stdlib_docs")
+        for seq, batch in cases:
+            for attn in attns:
+                for mode in modes:
+                    overrides = ["experiment=throughput", f"model={model}", f"model.block_size={seq}",
+                                 f"attn={attn}", f"train.seq_len={seq}", f"train.batch_size={batch}",
+                                 f"train.compile={mode == 'compiled'}", f"train.dtype={dtype_name}",
+                                 f"train.device={device.type}", f"data.dir={data}"]
+                    row = {"seq": seq, "batch": batch, "attn": attn, "mode": mode}
+                    reset_peak(device)
+                    seconds, loss, config, dtype = train_py_case(overrides, device, warmup, steps, Path(tmp) / "run")
+                    row.update(train_py_tokens_per_sec=batch * seq / seconds, train_py_peak_gb=peak_memory_gb(device),
+                               train_py_loss=loss)
+                    reset_peak(device)
+                    seconds, loss = bare_case(config, seq, batch, device, dtype, mode == "compiled", warmup, steps)
+                    row.update(bare_tokens_per_sec=batch * seq / seconds, bare_peak_gb=peak_memory_gb(device),
+                               bare_loss=loss)
+                    row["ratio"] = row["train_py_tokens_per_sec"] / row["bare_tokens_per_sec"]
+                    row["extra_memory_gb"] = row["train_py_peak_gb"] - row["bare_peak_gb"]
+                    rows.append(row)
+                    print(markdown_row(row), flush=True)
+                    reset_peak(device)
+    return {"environment": environment(), "model": model, "dtype": dtype_name, "warmup": warmup, "steps": steps,
+            "memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS (grows only)",
+            "rows": rows}
+
+
+HEADER = ("| seq x batch | attn | mode | bare tok/s | train.py tok/s | ratio | bare peak GB | train.py peak GB "
+          "| extra GB |\n|---|---|---|---|---|---|---|---|---|")
+
+
+def markdown_row(r: dict) -> str:
+    return (f"| {r['seq']} x {r['batch']} | {r['attn']} | {r['mode']} | {r['bare_tokens_per_sec']:,.0f} | "
+            f"{r['train_py_tokens_per_sec']:,.0f} | {r['ratio']:.3f} | {r['bare_peak_gb']:.2f} | "
+            f"{r['train_py_peak_gb']:.2f} | {r['extra_memory_gb']:+.2f} |")
+
+
+def markdown(result: dict) -> str:
+    env = result["environment"]
+    lines = [f"# train.py step vs a minimal bare GPT-2 loop ({result['model']}, {result['dtype']})", "",
+             f"{env['gpu'] or 'CPU'} · torch {env['torch']} · CUDA {env['cuda']} · triton {env['triton']} · "
+             f"commit {(env['git_commit'] or '?')[:7]}{' (dirty)' if env['git_dirty'] else ''} · {env['date_utc']}",
+             "", f"{result['steps']} timed steps after {result['warmup']} warm-up steps per loop; one process; "
+             f"peak memory: {result['memory']}. ratio = train.py / bare tokens per second (target >= 0.98; "
+             "extra memory target <= 0.3 GB).", "", HEADER]
+    lines += [markdown_row(r) for r in result["rows"]]
+    return "\n".join(lines) + "\n"
+
+
+def write(result: dict, out: Path) -> None:
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "train_step_bench.json").write_text(json.dumps(result, indent=2))
+    (out / "train_step_bench.md").write_text(markdown(result))

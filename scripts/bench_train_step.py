@@ -1,0 +1,59 @@
+"""train.py's training step against a minimal bare GPT-2 loop, in one process: tokens/s and peak memory.
+
+    python scripts/bench_train_step.py --out docs/results/h200/train_step          # GPU: the issue-14 table
+    python scripts/bench_train_step.py --device cpu --model gpt2-nano --cases 64x2 --attn sdpa --modes eager \\
+        --warmup 1 --steps 2 --out /tmp/bench_step                                 # the same code path on a CPU
+
+Same attention function, dtype (bf16 on CUDA), fused AdamW and shapes in both loops; writes
+train_step_bench.json and .md (stamped with GPU, versions, commit, date) into --out. Logic:
+reporting/train_step_bench.py.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from reporting.train_step_bench import HEADER, bench, write  # noqa: E402
+
+
+def case(text: str) -> tuple[int, int]:
+    try:
+        seq, batch = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"'{text}' is not SEQxBATCH (e.g. 1024x16)") from None
+    return seq, batch
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--cases", nargs="+", type=case, default=[(1024, 16), (4096, 4)], help="SEQxBATCH (default: "
+                   "1024x16 4096x4)")
+    p.add_argument("--attn", nargs="+", default=["sdpa", "flash"], help="backends (default: sdpa flash)")
+    p.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["eager", "compiled"],
+                   help="default: eager compiled")
+    p.add_argument("--model", default="gpt2", help="model preset (default: gpt2)")
+    p.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda)")
+    p.add_argument("--warmup", type=int, default=10, help="untimed steps per loop, compile included (default: 10)")
+    p.add_argument("--steps", type=int, default=30, help="timed steps per loop (default: 30)")
+    p.add_argument("--data-dir", default=None, help="prepared data dir for train.py's step (default: the embedded "
+                   "corpus, built in a temporary directory)")
+    p.add_argument("--out", type=Path, required=True, help="directory for train_step_bench.json and .md")
+    args = p.parse_args()
+    import torch
+
+    if args.device == "cuda" and not torch.cuda.is_available():
+        sys.exit("no CUDA GPU here: run with --device cpu (and a tiny --model / --cases) to try the code path")
+    logging.getLogger("train").setLevel(logging.WARNING)
+    print(HEADER, flush=True)
+    result = bench(args.cases, args.attn, args.modes, args.model, args.device, args.warmup, args.steps, args.data_dir)
+    write(result, args.out)
+    print(f"wrote {args.out / 'train_step_bench.md'} and .json")
+
+
+if __name__ == "__main__":
+    main()

@@ -194,10 +194,7 @@ def load_model(path: str | os.PathLike, map_location="cpu", **config_overrides) 
 
     Overrides change the GPTConfig, e.g. load_model(run_dir, attn="flash") or dropout=0.0.
     """
-    ckpt = load_checkpoint(path, map_location=map_location)
-    config = GPTConfig(**{**ckpt["model_config"], **config_overrides})
-    model = GPT(config)
-    model.load_state_dict(ckpt["model"])
+    model = GPT.from_checkpoint(load_checkpoint(path, map_location=map_location), **config_overrides)
     return model.to(map_location if isinstance(map_location, (str, torch.device)) else "cpu").eval()
 
 

@@ -1,10 +1,10 @@
 """train.py's own optimizer step against a minimal bare GPT-2 loop, in one process (scripts/bench_train_step.py).
 
 For each case (seq x batch, attention backend, eager or compiled): the bare loop (training/minimal_gpt2.py with
-the same attention function, random tokens already on the device, AdamW fused on CUDA) and train.py's step
-(`train.set_up` + `train.optimizer_step`: its model, data pipeline, autocast, clipping and loss bookkeeping), each
-warmed up, then timed over the same number of steps with one synchronisation at the end. Peak memory is
-torch.cuda.max_memory_allocated per loop on CUDA (the process's peak RSS on CPU, which only grows).
+the same attention function, random tokens already on the device, gradients clipped at 1.0, AdamW fused on CUDA)
+and train.py's step (`train.set_up` + `train.optimizer_step`: its model, data pipeline, autocast, clipping and
+loss bookkeeping), each warmed up, then timed over the same number of steps with one synchronisation at the end.
+Peak memory is torch.cuda.max_memory_allocated per loop on CUDA (the process's peak RSS on CPU, which only grows).
 """
 
 from __future__ import annotations
@@ -76,6 +76,7 @@ def bare_case(c, seq: int, batch: int, device: torch.device, dtype: torch.dtype,
         with autocast:
             loss = step_model(x, y)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as nanoGPT and train.py (optim.grad_clip) do
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         losses.append(loss.detach())

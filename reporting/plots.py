@@ -84,6 +84,9 @@ def series_vs_n(series: dict[str, tuple[list[int], list[float]]], path: Path, *,
     return _save(fig, path)
 
 
+ZERO_DRAWN_AT = 1e-12  # where a zero difference sits on the log scale
+
+
 def parity_plot(a: tuple[str, Run], b: tuple[str, Run], path: Path, title: str, key: str = "train/loss") -> str:
     """Two loss curves overlaid, and below them |a - b| per step on a log scale."""
     (la, ra), (lb, rb) = a, b
@@ -98,7 +101,11 @@ def parity_plot(a: tuple[str, Run], b: tuple[str, Run], path: Path, title: str, 
     db = dict(zip(sb, yb, strict=True))
     gap = [(s, abs(y - db[s])) for s, y in zip(sa, ya, strict=True) if s in db]
     if gap:
-        bottom.semilogy([g[0] for g in gap], [max(g[1], 1e-12) for g in gap], ".-", color="C3", linewidth=0.8)
+        bottom.semilogy([g[0] for g in gap], [max(g[1], ZERO_DRAWN_AT) for g in gap], ".-", color="C3", linewidth=0.8)
+        if any(g[1] == 0 for g in gap):
+            bottom.axhline(ZERO_DRAWN_AT, color="grey", linewidth=0.6, linestyle=":")
+            bottom.text(0.01, 0.04, f"identical losses (|Δ| = 0) drawn at {ZERO_DRAWN_AT:g}", fontsize=7,
+                        transform=bottom.transAxes)
     bottom.set_ylabel(f"|Δ {key}|")
     bottom.set_xlabel("step")
     bottom.grid(alpha=0.3, which="both")
@@ -114,4 +121,13 @@ def xy(points: dict[str, tuple[list[float], list[float]]], path: Path, *, title:
     ax.set_title(title)
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def layout_picture(layout, path: Path, title: str, causal: bool = False) -> str:
+    """A block layout as an image: query blocks down, key blocks across (the causal part only if causal)."""
+    shown = layout.tril() if causal else layout
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.imshow(shown.numpy(), cmap="Blues", interpolation="nearest", vmin=0, vmax=1)
+    ax.set(xlabel="key block", ylabel="query block", title=title)
     return _save(fig, path)

@@ -8,7 +8,17 @@ from pathlib import Path
 
 from . import io_model, paper, plots
 from .runs import Run
-from .tables import fmt, loss_gap, markdown_table, parity_table, sparse_table, throughput_table
+from .tables import (
+    MAX_SPREAD,
+    MIN_INTERVALS,
+    fmt,
+    loss_gap,
+    markdown_table,
+    parity_table,
+    sparse_table,
+    steady,
+    throughput_table,
+)
 
 
 def stamp(env: dict) -> str:
@@ -19,7 +29,7 @@ def stamp(env: dict) -> str:
 # ---- IO model ----
 
 def io_section() -> str:
-    md = ["## 1b. IO model: HBM bytes moved by one attention layer (paper Theorem 2, Fig. 2)\n",
+    md = ["## IO model: HBM bytes moved by one attention layer (paper Theorem 2, Fig. 2)\n",
           "Counted by `reporting/io_model.py`: the reads and writes in the paper's Algorithms 0/3 (standard) "
           "and 1/4 (FlashAttention), "
           "fp16, SRAM M = 192 KiB (A100; the H100 has 228 KiB). Not a measurement. Standard attention is "
@@ -40,20 +50,33 @@ def io_section() -> str:
 
 # ---- end-to-end training ----
 
-def throughput_section(runs: list[Run], out: Path, title: str, png_name: str = "throughput.png") -> str:
+def throughput_section(runs: list[Run], out: Path, title: str, png_name: str = "throughput.png",
+                       with_paper: bool = False) -> str:
+    """Tokens/s per run; with_paper: the paper's GPT-2 training speedups beside them (GPU runs of GPT-2 only)."""
     if not runs:
         return ""
     png = plots.throughput_bars(runs, out / png_name, title=title)
     failed = [r for r in runs if r.status != "ok"]
-    note = (f"{len(failed)} of {len(runs)} runs did not finish (status shown in the table, e.g. OOM).\n"
-            if failed else "")
-    return "\n".join([
-        f"## 2. End-to-end training throughput ({title}; paper Tables 2 and 4)\n",
-        "Each row is one ordinary `train.py` run (Hydra multirun job); tokens/s is the median over timed steps, "
-        "MFU counts the attention FLOPs the backend computes, peak memory is the allocator's peak. "
-        "Speedups divide tokens/s by those of the naive / HF run of the same model, seq len and batch. "
-        "The paper column is its Table 2 training-time ratio (8×A100, FlashAttention vs HuggingFace, seq 1K), "
-        "for orientation only.\n", note, throughput_table(runs), f"\n![throughput]({png})\n", paper_training_table()])
+    noisy = [r for r in runs if r.status == "ok" and not steady(r)]
+    devices = {"GPU" if str(r.device or "").startswith("cuda") else "CPU" for r in runs if r.status == "ok"}
+    memory = {"GPU": "the CUDA allocator's peak", "CPU": "the process's peak resident memory (RSS)"}
+    md = [f"## End-to-end training throughput ({title}{'; paper Tables 2 and 4' if with_paper else ''})\n",
+          "Each row is one ordinary `train.py` run (Hydra multirun job); tokens/s is the median over the timed "
+          f"log intervals (after the warm-up steps), *spread* their range over that median. MFU counts the "
+          f"attention FLOPs the backend computes; peak memory is {' on GPU, '.join(memory[d] for d in sorted(devices))}"
+          f"{' on CPU' if len(devices) > 1 else ''}. Speedups divide tokens/s by those of the naive / HF run of the "
+          f"same model, seq len and batch, and are left out (–) where either run has fewer than {MIN_INTERVALS} "
+          f"timed intervals or a spread above {MAX_SPREAD:.0%}.\n"]
+    if failed:
+        md.append(f"{len(failed)} of {len(runs)} runs did not finish (status shown in the table, e.g. OOM).\n")
+    if noisy:
+        md.append(f"**Caveat:** {len(noisy)} of {len(runs)} runs have too few timed intervals or a spread above "
+                  f"{MAX_SPREAD:.0%} ({', '.join(r.label for r in noisy)}): their tokens/s are noise-level "
+                  "readings, not a speed comparison; run more steps (`--steps`) for one.\n")
+    md += [throughput_table(runs, with_paper=with_paper), f"\n![throughput]({png})\n"]
+    if with_paper:
+        md.append(paper_training_table())
+    return "\n".join(md)
 
 
 def paper_training_table() -> str:
@@ -70,18 +93,25 @@ def paper_training_table() -> str:
 def parity_section(pairs: list[tuple[str, Run, Run]], out: Path, note: str = "") -> str:
     if not pairs:
         return ""
-    md = ["## 3. Convergence parity: exact attention gives the same loss curve\n",
+    md = ["## Convergence parity: exact attention gives the same loss curve\n",
           "Same seed, same batches, same init; only the attention backend differs. " + note + "\n",
           parity_table(pairs)]
     exact = [(t, loss_gap(a, b)) for t, a, b in pairs if a.dropout == 0 and b.dropout == 0]
     for title, g in exact:
         if g["max_gap"] is not None:
-            md.append(f"\n**{title}: largest |Δ train loss| over {g['steps']} steps = {g['max_gap']:.2e} "
-                      f"(step {g['max_gap_step']}).**\n")
+            md.append(f"\n**{title}: largest |Δ train loss| over the {g['steps']} logged steps = "
+                      f"{g['max_gap']:.2e} (step {g['max_gap_step']}).**\n")
     for i, (title, a, b) in enumerate(pairs):
-        png = plots.parity_plot((a.label, a), (b.label, b), out / f"parity_{i}.png", title=title)
+        png = plots.parity_plot(*legend_labels(a, b), out / f"parity_{i}.png", title=title)
         md.append(f"\n![{title}]({png})\n")
     return "\n".join(md)
+
+
+def legend_labels(a: Run, b: Run) -> tuple[tuple[str, Run], tuple[str, Run]]:
+    """(label, run) pairs for a plot legend; runs of one backend are told apart by their seed."""
+    if a.label != b.label:
+        return (a.label, a), (b.label, b)
+    return (f"{a.label}, seed {a.seed}", a), (f"{b.label}, seed {b.seed}", b)
 
 
 def sparse_section(runs: list[Run], out: Path, layouts: list[tuple[str, str]] = ()) -> str:
@@ -101,10 +131,21 @@ def sparse_section(runs: list[Run], out: Path, layouts: list[tuple[str, str]] = 
     return "\n".join(md)
 
 
+def number_sections(sections: list[str]) -> list[str]:
+    """'## Title' -> '## 1. Title', counting only the sections present (a skipped one leaves no gap)."""
+    numbered, n = [], 0
+    for s in sections:
+        if s.startswith("## "):
+            n += 1
+            s = f"## {n}. {s[3:]}"
+        numbered.append(s)
+    return numbered
+
+
 def write_report(out: Path, title: str, env: dict, sections: list[str], raw: dict) -> Path:
     out.mkdir(parents=True, exist_ok=True)
     (out / "raw.json").write_text(json.dumps({"environment": env, **raw}, indent=1, default=str))
-    body = [f"# {title}\n", stamp(env), *[s for s in sections if s]]
+    body = [f"# {title}\n", stamp(env), *number_sections([s for s in sections if s])]
     path = out / "report.md"
     path.write_text("\n".join(body))
     return path

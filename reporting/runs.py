@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 import yaml
@@ -27,6 +28,7 @@ class Run:
     attn_options: dict = field(default_factory=dict)
     dropout: float = 0.0
     seed: int | None = None
+    data: str = "?"  # the training data and its tokenizer, e.g. "stdlib_docs (bytes)"
     device: str | None = None
     gpu_name: str | None = None
     error: str | None = None
@@ -45,19 +47,16 @@ class Run:
         opts = dict(self.attn_options)
         if not opts or self.backend == "hf":
             return self.backend
-        if "pattern" in opts:  # block-sparse: keep only the knobs its pattern uses
-            pattern = str(opts["pattern"])
-            used = {"pattern", "block_size"}
-            used |= {"window"} if "local" in pattern else set()
-            used |= {"stride"} if ("strided" in pattern or "fixed" in pattern) else set()
-            used |= {"num_global"} if "global" in pattern else set()
-            used |= {"num_random", "seed"} if "random" in pattern else set()
-            opts = {k: v for k, v in opts.items() if k in used}
-            keys = [k for k in ("pattern", "block_size", "window", "stride", "num_global", "num_random", "seed")
-                    if k in opts]
+        if "pattern" in opts:  # block-sparse: only the options its pattern's layout depends on
+            keys = ["pattern", "block_size", *used_layout_options(tuple(sorted(opts.items())), self.seq_len or 4096)]
         else:
             keys = sorted(opts)
         return f"{self.backend}({', '.join(f'{k}={opts[k]}' for k in keys)})"
+
+    @property
+    def intervals(self) -> list[float]:
+        """tokens/s of each timed log interval (the warm-up's are logged as null)."""
+        return [h["perf/tokens_per_sec"] for h in self.history if h.get("perf/tokens_per_sec") is not None]
 
     def curve(self, key: str = "train/loss") -> tuple[list[int], list[float]]:
         pts = [(h["step"], h[key]) for h in self.history if h.get(key) is not None and "step" in h]
@@ -73,6 +72,24 @@ class Run:
         if with_history:
             d["history"] = self.history
         return d
+
+
+LAYOUT_OPTIONS = ("window", "stride", "num_global", "num_random", "seed")
+
+
+@lru_cache(maxsize=256)
+def used_layout_options(options: tuple, seq_len: int) -> list[str]:
+    """The block-sparse options that change the layout of `options`' pattern (a changed value, a changed layout)."""
+    from kernels.sparsity_patterns import build_layout
+
+    opts = dict(options)
+    block = int(opts.get("block_size", 128))
+    layout = lambda o: build_layout(str(o["pattern"]), seq_len, block, **{k: int(o[k]) for k in LAYOUT_OPTIONS
+                                                                           if k in o})
+    base = layout(opts)
+    step = {"window": block}
+    return [k for k in LAYOUT_OPTIONS if k in opts
+            and not bool((layout({**opts, k: int(opts[k]) + step.get(k, 1)}) == base).all())]
 
 
 def _get(cfg: dict, dotted: str, default=None):
@@ -104,6 +121,7 @@ def from_config(name: str, source: str, cfg: dict, summary: dict | None, history
         seq_len=summary.get("seq_len") or _get(cfg, "train.seq_len"),
         batch_size=summary.get("batch_size") or _get(cfg, "train.batch_size"),
         attn_options=attn, dropout=float(dropout or 0.0), seed=_get(cfg, "train.seed"),
+        data=f"{_get(cfg, 'data.name', '?')} ({_get(cfg, 'data.tokenizer', '?')})",
         device=cfg.get("device") or _get(cfg, "train.device"), gpu_name=cfg.get("gpu_name"),
         error=summary.get("error") or (None if summary else "no summary.json (run killed or never finished)"),
         history=history, config=cfg, **{k: summary.get(k) for k in SUMMARY_KEYS},

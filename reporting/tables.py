@@ -50,29 +50,50 @@ def group_by_shape(runs: list[Run]) -> dict[tuple, list[Run]]:
     return {k: sorted(v, key=backend_key) for k, v in sorted(groups.items(), key=order)}
 
 
+MIN_INTERVALS = 3  # timed log intervals below which a run's tokens/s is not compared
+MAX_SPREAD = 0.25  # (max - min) / median of the intervals above which it is not compared either
+
+
+def spread(run: Run) -> float | None:
+    """Range of the run's timed intervals' tokens/s over their median (None without two intervals)."""
+    tps = sorted(run.intervals)
+    if len(tps) < 2:
+        return None
+    median = tps[len(tps) // 2] if len(tps) % 2 else (tps[len(tps) // 2 - 1] + tps[len(tps) // 2]) / 2
+    return (tps[-1] - tps[0]) / median
+
+
+def steady(run: Run) -> bool:
+    """Enough timed intervals, close enough together, for the run's tokens/s to be compared with another's."""
+    s = spread(run)
+    return len(run.intervals) >= MIN_INTERVALS and s is not None and s <= MAX_SPREAD
+
+
 def _speedup(run: Run, base: Run | None) -> str:
     if base is None or run.status != "ok" or base.status != "ok" or not base.tokens_per_sec:
+        return "–"
+    if not (steady(run) and steady(base)):
         return "–"
     return f"{run.tokens_per_sec / base.tokens_per_sec:.2f}×"
 
 
-def throughput_table(runs: list[Run]) -> str:
-    """One row per run: tokens/s, MFU, peak memory, speedup over naive and over HF of the same shape.
-
-    The paper's column holds its Table 2 speedups (FlashAttention over HuggingFace, 8xA100, seq 1K): a
-    training-time ratio on other hardware, for orientation only.
-    """
-    headers = ["model", "seq", "batch", "backend", "status", "tokens/s", "MFU", "peak mem (GB)",
-               "vs naive", "vs hf", "paper (A100): flash vs HF", "run"]
+def throughput_table(runs: list[Run], with_paper: bool = False) -> str:
+    """One row per run: data, tokens/s with its timed intervals and spread, MFU, peak memory, speedup over naive
+    and over HF of the same shape (only between steady runs, see steady()). with_paper: the paper's Table 2
+    speedup (FlashAttention over HuggingFace, 8xA100, seq 1K) beside flash rows, for orientation only."""
+    headers = ["model", "data", "seq", "batch", "backend", "status", "tokens/s", "timed intervals", "spread", "MFU",
+               "peak mem (GB)", "vs naive", "vs hf", *(["paper (A100): flash vs HF"] if with_paper else []), "run"]
     rows = []
     for (model, seq, batch, *_), group in group_by_shape(runs).items():
         base = {b: next((r for r in group if r.backend == b and not r.attn_options), None) for b in ("naive", "hf")}
         for r in group:
             ref = paper.GPT2_TRAINING.get((model, "flash")) if r.backend == "flash" and seq == 1024 else None
-            rows.append([model, seq, batch, r.label, status_cell(r), fmt(r.tokens_per_sec, ",.0f"),
-                         fmt(None if r.mfu is None else 100 * r.mfu, ".1f", "%"), fmt(r.peak_mem_gb, ".2f"),
-                         _speedup(r, base["naive"]), _speedup(r, base["hf"]),
-                         f"{ref['speedup']}× (Table 2)" if ref else "", f"`{r.name}`"])
+            paper_cell = [f"{ref['speedup']}× (Table 2)" if ref else ""] if with_paper else []
+            rows.append([model, r.data, seq, batch, r.label, status_cell(r), fmt(r.tokens_per_sec, ",.0f"),
+                         len(r.intervals), fmt(spread(r), ".0%"),
+                         fmt(None if r.mfu is None else 100 * r.mfu, ".1f", "%"),
+                         fmt(r.peak_mem_gb, ".2f"), _speedup(r, base["naive"]), _speedup(r, base["hf"]), *paper_cell,
+                         f"`{r.name}`"])
     return markdown_table(headers, rows)
 
 
@@ -95,8 +116,8 @@ def loss_gap(a: Run, b: Run, key: str = "train/loss") -> dict:
 
 
 def parity_table(pairs: list[tuple[str, Run, Run]]) -> str:
-    headers = ["comparison", "dropout", "steps compared", "|Δloss| at first step", "max |Δloss|", "at step",
-               "mean |Δloss|", "final loss (a)", "final loss (b)"]
+    headers = ["comparison", "dropout", "logged steps compared", "|Δloss| at first logged step", "max |Δloss|",
+               "at step", "mean |Δloss|", "final loss (a)", "final loss (b)"]
     rows = []
     for title, a, b in pairs:
         g = loss_gap(a, b)

@@ -10,7 +10,7 @@ import pytest
 
 from reporting import attention_results, paper, report
 from reporting.environment import environment
-from reporting.runs import load_runs
+from reporting.runs import Run, load_runs
 from reporting.tables import loss_gap, throughput_table
 
 REPO = Path(__file__).resolve().parent.parent
@@ -69,7 +69,25 @@ def test_tables_show_every_run_including_oom(sweep):
     assert "**OOM** (CUDA out of memory (test fixture))" in md
     assert "**MISSING**" in md
     assert "| naive | ok |" in md and "| sdpa | ok |" in md
-    assert "1.00×" in md  # naive over itself
+    assert "stdlib_docs (bytes)" in md  # the data and its tokenizer
+
+
+def timed_run(backend, intervals, tokens_per_sec=None):
+    history = [{"step": 1, "perf/tokens_per_sec": None}] + [{"step": i + 2, "perf/tokens_per_sec": t}
+                                                            for i, t in enumerate(intervals)]
+    return Run(name=backend, source="-", status="ok", backend=backend, model="gpt2-nano", seq_len=32, batch_size=4,
+               steps=10, tokens_per_sec=tokens_per_sec or sorted(intervals)[len(intervals) // 2], history=history)
+
+
+def test_a_speedup_needs_steady_timings_on_both_sides(tmp_path):
+    naive = timed_run("naive", [1000, 1010, 990, 1005])
+    steady_sdpa = timed_run("sdpa", [2000, 2020, 1980, 2010])
+    assert "| sdpa | ok | 2,010 | 4 | 2% | – | – | 2.00× |" in throughput_table([naive, steady_sdpa])
+    # two intervals, 695 and 10,736 tok/s (as one CPU HF run once logged): no ratio, and a caveat says why
+    noisy_hf = timed_run("hf", [695, 10736], tokens_per_sec=695)
+    md = report.throughput_section([naive, steady_sdpa, noisy_hf], tmp_path, "cpu")
+    assert "| hf | ok | 695 | 2 | 176% | – | – | – |" in md
+    assert "**Caveat:** 1 of 3 runs" in md and "(hf)" in md
 
 
 def test_exact_backends_give_the_same_curve(sweep):

@@ -1,4 +1,4 @@
-"""The quick reproduce path end to end on CPU: tiny models, the backends that run here, real train.py sweeps."""
+"""The reproduction end to end on CPU: tiny models, the backends that run here, real train.py sweeps."""
 
 import json
 import subprocess
@@ -7,78 +7,94 @@ from pathlib import Path
 
 import pytest
 
+from reporting import reproduction
+
 REPO = Path(__file__).resolve().parent.parent
+TINY = ["--tiny", "--device", "cpu", "--logger", "none"]
 
 
 def test_reproduce_tiny_cpu(tmp_path):
     out = tmp_path / "report"
-    cmd = [sys.executable, str(REPO / "scripts" / "reproduce.py"), "--tiny", "--device", "cpu", "--logger", "none",
-           "--seqs", "64", "--steps", "4", "--small-steps", "8", "--out", str(out)]
+    cmd = [sys.executable, str(REPO / "scripts" / "reproduce.py"), *TINY, "--seqs", "64", "--small-steps", "8",
+           "--out", str(out)]
     # in two invocations, as on a machine that limits a command's time: the second keeps the first's sections
+    logs = []
     for only in ("kernels,throughput", "parity,sparse"):
         proc = subprocess.run([*cmd, "--only", only], cwd=tmp_path, capture_output=True, text=True, timeout=600)
         assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+        logs.append(proc.stdout)
     md = (out / "report.md").read_text()
     # stamped
     assert "torch" in md and "date_utc" in md and "--tiny" in md
-    # kernels: skipped on CPU, with the reason
-    assert "kernel benchmark needs a CUDA GPU" in md
-    # IO model with the paper's Fig. 2 beside it
-    assert "40.3 vs 4.4 GB (Fig. 2)" in md
-    # throughput: naive, sdpa and the HF baseline, all ordinary runs with metrics.jsonl
-    for row in ("| naive | ok |", "| sdpa | ok |", "| hf | ok |"):
+    # kernels: skipped on CPU, with the reason; sections numbered as they appear
+    assert "## 1. Attention kernels" in md and "kernel benchmark needs a CUDA GPU" in md
+    assert "## 2. IO model" in md and "40.3 vs 4.4 GB (Fig. 2)" in md
+    # throughput: naive, sdpa and the HF baseline, all ordinary runs with metrics.jsonl, enough timed intervals to
+    # compare, and no paper table beside CPU runs
+    assert "## 3. End-to-end training throughput" in md
+    for row in ("| sdpa | ok |", "| naive | ok |", "| hf | ok |"):
         assert row in md
+    assert "stdlib_docs (bytes)" in md and "peak resident memory" in md
+    assert "8×A100" not in md and "paper (A100): flash vs HF" not in md
+    raw = json.loads((out / "raw.json").read_text())
+    assert all(len([h for h in r["history"] if h.get("perf/tokens_per_sec")]) >= 3 for r in raw["throughput"])
     assert len(list((out / "runs" / "throughput").rglob("metrics.jsonl"))) == 3
     # parity: naive vs sdpa on CPU (flash needs a GPU), said so, max gap stated
-    assert "naive vs sdpa" in md and "largest |Δ train loss|" in md
-    raw = json.loads((out / "raw.json").read_text())
+    assert "naive vs sdpa" in md and "largest |Δ train loss| over the 8 logged steps" in md
     exact = raw["parity"][0]
     assert exact["a"]["status"] == exact["b"]["status"] == "ok"
     for png in ("throughput.png", "parity_0.png", "parity_1.png", "sparse_loss.png"):
         assert (out / png).exists(), png
     assert all(s["rc"] == 0 for s in raw["sweeps"])
+    # progress: per section, with time so far and what is left; the children's own output shows
+    assert "=== [2/2] throughput:" in logs[0] and "=== throughput done in" in logs[0]
+    assert "training steps left" in logs[0] and "min of training left" in logs[0]
+    assert "done (ok)" in logs[1]  # train.py's closing line, from the child
+    assert set(raw["section_seconds"]) == {"kernels", "throughput", "parity", "sparse"}
 
 
 def test_a_stopped_run_keeps_the_sections_it_finished(tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "scripts"))
-    import reproduce
-
     def stopped(*args, **kwargs):
         raise KeyboardInterrupt  # e.g. a device's time limit, in the middle of the convergence runs
 
-    monkeypatch.setattr(reproduce, "parity", stopped)
+    monkeypatch.setattr(reproduction, "parity", stopped)
     out = tmp_path / "report"
-    try:
-        reproduce.main(["--tiny", "--device", "cpu", "--logger", "none", "--only", "kernels,parity", "--out", str(out)])
-    except KeyboardInterrupt:
-        pass
+    with pytest.raises(KeyboardInterrupt):
+        reproduction.reproduce("tiny", out, "cpu", ["kernels", "parity"], logger="none")
     md = (out / "report.md").read_text()
     assert "kernel benchmark needs a CUDA GPU" in md and "40.3 vs 4.4 GB (Fig. 2)" in md  # kernels, IO model
     assert "Convergence parity" not in md
 
 
 def test_reuse_runs_renders_without_training(tmp_path, monkeypatch):
-    sys.path.insert(0, str(REPO / "scripts"))
-    import reproduce
-
     out = tmp_path / "report"
-    args = ["--tiny", "--device", "cpu", "--logger", "none", "--small-steps", "4", "--only", "parity", "--out",
-            str(out)]
-    reproduce.main(args)
+    run = lambda **kw: reproduction.reproduce("tiny", out, "cpu", ["parity"], logger="none",  # noqa: E731
+                                              plan_overrides={"small_steps": 4}, **kw)
+    run()
     first = (out / "report.md").read_text()
 
-    real_run = subprocess.run
+    def no_training(*args, **kwargs):
+        raise AssertionError("--reuse-runs must not launch train.py")
 
-    def no_training(cmd, *a, **kw):
-        assert not any(str(c).endswith("train.py") for c in cmd), "--reuse-runs must not launch train.py"
-        return real_run(cmd, *a, **kw)
-
-    monkeypatch.setattr(reproduce.subprocess, "run", no_training)
-    reproduce.main([*args, "--reuse-runs"])
+    monkeypatch.setattr(reproduction.launch, "train", no_training)
+    run(reuse_runs=True)
     md = (out / "report.md").read_text()
-    section = lambda text: text[text.index("## 3."):text.index("## Commands")].split("\n_")[0]  # noqa: E731
+    section = lambda text: text[text.index("Convergence parity"):text.index(". Commands\n")].split("\n_")[0]  # noqa: E731
     assert section(md) == section(first)  # the same runs, the same tables
     assert "runs reused from an earlier invocation" in md
 
     with pytest.raises(SystemExit, match="no runs in"):
-        reproduce.main([*args, "--reuse-runs", "--out", str(tmp_path / "empty")])
+        reproduction.reproduce("tiny", tmp_path / "empty", "cpu", ["parity"], logger="none", reuse_runs=True)
+
+
+def test_quick_plan_is_small():
+    """--quick is the plan timed on one H100/H200 (inside 6 minutes): one throughput shape, short runs, quick kernel
+    sizes; --full covers more of each."""
+    quick, full = reproduction.PLANS["quick"], reproduction.PLANS["full"]
+    assert quick["seqs"] == [1024] and quick["steps"] <= 20 and quick["small_steps"] <= 100
+    assert quick["bench"]["head_dims"] == (64,) and quick["bench"]["dropouts"] == (0.0,)
+    for key in ("seqs", "models"):
+        assert set(quick[key]) < set(full[key])
+    plan = reproduction.make_plan("quick", [*reproduction.BACKENDS, "hf"])
+    steps = reproduction.planned_steps(plan, list(reproduction.SECTIONS), "cuda", {})
+    assert steps == {"kernels": 0, "throughput": 5 * 20, "parity": 8 * 100, "sparse": 3 * 100}

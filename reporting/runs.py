@@ -86,7 +86,10 @@ def used_layout_options(options: tuple, seq_len: int) -> list[str]:
     block = int(opts.get("block_size", 128))
     layout = lambda o: build_layout(str(o["pattern"]), seq_len, block, **{k: int(o[k]) for k in LAYOUT_OPTIONS
                                                                            if k in o})
-    base = layout(opts)
+    try:
+        base = layout(opts)
+    except ValueError:  # a pattern this checkout does not know (a failed run's config): show every option
+        return [k for k in LAYOUT_OPTIONS if k in opts]
     step = {"window": block}
     return [k for k in LAYOUT_OPTIONS if k in opts
             and not bool((layout({**opts, k: int(opts[k]) + step.get(k, 1)}) == base).all())]

@@ -1,6 +1,6 @@
 """Tables and plots from any set of runs: local run/sweep directories, or a wandb project (and groups).
 
-    python scripts/compare.py reports/h100/runs/throughput --out /tmp/cmp
+    python scripts/compare.py docs/results/h100/runs/throughput --out /tmp/cmp
     python scripts/compare.py outputs/2026-01-01/12-00-00 multirun/2026-01-01/13-00-00 --out /tmp/cmp
     python scripts/compare.py --wandb my-entity/flashgpt --group h100-throughput --out /tmp/cmp
 
@@ -11,14 +11,11 @@ attention backend, block-sparse table), PNGs and runs.json: the same sections as
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import sys
 from pathlib import Path
 
-from reporting import plots, report
-from reporting.environment import environment
-from reporting.runs import load_runs, load_wandb_runs
+from reporting.comparison import CompareError, compare, gather
 
 
 def main(argv=None) -> Path:
@@ -27,39 +24,21 @@ def main(argv=None) -> Path:
     p.add_argument("--wandb", metavar="ENTITY/PROJECT", help="read runs from wandb (online) instead of / as well")
     p.add_argument("--group", action="append", default=[], help="wandb group(s); default: all runs of the project")
     p.add_argument("--out", required=True, help="output directory")
-    p.add_argument("--title", default="Run comparison")
+    p.add_argument("--title", default="Run comparison", help="default: %(default)s")
     args = p.parse_args(argv)
     if not args.paths and not args.wandb:
         p.error("give run directories and/or --wandb ENTITY/PROJECT")
-
-    runs = load_runs(args.paths)
-    if args.wandb:
-        for group in args.group or [None]:
-            runs += load_wandb_runs(args.wandb, group)
-    if not runs:
-        p.error("no runs found (a run directory holds summary.json or .hydra/config.yaml)")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-
-    sparse = [r for r in runs if r.backend == "block_sparse"]
-    sections = [
-        f"Sources: {', '.join(f'`{s}`' for s in args.paths)}"
-        + (f" wandb `{args.wandb}` groups {args.group or 'all'}" if args.wandb else "") + f"; {len(runs)} runs.\n",
-        report.throughput_section(runs, out, "all runs"),
-        report.parity_section(report.auto_pairs(runs), out),
-        report.sparse_section(sparse, out),
-    ]
-    curves = [(f"{r.label} {r.model} seq{r.seq_len} ({r.name})", r) for r in runs if r.history]
-    if curves:
-        png = plots.loss_curves(curves, out / "loss.png", title="train loss, all runs")
-        sections.append(f"## All loss curves\n\n![loss]({png})\n")
-    env = {**environment(), "command": shlex.join(["compare.py", *(argv or sys.argv[1:])])}
-    path = report.write_report(out, args.title, env, sections, {"runs": [r.to_json(True) for r in runs]})
-    path.rename(out / "compare.md")
-    (out / "runs.json").write_text(json.dumps([r.to_json() for r in runs], indent=1, default=str))
-    print(f"comparison: {out / 'compare.md'}")
-    return out / "compare.md"
+    runs = gather(args.paths, args.wandb, args.group)
+    sources = ", ".join(f"`{s}`" for s in args.paths) + (
+        f" wandb `{args.wandb}` groups {args.group or 'all'}" if args.wandb else "")
+    path = compare(runs, Path(args.out), args.title, sources,
+                   shlex.join(["compare.py", *(sys.argv[1:] if argv is None else argv)]))
+    print(f"comparison: {path}")
+    return path
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except CompareError as e:
+        sys.exit(f"error: {e}")

@@ -18,10 +18,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.pretrained import to_hf  # noqa: E402
-from training.sources import load_any  # noqa: E402
+from model.pretrained import to_hf
+from training.sources import load_any
 
 GPT2_VOCAB = 50257
 
@@ -42,6 +40,9 @@ def check_writable(out_dir: Path) -> None:
 
 def export(source: str, out_dir: str | Path, vocab_size: int | None = None, verify: bool = True) -> Path:
     out_dir = Path(out_dir)
+    if not Path(source).expanduser().exists():
+        raise ExportError(f"'{source}' does not exist; pass a run directory or ckpt.pt written by train.py "
+                          f"(e.g. outputs/<date>/<time>)")
     check_writable(out_dir)
     model, tokenizer = load_any(source, attn="naive")
     if vocab_size is None:

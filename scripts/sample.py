@@ -12,10 +12,8 @@ from pathlib import Path
 
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from model.attention import available_backends, get_backend  # noqa: E402
-from training.sources import load_any  # noqa: E402
+from model.attention import available_backends, get_backend
+from training.sources import load_any
 
 
 def codec(tokenizer: str):
@@ -47,13 +45,15 @@ def main(argv=None) -> list[str]:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model", help="run directory / ckpt.pt, GPT-2 hub name (gpt2, gpt2-medium, ...) or HF directory")
     p.add_argument("--prompt", default="\n", help="text to continue (default: a newline); FILE:path reads a file")
-    p.add_argument("--num-samples", type=int, default=1)
-    p.add_argument("--max-new-tokens", type=int, default=200)
-    p.add_argument("--temperature", type=float, default=0.8)
-    p.add_argument("--top-k", type=int, default=200, help="0: no top-k truncation")
-    p.add_argument("--attn", default="sdpa", help=f"attention backend: {', '.join(available_backends())}")
-    p.add_argument("--seed", type=int, default=1337)
-    p.add_argument("--device", default=default_device())
+    p.add_argument("--num-samples", type=int, default=1, help="samples to draw (default: %(default)s)")
+    p.add_argument("--max-new-tokens", type=int, default=200,
+                   help="tokens to generate per sample (default: %(default)s)")
+    p.add_argument("--temperature", type=float, default=0.8, help="softmax temperature (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=200, help="0: no top-k truncation (default: %(default)s)")
+    p.add_argument("--attn", default="sdpa",
+                   help=f"attention backend: {', '.join(available_backends())} (default: %(default)s)")
+    p.add_argument("--seed", type=int, default=1337, help="sampling seed (default: %(default)s)")
+    p.add_argument("--device", default=default_device(), help="default: %(default)s")
     args = p.parse_args(argv)
 
     model, tokenizer = load_any(args.model, attn=args.attn, map_location=args.device)

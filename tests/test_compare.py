@@ -2,6 +2,8 @@
 
 import importlib.util
 import json
+import subprocess
+import sys
 import types
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import pytest
 from test_report import REPO, add_oom_fixture, tiny_sweep
 
 from reporting import runs as runs_mod
+from reporting.comparison import CompareError, gather
 
 
 def load_script(name):
@@ -43,6 +46,31 @@ def test_compare_needs_some_runs(tmp_path):
     compare = load_script("compare")
     with pytest.raises(SystemExit):
         compare.main(["--out", str(tmp_path)])
+
+
+def test_a_missing_or_empty_path_is_named(tmp_path):
+    with pytest.raises(CompareError, match="'nowhere' does not exist"):
+        gather(["nowhere"])
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CompareError, match="no runs in"):
+        gather([str(tmp_path / "empty")])
+    proc = subprocess.run([sys.executable, str(REPO / "scripts" / "compare.py"), "nowhere", "--out", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode != 0
+    assert proc.stderr.strip() == ("error: 'nowhere' does not exist; pass run or sweep directories "
+                                   "(outputs/<date>/<time>, multirun/<date>/<time>)")  # one line, no traceback
+
+
+def test_wandb_without_a_login_is_one_line(monkeypatch):
+    import wandb
+
+    class NoLogin:
+        def runs(self, path, filters=None):
+            raise wandb.errors.UsageError("No API key configured. Use `wandb login` to log in.")
+
+    monkeypatch.setattr(wandb, "Api", NoLogin)
+    with pytest.raises(CompareError, match="cannot read the wandb project 'me/flashgpt': No API key configured"):
+        gather([], "me/flashgpt")
 
 
 def test_wandb_runs_map_to_records(monkeypatch, sweep):

@@ -41,8 +41,8 @@ def defaults(source: str) -> dict:
     sequence length; any other GPT-2 on OpenWebText at its context (at most 1024)."""
     cfg = run_config(source)
     data, train = cfg.get("data") or {}, cfg.get("train") or {}
-    if not data:
-        return {"data": HUB_DATA, "seq_len": None, "why": "not a train.py run"}
+    if not (data.get("dir") or data.get("name")):
+        return {"data": HUB_DATA, "seq_len": train.get("seq_len"), "why": "no training data recorded"}
     return {"data": data.get("dir") or f"data/{data['name']}", "seq_len": train.get("seq_len"),
             "why": "the run's own data and training sequence length"}
 

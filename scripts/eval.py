@@ -40,14 +40,14 @@ def main(argv=None) -> dict:
     p.add_argument("--json", help="also write the result to this file")
     args = p.parse_args(argv)
 
-    implied = defaults(args.model)
+    implied = defaults(args.model) if not (args.data and args.seq_len) else {}
     data_dir = Path(args.data or implied["data"])
     tokens, meta = load_split(data_dir, args.split)
     model, tokenizer = load_any(args.model, attn=args.attn, map_location=args.device)
     check_fit(meta, tokenizer, model.config.vocab_size, data_dir)
     dtype = DTYPES[args.dtype or ("bf16" if args.device.startswith("cuda") else "fp32")]
     model.check_attention(args.device, dtype)
-    seq_len = args.seq_len or implied["seq_len"] or min(model.config.block_size, 1024)
+    seq_len = args.seq_len or implied.get("seq_len") or min(model.config.block_size, 1024)
     backend = get_backend(model.config.attn).describe(model.config.attn_options)
     chosen = [what for what, given in (("data", args.data), ("seq_len", args.seq_len)) if not given]
     print(f"model: {args.model}, data: {data_dir}/{args.split}.bin ({len(tokens):,} tokens), seq_len: {seq_len}, "

@@ -1,8 +1,8 @@
 """scripts/sample.py, eval.py and export_hf.py on tiny checkpoints and tiny transformers GPT-2s."""
 
+import importlib.util
 import json
 import math
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,21 +11,29 @@ import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from model import GPT, GPTConfig
+from reporting.evaluation import EvalError
 from training.checkpoint import save_checkpoint
 from training.tokenizer import ranks_path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import eval as eval_script  # noqa: E402
-import export_hf  # noqa: E402
-import sample  # noqa: E402
+SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
 
 
-def write_ckpt(run_dir, vocab_size, tokenizer, seed=0):
+def load_script(name):
+    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+eval_script, export_hf, sample = load_script("eval"), load_script("export_hf"), load_script("sample")
+
+
+def write_ckpt(run_dir, vocab_size, tokenizer, seed=0, config=None):
     torch.manual_seed(seed)
     model = GPT(GPTConfig(vocab_size=vocab_size, block_size=64, n_layer=2, n_head=4, n_embd=32))
     run_dir.mkdir(parents=True)
     save_checkpoint({"model": model.state_dict(), "model_config": model.config_dict(), "step": 0,
-                     "config": {"data": {"tokenizer": tokenizer}}}, run_dir / "ckpt.pt")
+                     "config": config or {"data": {"tokenizer": tokenizer}}}, run_dir / "ckpt.pt")
     return model.eval()
 
 
@@ -113,9 +121,9 @@ def test_eval_of_a_gpt2_directory_matches_transformers(tmp_path):
 
 def test_eval_refuses_data_of_another_tokenizer(bytes_run, tmp_path):
     data = write_data(tmp_path / "data", np.arange(500) % 50257, "gpt2", 50257)
-    with pytest.raises(eval_script.EvalError, match="tokenized with gpt2"):
+    with pytest.raises(EvalError, match="tokenized with gpt2"):
         eval_script.main([str(bytes_run[0]), "--data", str(data), "--device", "cpu"])
-    with pytest.raises(eval_script.EvalError, match="not a prepared data directory"):
+    with pytest.raises(EvalError, match="not a prepared data directory"):
         eval_script.main([str(bytes_run[0]), "--data", str(tmp_path / "nowhere"), "--device", "cpu"])
 
 
@@ -129,3 +137,31 @@ def test_a_checkpoint_of_one_backend_loads_under_another(tmp_path):
                     tmp_path / "ckpt.pt")
     model, tokenizer = load_any(str(tmp_path), attn="naive")
     assert model.config.attn == "naive" and model.config.attn_options == {} and tokenizer == "bytes"
+
+
+def test_eval_defaults_to_the_runs_own_data_and_sequence_length(tmp_path, capsys):
+    tokens = np.random.default_rng(0).integers(0, 256, 2000)
+    data = write_data(tmp_path / "data", tokens, "bytes", 256)
+    config = {"data": {"name": "mine", "dir": str(data), "tokenizer": "bytes"}, "train": {"seq_len": 16}}
+    write_ckpt(tmp_path / "run", 256, "bytes", config=config)
+    result = eval_script.main([str(tmp_path / "run"), "--attn", "naive", "--device", "cpu", "--max-batches", "2"])
+    assert result["seq_len"] == 16 and result["data"] == str(data)
+    captured = capsys.readouterr()
+    assert f"data: {data}/val.bin" in captured.out and "seq_len: 16" in captured.out
+    assert "the run's own data and training sequence length" in captured.out
+    assert "eval: 100%" in captured.err  # a progress bar while it scores
+
+
+def test_help_shows_the_defaults(capsys):
+    for script, shown in ((sample, ("(default: 200)", "(default: 1337)", "(default: sdpa)")),
+                          (eval_script, ("default: 8", "default: val", "a run's training seq len"))):
+        with pytest.raises(SystemExit):
+            script.main(["--help"])
+        out = " ".join(capsys.readouterr().out.split())
+        assert all(s in out for s in shown), out
+
+
+def test_export_of_a_missing_run_says_it_is_missing(tmp_path):
+    with pytest.raises(export_hf.ExportError, match="'outputs/nope' does not exist") as e:
+        export_hf.export("outputs/nope", tmp_path / "hf")
+    assert "hub" not in str(e.value)

@@ -11,25 +11,21 @@ import argparse
 import sys
 from pathlib import Path
 
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from training.prepare import PrepareError, Settings, prepare  # noqa: E402
-from training.tokenizer import TokenizerError  # noqa: E402
+from training.config import compose
+from training.prepare import PrepareError, Settings, prepare
+from training.tokenizer import TokenizerError
 
 CONF = Path(__file__).resolve().parents[1] / "conf"
 
 
 def data_config(overrides: list[str]) -> dict:
     """The `data` node as train.py would see it, from data=<name> and data.* overrides."""
-    overrides = [("+" + o if o.startswith("data=") else o) for o in overrides]
-    if not any(o.startswith("+data=") for o in overrides):
+    if not any(o.startswith(("data=", "+data=")) for o in overrides):
         raise PrepareError(f"say which dataset: data=<name> (one of: "
                            f"{', '.join(p.stem for p in sorted((CONF / 'data').glob('*.yaml')))})")
-    with initialize_config_dir(config_dir=str(CONF), version_base=None):
-        cfg = compose(overrides=overrides)
+    cfg = compose([o.removeprefix("+") if o.startswith("+data=") else o for o in overrides])
     return OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True)
 
 

@@ -1,17 +1,12 @@
-"""Prepare OpenWebText (conf/data/openwebtext.yaml): python scripts/prepare_openwebtext.py [data.key=value ...]"""
+"""Prepare OpenWebText (conf/data/openwebtext.yaml): python scripts/prepare_openwebtext.py [data.key=value ...]
 
+The same as `python scripts/prepare_data.py data=openwebtext [data.key=value ...]`, which it runs.
+"""
+
+import os
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from prepare_data import main  # noqa: E402
-
-from training.prepare import PrepareError  # noqa: E402
-from training.tokenizer import TokenizerError  # noqa: E402
-
 if __name__ == "__main__":
-    try:
-        main(["data=openwebtext", *sys.argv[1:]])
-    except (PrepareError, TokenizerError) as e:
-        sys.exit(f"error: {e}")
+    prepare_data = Path(__file__).resolve().parent / "prepare_data.py"
+    os.execv(sys.executable, [sys.executable, str(prepare_data), "data=openwebtext", *sys.argv[1:]])

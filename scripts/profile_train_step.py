@@ -11,15 +11,12 @@ the GPU waits for the host — and the GPU time of the attention kernels themsel
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
-
-from model import GPT, GPTConfig  # noqa: E402
+from model import GPT, GPTConfig
 
 # Kernel-name fragments of fused attention kernels (ours, PyTorch's flash/cuDNN/efficient); naive's matmuls and
 # softmax are not told apart from the rest of the model

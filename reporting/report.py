@@ -101,6 +101,9 @@ def parity_section(pairs: list[tuple[str, Run, Run]], out: Path, note: str = "")
         if g["max_gap"] is not None:
             md.append(f"\n**{title}: largest |Δ train loss| over the {g['steps']} logged steps = "
                       f"{g['max_gap']:.2e} (step {g['max_gap_step']}).**\n")
+    if any(gap == 0 for _, a, b in pairs for gap in loss_gap(a, b)["gaps"]):
+        md.append(f"\nWhere two curves agree exactly (|Δ| = 0), the lower panel draws the point at "
+                  f"{plots.ZERO_DRAWN_AT:g}, the bottom of its log scale.\n")
     for i, (title, a, b) in enumerate(pairs):
         png = plots.parity_plot(*legend_labels(a, b), out / f"parity_{i}.png", title=title)
         md.append(f"\n![{title}]({png})\n")

@@ -112,6 +112,7 @@ def loss_gap(a: Run, b: Run, key: str = "train/loss") -> dict:
         "mean_gap": sum(gaps) / len(gaps) if gaps else None,
         "final_a": da[common[-1]] if common else None,
         "final_b": db[common[-1]] if common else None,
+        "gaps": gaps,
     }
 
 

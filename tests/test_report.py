@@ -143,3 +143,15 @@ def test_kernel_section_shows_the_cuda_graph_time_when_measured(tmp_path):
     md = attention_results.kernel_section(dense, tmp_path, "Attention kernels")
     assert "### D=64, causal, dropout 0: forward+backward replayed from a CUDA graph" in md
     assert "| 1024 | – | 0.25 (2) | – |" in md
+
+
+def test_parity_of_identical_curves_and_of_one_backend_with_two_seeds(tmp_path):
+    a, b = timed_run("naive", [1000] * 3), timed_run("naive", [1000] * 3)
+    a.seed, b.seed = 1337, 1338
+    for run in (a, b):
+        run.history = [{"step": s, "train/loss": 5.0 - s / 10} for s in range(1, 6)]
+    md = report.parity_section([("noise floor", a, b)], tmp_path)
+    assert "| noise floor | 0.0 | 5 |" in md  # logged steps compared
+    assert "largest |Δ train loss| over the 5 logged steps = 0.00e+00" in md
+    assert "the lower panel draws the point at 1e-12" in md
+    assert [label for label, _ in report.legend_labels(a, b)] == ["naive, seed 1337", "naive, seed 1338"]

@@ -13,6 +13,7 @@ REPO = Path(__file__).resolve().parent.parent
 TINY = ["--tiny", "--device", "cpu", "--logger", "none"]
 
 
+@pytest.mark.slow
 def test_reproduce_tiny_cpu(tmp_path):
     out = tmp_path / "report"
     cmd = [sys.executable, str(REPO / "scripts" / "reproduce.py"), *TINY, "--seqs", "64", "--small-steps", "8",

@@ -1,4 +1,5 @@
-"""scripts/scaling.py on CPU (gloo): the scaling table, and N ranks on the loss curve of 1 rank with grad_accum=N."""
+"""scripts/scaling.py on CPU (gloo): the scaling table, and N ranks on the loss curve of 1 rank with grad_accum=N
+(the project's one check that DDP over 2 ranks trains as 1 rank accumulating 2 micro-batches)."""
 
 import json
 import os
@@ -6,9 +7,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
+@pytest.mark.slow
 def test_scaling_report_on_two_gloo_ranks(tmp_path):
     out = tmp_path / "scaling"
     cmd = [sys.executable, str(ROOT / "scripts" / "scaling.py"), "--device", "cpu", "--gpus", "1", "2", "--model",

@@ -62,6 +62,9 @@ def test_load_model_rebuilds_the_trained_model(tmp_path, data_dir):
     run(tmp_path, data_dir, *FAST, "train.max_steps=2")
     model = load_model(tmp_path / "run", attn="naive")
     assert isinstance(model, GPT) and model.config.attn == "naive" and not model.training
+    saved = torch.load(tmp_path / "run" / "ckpt.pt", weights_only=True)["model"]
+    assert model.state_dict().keys() == saved.keys()
+    assert all(torch.equal(value, saved[name]) for name, value in model.state_dict().items())  # the trained weights
 
 
 def test_grad_accum_and_naive_backend(tmp_path, data_dir):

@@ -11,7 +11,7 @@ Features
 - Dropout inside the kernel (the paper's Algorithm 2): one Philox call (tl.randint4x, 128 bits) gives 16 elements
   8 bits each, keyed on a seed drawn from torch's generator and on the element's (batch*head, row, column), so
   torch.manual_seed reproduces a run and the backward regenerates the same mask instead of storing it. An element
-  is kept if its byte >= 256 p: p is rounded to a multiple of 1/256 by the caller (kernels.flash_attention), and
+  is kept if its byte >= 256 p: p is rounded to a multiple of 1/256 by the caller (kernels/attention.py), and
   the kept values are scaled by 1 / (1 - p) with that rounded p, so the output stays unbiased.
 
 Limits: head dims up to 128 (padded to a power of two inside the kernel); any strides with unit last dim.

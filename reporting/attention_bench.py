@@ -1,6 +1,6 @@
 """Attention benchmark: time, TFLOP/s and extra memory of attention implementations vs sequence length (CUDA).
 
-Dense providers: naive (the model's `attn=naive`), ours (`kernels.flash_attention`), SDPA's flash backend, SDPA's
+Dense providers: naive (the model's `attn=naive`), ours (`kernels.flash_attention`, kernels/attention.py), SDPA's flash backend, SDPA's
 cuDNN backend, FlexAttention (compiled, causal mask). Sparse: our block-sparse kernel vs our dense flash and
 FlexAttention with the same block mask. Tokens per batch are fixed (B = tokens / N). FLOPs: 4 * B * H * N^2 * D
 forward times the computed fraction (the causal density, or the layout's for sparse); backward 2.5x forward.

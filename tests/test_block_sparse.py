@@ -5,9 +5,15 @@ import pytest
 import torch
 from attention_checks import assert_matches_reference, packed_qkv, rel_err
 
-from kernels import block_sparse_attention, create_block_mask, draw_dropout_seed, dropout_keep_mask, flash_attention
+from kernels import (
+    block_sparse_attention,
+    create_block_mask,
+    draw_dropout_seed,
+    dropout_keep_mask,
+    flash_attention,
+    kernel_dropout_p,
+)
 from kernels import sparsity_patterns as sp
-from kernels.flash_attention import kernel_dropout_p
 from kernels.reference import expand_layout
 
 

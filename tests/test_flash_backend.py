@@ -55,7 +55,7 @@ def test_block_mask_is_built_while_tracing(monkeypatch, options):
     traced (the interpreter needs real data), so the kernel is replaced by a function of the mask lists."""
     import sys
 
-    fa = sys.modules["kernels.flash_attention"]
+    fa = sys.modules["kernels.attention"]
     uses_mask = lambda q, k, v, mask, *rest: q + sum(  # noqa: E731
         (j + 1) * t.float().sum() for j, t in enumerate(mask.tensors())) * 1e-3 + mask.block_size
     monkeypatch.setattr(fa, "_attention", uses_mask)

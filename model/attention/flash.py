@@ -1,4 +1,4 @@
-"""FlashAttention in Triton (kernels.flash_attention): exact attention without the N x N matrix in memory."""
+"""FlashAttention in Triton (kernels.attention): exact attention without the N x N matrix in memory."""
 
 import os
 

@@ -546,6 +546,8 @@ def main(cfg: DictConfig, run_dir: str | Path, multirun: bool = False, overrides
     finally:
         if claim is not None:
             claim.release()
+        if run is not None:  # DDP's reducer must go while its process group lives: freed later, gloo can deadlock
+            run.model = None
         distributed.cleanup()
     if status == "oom" and torch.cuda.is_available():
         del run

@@ -40,9 +40,8 @@ class atomic_file:
         self.path = Path(path)
 
     def __enter__(self):
-        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=f"{self.path.name}.", suffix=TMP_SUFFIX)
-        self.tmp = Path(tmp)
-        self.file = os.fdopen(fd, "wb")
+        self.tmp = temp_path(self.path)
+        self.file = open(self.tmp, "wb")  # noqa: SIM115 (closed in __exit__)
         return self.file
 
     def __exit__(self, exc_type, exc, tb):
@@ -63,6 +62,9 @@ def temp_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f"{path.name}.", suffix=TMP_SUFFIX)
     os.close(fd)
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes it private; the renamed file gets a plain file's permissions
     return Path(tmp)
 
 

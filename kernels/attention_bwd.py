@@ -18,7 +18,18 @@ from __future__ import annotations
 import triton
 import triton.language as tl
 
-from .attention_fwd import dropout_keep, head_offset, key_tile_ranges, load_rows, tile_index, tile_keep
+from .attention_fwd import (
+    dropout_keep,
+    dropout_setup,
+    head_offset,
+    key_tile_ranges,
+    load_tile,
+    load_tile_t,
+    program_tile,
+    qkv_heads,
+    tile_index,
+    tile_keep,
+)
 
 # ----------------------------------------------------------------------------------------------------------------
 # jit helpers
@@ -28,10 +39,8 @@ from .attention_fwd import dropout_keep, head_offset, key_tile_ranges, load_rows
 @triton.jit
 def _row_delta(O, DO, stride_on, stride_don, offs_m, offs_d, N, D: tl.constexpr, EVEN_D: tl.constexpr):
     """delta_i = sum_d dO_id * O_id: the rowsum(dP * P) term of the softmax gradient."""
-    o = load_rows(O + offs_m[:, None] * stride_on + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
-                  D, True, EVEN_D)
-    do = load_rows(DO + offs_m[:, None] * stride_don + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
-                   D, True, EVEN_D)
+    o = load_tile(O, offs_m, stride_on, offs_d, N, D, True, EVEN_D)
+    do = load_tile(DO, offs_m, stride_don, offs_d, N, D, True, EVEN_D)
     return tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
 
 
@@ -79,10 +88,8 @@ def attn_bwd_preprocess(O, DO, Delta, DQ_ACC, stride_ob, stride_oh, stride_on, s
                         D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr):
     """delta for BLOCK_M rows of one batch*head, and zeros in the same rows of the fp32 dQ accumulator."""
     EVEN_D: tl.constexpr = D == HEAD_D
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    offs_m = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+    start_m, bh, b, h = program_tile(H)
+    offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
     delta = _row_delta(O + head_offset(b, h, stride_ob, stride_oh), DO + head_offset(b, h, stride_dob, stride_doh),
                        stride_on, stride_don, offs_m, offs_d, N, D, EVEN_D)
@@ -102,8 +109,7 @@ def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, st
     transposed tiles (keys x queries)."""
     for i in tl.range(lo, hi):
         offs_m = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_M + tl.arange(0, BLOCK_M)
-        qT = load_rows(Q + offs_m[None, :] * stride_qn + offs_d[:, None], offs_m[None, :], N, offs_d[:, None],
-                       D, MASK, EVEN_D)
+        qT = load_tile_t(Q, offs_m, stride_qn, offs_d, N, D, MASK, EVEN_D)
         if MASK:
             lse = tl.load(LSE + offs_m, mask=offs_m < N, other=0.0)
             delta = tl.load(Delta + offs_m, mask=offs_m < N, other=0.0)
@@ -113,8 +119,7 @@ def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, st
         pT = tl.math.exp2(tl.dot(k, qT) * qk_scale - lse[None, :])
         if MASK:
             pT = tl.where(tl.trans(tile_keep(offs_m, offs_n, N, CAUSAL)), pT, 0.0)
-        do = load_rows(DO + offs_m[:, None] * stride_don + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
-                       D, MASK, EVEN_D)
+        do = load_tile(DO, offs_m, stride_don, offs_d, N, D, MASK, EVEN_D)
         dpT = tl.dot(v, tl.trans(do))
         if DROPOUT:
             keepT = tl.trans(dropout_keep(seed, bh, offs_m, n_start, N, threshold, BLOCK_N).to(tl.int8)) != 0
@@ -151,15 +156,9 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, seed_ptr,
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_M
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
-    dropout_p = tl.cast(dropout_p, tl.float32)
-    threshold = (dropout_p * 256.0 + 0.5).to(tl.uint32)
-    start_n = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    Q += head_offset(b, h, stride_qb, stride_qh)
-    K += head_offset(b, h, stride_kb, stride_kh)
-    V += head_offset(b, h, stride_vb, stride_vh)
+    seed, threshold, dropout_p = dropout_setup(seed_ptr, dropout_p, DROPOUT)
+    start_n, bh, b, h = program_tile(H)
+    Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
     DO += head_offset(b, h, stride_dob, stride_doh)
     DK += head_offset(b, h, stride_gb, stride_gh)
     DV += head_offset(b, h, stride_gb, stride_gh)
@@ -169,13 +168,8 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, seed_ptr,
     n_start = start_n * BLOCK_N
     offs_n = n_start + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
-    seed = 0
-    if DROPOUT:
-        seed = tl.load(seed_ptr)
-    k = load_rows(K + offs_n[:, None] * stride_kn + offs_d[None, :], offs_n[:, None], N, offs_d[None, :],
-                  D, True, EVEN_D)
-    v = load_rows(V + offs_n[:, None] * stride_vn + offs_d[None, :], offs_n[:, None], N, offs_d[None, :],
-                  D, True, EVEN_D)
+    k = load_tile(K, offs_n, stride_kn, offs_d, N, D, True, EVEN_D)
+    v = load_tile(V, offs_n, stride_vn, offs_d, N, D, True, EVEN_D)
     dk = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
     part_lo, part_hi, part_ptr, full_lo, full_hi, full_ptr, tail_lo, tail_hi = _query_tile_ranges(
@@ -204,10 +198,8 @@ def _q_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, 
     for i in tl.range(lo, hi):
         start_n = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_N
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kT = load_rows(K + offs_n[None, :] * stride_kn + offs_d[:, None], offs_n[None, :], N, offs_d[:, None],
-                       D, MASK, EVEN_D)
-        vT = load_rows(V + offs_n[None, :] * stride_vn + offs_d[:, None], offs_n[None, :], N, offs_d[:, None],
-                       D, MASK, EVEN_D)
+        kT = load_tile_t(K, offs_n, stride_kn, offs_d, N, D, MASK, EVEN_D)
+        vT = load_tile_t(V, offs_n, stride_vn, offs_d, N, D, MASK, EVEN_D)
         p = tl.math.exp2(tl.dot(q, kT) * qk_scale - lse[:, None])
         if MASK:
             p = tl.where(tile_keep(offs_m, offs_n, N, CAUSAL), p, 0.0)
@@ -235,27 +227,16 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, seed_ptr,
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
-    dropout_p = tl.cast(dropout_p, tl.float32)
-    threshold = (dropout_p * 256.0 + 0.5).to(tl.uint32)
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    Q += head_offset(b, h, stride_qb, stride_qh)
-    K += head_offset(b, h, stride_kb, stride_kh)
-    V += head_offset(b, h, stride_vb, stride_vh)
+    seed, threshold, dropout_p = dropout_setup(seed_ptr, dropout_p, DROPOUT)
+    start_m, bh, b, h = program_tile(H)
+    Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
     DO += head_offset(b, h, stride_dob, stride_doh)
     DQ += head_offset(b, h, stride_gb, stride_gh)
     O += head_offset(b, h, stride_ob, stride_oh)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
-    seed = 0
-    if DROPOUT:
-        seed = tl.load(seed_ptr)
-    q = load_rows(Q + offs_m[:, None] * stride_qn + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
-                  D, True, EVEN_D)
-    do = load_rows(DO + offs_m[:, None] * stride_don + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
-                   D, True, EVEN_D)
+    q = load_tile(Q, offs_m, stride_qn, offs_d, N, D, True, EVEN_D)
+    do = load_tile(DO, offs_m, stride_don, offs_d, N, D, True, EVEN_D)
     delta = _row_delta(O, DO, stride_on, stride_don, offs_m, offs_d, N, D, EVEN_D)
     tl.store(Delta + bh.to(tl.int64) * N + offs_m, delta, mask=offs_m < N)
     lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=offs_m < N, other=0.0)

@@ -51,6 +51,13 @@ def head_offset(b, h, stride_b, stride_h):
 
 
 @triton.jit
+def qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh):
+    """Q, K, V advanced to head (b, h)."""
+    return (Q + head_offset(b, h, stride_qb, stride_qh), K + head_offset(b, h, stride_kb, stride_kh),
+            V + head_offset(b, h, stride_vb, stride_vh))
+
+
+@triton.jit
 def tile_index(i, idx_ptr, SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr):
     """The i-th visited tile: i itself for a dense range; when sparse, tile i % PER_BLOCK of the (i // PER_BLOCK)-th
     listed layout block, a block holding PER_BLOCK tiles."""
@@ -61,18 +68,49 @@ def tile_index(i, idx_ptr, SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr):
 
 
 @triton.jit
-def load_rows(ptrs, rows, N, offs_d, D: tl.constexpr, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
-    """Load a (rows x D) tile; masks only what may be out of bounds. `rows` broadcasts like ptrs' row axis."""
+def program_tile(H):
+    """(tile, bh, b, h) of this program: grid axis 0 is the tile, axis 1 the batch*head."""
+    bh = tl.program_id(1)
+    return tl.program_id(0), bh, bh // H, bh % H
+
+
+@triton.jit
+def dropout_setup(seed_ptr, dropout_p, DROPOUT: tl.constexpr):
+    """(seed, keep threshold, p as fp32): torch.compile passes Python floats as fp64 scalars."""
+    dropout_p = tl.cast(dropout_p, tl.float32)
+    seed = 0
+    if DROPOUT:
+        seed = tl.load(seed_ptr)
+    return seed, (dropout_p * 256.0 + 0.5).to(tl.uint32), dropout_p
+
+
+@triton.jit
+def _masked_load(ptrs, row_ok, d_ok, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
     if ROW_MASK:
         if EVEN_D:
-            return tl.load(ptrs, mask=rows < N, other=0.0)
+            return tl.load(ptrs, mask=row_ok, other=0.0)
         else:
-            return tl.load(ptrs, mask=(rows < N) & (offs_d < D), other=0.0)
+            return tl.load(ptrs, mask=row_ok & d_ok, other=0.0)
     else:
         if EVEN_D:
             return tl.load(ptrs)
         else:
-            return tl.load(ptrs, mask=offs_d < D, other=0.0)
+            return tl.load(ptrs, mask=d_ok, other=0.0)
+
+
+@triton.jit
+def load_tile(base, rows, stride, offs_d, N, D: tl.constexpr, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    """The (len(rows), HEAD_D) tile of a (N, D) matrix with row stride `stride`; masks only what may be out of
+    bounds (rows when ROW_MASK, the padded head dim unless EVEN_D)."""
+    return _masked_load(base + rows[:, None] * stride + offs_d[None, :], rows[:, None] < N, offs_d[None, :] < D,
+                        ROW_MASK, EVEN_D)
+
+
+@triton.jit
+def load_tile_t(base, rows, stride, offs_d, N, D: tl.constexpr, ROW_MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    """The same tile transposed, (HEAD_D, len(rows)), loaded through transposed pointers."""
+    return _masked_load(base + rows[None, :] * stride + offs_d[:, None], rows[None, :] < N, offs_d[:, None] < D,
+                        ROW_MASK, EVEN_D)
 
 
 @triton.jit
@@ -123,8 +161,7 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, lo,
     for i in tl.range(lo, hi):
         start_n = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_N
         offs_n = start_n + tl.arange(0, BLOCK_N)
-        kT = load_rows(K + offs_n[None, :] * stride_kn + offs_d[:, None], offs_n[None, :], N, offs_d[:, None],
-                       D, MASK, EVEN_D)
+        kT = load_tile_t(K, offs_n, stride_kn, offs_d, N, D, MASK, EVEN_D)
         qk = tl.dot(q, kT)
         if MASK:
             s = tl.where(tile_keep(offs_m, offs_n, N, CAUSAL), qk * qk_scale, float("-inf"))
@@ -140,8 +177,7 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, lo,
         acc = acc * alpha[:, None]
         if DROPOUT:
             p = tl.where(dropout_keep(seed, bh, offs_m, start_n, N, threshold, BLOCK_N), p, 0.0)
-        v = load_rows(V + offs_n[:, None] * stride_vn + offs_d[None, :], offs_n[:, None], N, offs_d[None, :],
-                      D, MASK, EVEN_D)
+        v = load_tile(V, offs_n, stride_vn, offs_d, N, D, MASK, EVEN_D)
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
     return acc, l_i, m_i
@@ -159,24 +195,13 @@ def attn_fwd(Q, K, V, O, LSE, seed_ptr,
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
     qk_scale = tl.cast(qk_scale, tl.float32)  # torch.compile passes Python floats as fp64 scalars
-    dropout_p = tl.cast(dropout_p, tl.float32)
-    threshold = (dropout_p * 256.0 + 0.5).to(tl.uint32)
-    start_m = tl.program_id(0)
-    bh = tl.program_id(1)
-    b = bh // H
-    h = bh % H
-    Q += head_offset(b, h, stride_qb, stride_qh)
-    K += head_offset(b, h, stride_kb, stride_kh)
-    V += head_offset(b, h, stride_vb, stride_vh)
+    seed, threshold, dropout_p = dropout_setup(seed_ptr, dropout_p, DROPOUT)
+    start_m, bh, b, h = program_tile(H)
+    Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
     O += head_offset(b, h, stride_ob, stride_oh)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
-    seed = 0
-    if DROPOUT:
-        seed = tl.load(seed_ptr)
-
-    q = load_rows(Q + offs_m[:, None] * stride_qn + offs_d[None, :], offs_m[:, None], N, offs_d[None, :],
-                  D, True, EVEN_D)
+    q = load_tile(Q, offs_m, stride_qn, offs_d, N, D, True, EVEN_D)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)

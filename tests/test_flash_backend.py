@@ -87,3 +87,25 @@ def test_compiled_model_matches_eager(attn, options):
     loss.backward()
     assert loss.item() == pytest.approx(loss_eager.item(), rel=1e-2)
     assert all(p.grad is not None for p in model.parameters())
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (CUDA graphs)")
+@pytest.mark.parametrize("attn,options", [("flash", {}), ("block_sparse", {"pattern": "local", "block_size": 16,
+                                                                           "window": 16})])
+def test_cuda_graph_training_steps_match_eager(attn, options):
+    """torch.compile(mode="reduce-overhead") (train.compile_mode=reduce-overhead) records the step in a CUDA graph:
+    the custom ops must be capturable (no host sync, no allocation outside the graph's pool) and replay correctly."""
+    torch.manual_seed(0)
+    model = GPT(GPTConfig(**{**TINY, "n_embd": 128}, attn=attn, attn_options=options)).cuda()
+    graphed = torch.compile(model, mode="reduce-overhead")
+    x = torch.randint(0, 128, (2, 64), device="cuda")
+    for _ in range(4):  # warm-up, recording, then replays
+        with torch.autocast("cuda", dtype=torch.bfloat16):
+            _, loss = graphed(x, x)
+        loss.backward()
+    model.zero_grad(set_to_none=True)
+    with torch.autocast("cuda", dtype=torch.bfloat16):
+        _, loss = graphed(x, x)
+        _, loss_eager = model(x, x)
+    assert loss.item() == pytest.approx(loss_eager.item(), rel=1e-2)

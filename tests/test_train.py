@@ -19,7 +19,7 @@ from training.corpus import prepare_stdlib_docs
 
 ROOT = Path(__file__).resolve().parent.parent
 FAST = ["model=gpt2-nano", "train.batch_size=4", "train.seq_len=32", "train.eval_iters=2", "train.log_interval=1",
-        "train.sample_at_eval=false", "train.untimed_steps=1", "optim.lr_warmup_steps=2"]
+        "train.sample_at_eval=false", "train.untimed_steps=1", "optim.lr_warmup_steps=2", "train.compile=false"]
 
 
 @pytest.fixture(scope="module")
@@ -161,8 +161,9 @@ def test_compile_mode_is_passed_to_torch_compile(tmp_path, data_dir, monkeypatch
         return model
 
     monkeypatch.setattr(torch, "compile", fake_compile)
-    run(tmp_path, data_dir, *FAST, "train.max_steps=1", name="auto")  # auto: not on a CPU
-    assert calls == []
+    run(tmp_path, data_dir, *FAST, "train.max_steps=1", "train.compile=auto", name="auto")  # auto: on CUDA only
+    assert calls == ([{"mode": None}] if torch.cuda.is_available() else [])
+    calls.clear()
     summary, run_dir = run(tmp_path, data_dir, *FAST, "train.max_steps=2", "train.compile=true",
                            "train.compile_mode=reduce-overhead", "train.grad_accum=2")
     assert summary["status"] == "ok" and calls == [{"mode": "reduce-overhead"}]

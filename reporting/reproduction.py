@@ -28,8 +28,8 @@ BACKENDS = ("flash", "block_sparse", "sdpa", "naive")
 # log interval: the timed intervals are the logged ones after the warm-up), the small model of the convergence and
 # block-sparse runs, how many block-sparse patterns, and the kernel benchmark's sizes (None: no GPU expected).
 PLANS = {
-    "tiny": dict(models=["gpt2-nano"], seqs=[64, 128], tokens_per_step=1024, steps=24, warmup_steps=4,
-                 log_interval=4, small="gpt2-nano", small_seq=64, small_batch=8, small_steps=20, patterns=3,
+    "tiny": dict(models=["gpt2-nano"], seqs=[64, 128], tokens_per_step=1024, steps=16, warmup_steps=4,
+                 log_interval=3, small="gpt2-nano", small_seq=64, small_batch=8, small_steps=20, patterns=3,
                  bench={**attention_bench.QUICK, "seqs": (256, 1024), "sparse_seqs": (1024,)}),
     # planned to end inside 6 minutes on one H100/H200: causal D=64 kernels at 1K-16K, GPT-2 small at seq 1K,
     # 100-step convergence runs and two block-sparse patterns

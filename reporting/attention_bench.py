@@ -1,12 +1,12 @@
 """Attention benchmark: time, TFLOP/s and extra memory of attention implementations vs sequence length (CUDA).
 
-Dense providers: naive (the model's `attn=naive`), ours (`kernels.flash_attention`, kernels/attention.py), SDPA's flash backend, SDPA's
-cuDNN backend, FlexAttention (compiled, causal mask). Sparse: our block-sparse kernel vs our dense flash and
-FlexAttention with the same block mask. Tokens per batch are fixed (B = tokens / N). FLOPs: 4 * B * H * N^2 * D
-forward times the computed fraction (the causal density, or the layout's for sparse); backward 2.5x forward.
-Extra memory: peak allocated during one forward+backward minus what was allocated before (inputs and dO).
-fwd_bwd_graph: fwd+bwd captured in a CUDA graph and replayed (GPU time, no host launch gaps); eager fwd_bwd well
-above it means the call is host-bound. Rows follow the schema in `reporting/attention_results.py`.
+Dense providers: naive (the model's `attn=naive`), ours (`kernels.flash_attention`, kernels/attention.py),
+SDPA's flash backend, SDPA's cuDNN backend, FlexAttention (compiled, causal mask). Sparse: our block-sparse kernel
+vs our dense flash and FlexAttention with the same block mask. Tokens per batch are fixed (B = tokens / N).
+FLOPs: 4 * B * H * N^2 * D forward times the computed fraction (the causal density, or the layout's for sparse);
+backward 2.5x forward. Extra memory: peak allocated during one forward+backward minus what was allocated before
+(inputs and dO). fwd_bwd_graph: fwd+bwd captured in a CUDA graph and replayed (GPU time, no host launch gaps);
+eager fwd_bwd well above it means the call is host-bound. Rows follow the schema in reporting/attention_results.py.
 """
 
 from __future__ import annotations

@@ -343,41 +343,56 @@ def planned_steps(plan: dict, only: list[str], device: str, skipped: dict) -> di
     return {k: v for k, v in steps.items() if k in only}
 
 
+def kernels_step(r: Reproduction, reuse_kernels: bool) -> None:
+    r.sweeps.progress.section("kernels", "attention benchmark" if r.device == "cuda" or reuse_kernels
+                              else "no GPU: skipped")
+    rows, note = kernels(r.plan["bench"] or attention_bench.QUICK, r.out, r.device, reuse_kernels)
+    md = attention_results.kernel_section(rows, r.out, KERNELS_HEADING) if rows else f"## {KERNELS_HEADING}\n"
+    r.keep("kernels", md + f"\n{note}\n", rows)
+
+
+def throughput_step(r: Reproduction) -> None:
+    plan = r.plan
+    r.sweeps.progress.section("throughput", f"{', '.join(plan['models'])} at seq {plan['seqs']}, "
+                                            f"{plan['steps']} steps per run")
+    runs = throughput(plan, r.sweeps, r.skipped)
+    md = report.throughput_section(runs, r.out, f"{r.device}, {', '.join(plan['models'])}",
+                                   with_paper=r.device == "cuda")
+    r.keep("throughput", md, [run.to_json(with_history=True) for run in runs])
+
+
+def parity_step(r: Reproduction) -> None:
+    r.sweeps.progress.section("parity", f"{r.plan['small']}, {r.plan['small_steps']} steps per run")
+    pairs, note = parity(r.plan, r.sweeps, r.skipped, r.device)
+    r.keep("parity", report.parity_section(pairs, r.out, note),
+           [{"title": t, "a": a.to_json(True), "b": b.to_json(True)} for t, a, b in pairs])
+
+
+def sparse_step(r: Reproduction, patterns: list[str]) -> None:
+    plan = r.plan
+    r.sweeps.progress.section("sparse", f"{plan['small']}, {len(patterns)} patterns, {plan['small_steps']} steps "
+                                        "per run")
+    runs = sparse(plan, r.sweeps, r.skipped, patterns)
+    layouts = draw_layouts(patterns, plan["small_seq"], r.out) if "block_sparse" not in r.skipped else []
+    r.keep("sparse", report.sparse_section(runs, r.out, layouts), [run.to_json(True) for run in runs])
+
+
 def run_sections(r: Reproduction, only: list[str], patterns: list[str], reuse_kernels: bool) -> Path:
-    """Each asked-for section in turn, timed, each kept as soon as it is done."""
-    p, plan = r.sweeps.progress, r.plan
-    timing = r.state.setdefault("section_seconds", {})
+    """The backends left out and the IO model, then each asked-for section in turn, timed, each kept (and the
+    report re-rendered) as soon as it is done."""
     r.keep("skipped", "**Backends that cannot run here** (left out of the runs):\n\n"
            + "".join(f"- `{b}`: {why}\n" for b, why in r.skipped.items()) if r.skipped else "", r.skipped)
     r.keep("io", report.io_section(), footer=f"_{r.env.get('rendered_utc') or r.env['date_utc']}_\n")  # a model
-    for name in only:
+    steps = {"kernels": lambda: kernels_step(r, reuse_kernels), "throughput": lambda: throughput_step(r),
+             "parity": lambda: parity_step(r), "sparse": lambda: sparse_step(r, patterns)}
+    timing = r.state.setdefault("section_seconds", {})
+    for name in [s for s in SECTIONS if s in only]:
         t0 = time.time()
-        if name == "kernels":
-            p.section(name, "attention benchmark" if r.device == "cuda" or reuse_kernels else "no GPU: skipped")
-            rows, note = kernels(plan["bench"] or attention_bench.QUICK, r.out, r.device, reuse_kernels)
-            md = (attention_results.kernel_section(rows, r.out, KERNELS_HEADING) if rows
-                  else f"## {KERNELS_HEADING}\n") + f"\n{note}\n"
-            r.keep("kernels", md, rows)
-        elif name == "throughput":
-            p.section(name, f"{', '.join(plan['models'])} at seq {plan['seqs']}, {plan['steps']} steps per run")
-            runs = throughput(plan, r.sweeps, r.skipped)
-            r.keep("throughput", report.throughput_section(runs, r.out, f"{r.device}, {', '.join(plan['models'])}",
-                                                           with_paper=r.device == "cuda"),
-                   [r_.to_json(with_history=True) for r_ in runs])
-        elif name == "parity":
-            p.section(name, f"{plan['small']}, {plan['small_steps']} steps per run")
-            pairs, note = parity(plan, r.sweeps, r.skipped, r.device)
-            r.keep("parity", report.parity_section(pairs, r.out, note),
-                   [{"title": t, "a": a.to_json(True), "b": b.to_json(True)} for t, a, b in pairs])
-        elif name == "sparse":
-            p.section(name, f"{plan['small']}, {len(patterns)} patterns, {plan['small_steps']} steps per run")
-            runs = sparse(plan, r.sweeps, r.skipped, patterns)
-            layouts = draw_layouts(patterns, plan["small_seq"], r.out) if "block_sparse" not in r.skipped else []
-            r.keep("sparse", report.sparse_section(runs, r.out, layouts), [x.to_json(True) for x in runs])
+        steps[name]()
         timing[name] = round(time.time() - t0, 1)
-        p.section_done(name, timing[name])
+        r.sweeps.progress.section_done(name, timing[name])
     path = r.render()
-    print(f"report: {path} ({p.elapsed()}; per section: "
+    print(f"report: {path} ({r.sweeps.progress.elapsed()}; per section: "
           + ", ".join(f"{k} {v:.0f} s" for k, v in timing.items() if k in only) + ")")
     return path
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from reporting import reproduction
+from reporting import launch, reproduction
 
 REPO = Path(__file__).resolve().parent.parent
 TINY = ["--tiny", "--device", "cpu", "--logger", "none"]
@@ -77,7 +77,7 @@ def test_reuse_runs_renders_without_training(tmp_path, monkeypatch):
     def no_training(*args, **kwargs):
         raise AssertionError("--reuse-runs must not launch train.py")
 
-    monkeypatch.setattr(reproduction.launch, "train", no_training)
+    monkeypatch.setattr(launch, "train", no_training)
     run(reuse_runs=True)
     md = (out / "report.md").read_text()
     section = lambda text: text[text.index("Convergence parity"):text.index(". Commands\n")].split("\n_")[0]  # noqa: E731

@@ -77,7 +77,7 @@ def throughput(plan: dict, sweeps: Sweeps, skipped: dict) -> list[Run]:
             warmup = min(plan["warmup_steps"], plan["steps"] // 2)
             shape = ["experiment=throughput", f"model={model}", f"model.block_size={seq}", f"train.seq_len={seq}",
                      f"train.batch_size={batch}", f"train.max_steps={plan['steps']}",
-                     f"train.warmup_steps={warmup}", f"train.log_interval={plan['log_interval']}"]
+                     f"train.untimed_steps={warmup}", f"train.log_interval={plan['log_interval']}"]
             if backends:
                 runs += sweeps.run(f"throughput/{model}_seq{seq}", "throughput",
                                    [*shape, f"attn={','.join(backends)}"], backends, plan["steps"])

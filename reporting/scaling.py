@@ -26,7 +26,7 @@ def study(out: Path, gpus: list[int], model: str, attn: str, seq: int, batch: in
                                 nproc=nproc))
 
     for n in gpus:
-        train(f"throughput_{n}", n, [*shape, f"train.max_steps={steps}", f"train.warmup_steps={min(10, steps // 3)}"])
+        train(f"throughput_{n}", n, [*shape, f"train.max_steps={steps}", f"train.untimed_steps={min(10, steps // 3)}"])
     n = max(gpus)
     curve = [*shape, f"train.max_steps={curve_steps}", "train.log_interval=1", "model.dropout=0.0"]
     train(f"curve_{n}ranks", n, [*curve, "train.grad_accum=1"])

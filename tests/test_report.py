@@ -18,7 +18,7 @@ REPO = Path(__file__).resolve().parent.parent
 
 def tiny_sweep(sweep_dir: Path, backends: str = "naive,sdpa", steps: int = 4) -> Path:
     cmd = [sys.executable, str(REPO / "train.py"), "-m", "model=gpt2-nano", f"attn={backends}", "train.device=cpu",
-           f"train.max_steps={steps}", "train.warmup_steps=1", "train.seq_len=32", "train.batch_size=4",
+           f"train.max_steps={steps}", "train.untimed_steps=1", "train.seq_len=32", "train.batch_size=4",
            "train.log_interval=1", "train.eval_interval=0", "train.eval_iters=1", "train.ckpt_interval=-1",
            "train.sample_at_eval=false", "logger=none", f"hydra.sweep.dir={sweep_dir}",
            "hydra.sweep.subdir=${hydra.job.num}_${attn.name}"]

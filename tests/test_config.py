@@ -78,6 +78,8 @@ def test_compile_is_auto_and_its_mode_is_checked():
     validate(compose(["train.compile=true", "train.compile_mode=reduce-overhead"]))
     with pytest.raises(ConfigError, match="train.compile_mode=fast .allowed: default, reduce-overhead"):
         validate(compose(["train.compile_mode=fast"]))
+    with pytest.raises(ConfigError, match="needs train.grad_accum=1"):  # CUDA graphs reuse the gradient buffers
+        validate(compose(["train.compile=true", "train.compile_mode=reduce-overhead", "train.grad_accum=2"]))
 
 
 def test_help_lists_choices_and_field_descriptions_without_schemas(tmp_path):

@@ -136,6 +136,9 @@ def validate(cfg) -> None:
         problems.append("attn.name is missing (choose a backend: attn=sdpa, attn=naive, ...)")
     if not cfg.data.get("name"):
         problems.append("data.name is missing (e.g. data=stdlib_docs)")
+    if cfg.train.compile_mode in ("reduce-overhead", "max-autotune") and cfg.train.grad_accum > 1:
+        problems.append(f"train.compile_mode={cfg.train.compile_mode} records CUDA graphs, whose gradient buffers the "
+                        "next micro-step reuses: it needs train.grad_accum=1 (or use train.compile_mode=default)")
     if cfg.train.init_from == "resume" and not cfg.train.resume_from:
         problems.append("train.init_from=resume needs train.resume_from=<run dir or ckpt.pt>")
     problems += optim_problems(cfg.optim) + model_problems(cfg.model)

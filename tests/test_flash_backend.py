@@ -41,6 +41,19 @@ def test_backend_refuses_what_it_cannot_do():
     get_backend("block_sparse").check(head_dim=64, options={"pattern": "local", "window": 256})
 
 
+def test_refusal_suggests_only_backends_that_run_here(monkeypatch):
+    """Without a GPU (and without the interpreter) flash and block_sparse both refuse the CPU: neither may be
+    suggested as the alternative to the other."""
+    from model.attention import flash
+
+    monkeypatch.delenv("TRITON_INTERPRET", raising=False)
+    assert flash.triton_unavailable("cpu")
+    with pytest.raises(UnsupportedAttentionError) as refused:
+        get_backend("flash").check(device="cpu")
+    alternatives = str(refused.value).rsplit("(attn=...):", 1)[1]
+    assert "sdpa" in alternatives and "naive" in alternatives and "block_sparse" not in alternatives
+
+
 def test_block_sparse_density_for_mfu():
     local = {"pattern": "local", "block_size": 128, "window": 256}  # diagonal block and one neighbour each side
     assert attention_density("block_sparse", local, 1024, causal=False) == pytest.approx(22 / 64)

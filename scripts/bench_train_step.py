@@ -16,9 +16,7 @@ import logging
 import sys
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from reporting.train_step_bench import HEADER, bench, write  # noqa: E402
+from reporting.train_step_bench import HEADER, bench, write
 
 
 def case(text: str) -> tuple[int, int]:

@@ -1,24 +1,14 @@
 """The attention benchmark without a GPU: its providers compute attention, its bookkeeping keeps what a stopped run
 measured, and its command line still takes the flags GPU runs use."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 import torch
+from script_loader import load_script
 
 from reporting import attention_bench
 from reporting.attention_results import markdown
-
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "bench_attention.py"
-
-
-def load_script():
-    spec = importlib.util.spec_from_file_location("bench_attention_cli", SCRIPT)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 def fake_rows(n):
@@ -52,7 +42,7 @@ def test_results_json_grows_row_by_row(tmp_path, monkeypatch):
             on_row(row)
         raise KeyboardInterrupt  # e.g. the device's time limit
 
-    cli = load_script()
+    cli = load_script("bench_attention")
     monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(attention_bench, "environment", lambda: {"gpu": "test GPU", "torch": "x", "triton": "y"})
     monkeypatch.setattr(attention_bench, "run_dense", stopped_after_two)
@@ -82,7 +72,7 @@ def test_failed_cases_are_rows_not_crashes():
 
 
 def test_the_cli_needs_a_gpu(tmp_path, monkeypatch):
-    cli = load_script()
+    cli = load_script("bench_attention")
     monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         cli.main(["--out", str(tmp_path), "--quick"])

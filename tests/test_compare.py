@@ -1,6 +1,5 @@
 """scripts/compare.py on real tiny run directories, and the wandb loader on a stand-in for wandb.Api."""
 
-import importlib.util
 import json
 import subprocess
 import sys
@@ -8,17 +7,11 @@ import types
 from pathlib import Path
 
 import pytest
+from script_loader import load_script
 from test_report import REPO, add_oom_fixture, tiny_sweep
 
 from reporting import runs as runs_mod
 from reporting.comparison import CompareError, gather
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(name, REPO / "scripts" / f"{name}.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
 
 
 @pytest.fixture(scope="module")

@@ -1,12 +1,11 @@
 """Fine-tuning: train.py with train.init_from=<save_pretrained dir> starts from those weights and lowers the loss."""
 
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from script_loader import load_script
 from transformers import GPT2Config, GPT2LMHeadModel
 
 import train
@@ -15,8 +14,7 @@ from training import prepare as prep
 from training.checkpoint import load_model
 from training.config import compose
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "scripts"))
-import eval as eval_script  # noqa: E402
+eval_script = load_script("eval")
 
 MARK = 0.75  # a value no fresh init has: proves the run started from the saved weights
 

@@ -2,11 +2,11 @@
 
 import json
 import random
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from script_loader import load_script
 
 from training import prepare as prep
 from training.tokenizer import EOT_ID, ranks_path
@@ -143,8 +143,7 @@ def test_bad_sources(corpus, tmp_path, change, match):
 
 
 def test_script_takes_the_train_py_data_overrides(corpus, tmp_path, monkeypatch):
-    sys.path.insert(0, str(ROOT / "scripts"))
-    import prepare_data
+    prepare_data = load_script("prepare_data")
 
     path, _ = corpus
     out = tmp_path / "mydata"

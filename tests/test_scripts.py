@@ -1,29 +1,18 @@
 """scripts/sample.py, eval.py and export_hf.py on tiny checkpoints and tiny transformers GPT-2s."""
 
-import importlib.util
 import json
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from script_loader import load_script
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from model import GPT, GPTConfig
 from reporting.evaluation import EvalError
 from training.checkpoint import save_checkpoint
 from training.tokenizer import ranks_path
-
-SCRIPTS = Path(__file__).resolve().parent.parent / "scripts"
-
-
-def load_script(name):
-    spec = importlib.util.spec_from_file_location(f"script_{name}", SCRIPTS / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
 
 eval_script, export_hf, sample = load_script("eval"), load_script("export_hf"), load_script("sample")
 

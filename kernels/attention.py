@@ -146,7 +146,7 @@ def _single_pass(dropout_p: float, deterministic: bool) -> bool:
 
 def _launch_bwd(do, q, k, v, o, lse, seed, mask, causal, dropout_p, scale, deterministic):
     B, H, N, D = q.shape
-    deterministic = not _single_pass(dropout_p, deterministic)
+    single_pass = _single_pass(dropout_p, deterministic)
     if do.stride(-1) != 1:
         do = do.contiguous()
     delta, dk, dv = torch.empty_like(lse), _empty_bhnd(q), _empty_bhnd(q)
@@ -154,22 +154,21 @@ def _launch_bwd(do, q, k, v, o, lse, seed, mask, causal, dropout_p, scale, deter
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
     grid_m = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * H)
     grid_n = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H)
-    if deterministic:  # dQ pass (writes delta), then dK/dV pass
+    if single_pass:  # delta and a zeroed fp32 dQ accumulator, then one pass that adds into it
+        dq_acc = _empty_bhnd(q, torch.float32)
+        wrap_triton(attn_bwd_preprocess)[(triton.cdiv(N, 64), B * H)](
+            o, do, delta, dq_acc, *_strides(o), *_strides(do), *_strides(dq_acc), H, N, D=D,
+            HEAD_D=common["HEAD_D"], BLOCK_M=64)
+    else:  # dQ pass (writes delta), then the dK/dV pass; a one-element stand-in for the accumulator it never uses
         dq = _empty_bhnd(q)
-        unused_acc = lse.new_empty((1, 1, 1))
         wrap_triton(_bwd_dq)[grid_m](q, k, v, o, do, dq, lse, delta, seed, *_mask_args(mask, False, lse), *strides,
                                      *_strides(dq), *_strides(o), **common)
-        acc, acc_strides = unused_acc, (0, 0, 0)
-    else:  # delta and a zeroed fp32 dQ accumulator, then one pass that adds into it
-        acc = _empty_bhnd(q, torch.float32)
-        acc_strides = _strides(acc)
-        wrap_triton(attn_bwd_preprocess)[(triton.cdiv(N, 64), B * H)](
-            o, do, delta, acc, *_strides(o), *_strides(do), *acc_strides, H, N, D=D, HEAD_D=common["HEAD_D"],
-            BLOCK_M=64)
-    wrap_triton(_bwd_kv)[grid_n](q, k, v, do, dk, dv, acc, lse, delta, seed, *_mask_args(mask, True, lse), *strides,
-                                 *_strides(dk), *acc_strides, DQ_ATOMIC=not deterministic, **common)
-    if not deterministic:
-        dq = acc.to(q.dtype)
+        dq_acc = lse.new_empty((1, 1, 1))
+    acc_strides = _strides(dq_acc) if single_pass else (0, 0, 0)
+    wrap_triton(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, seed, *_mask_args(mask, True, lse),
+                                 *strides, *_strides(dk), *acc_strides, DQ_ATOMIC=single_pass, **common)
+    if single_pass:
+        dq = dq_acc.to(q.dtype)
     return dq, dk, dv
 
 

@@ -165,7 +165,7 @@ def test_compile_mode_is_passed_to_torch_compile(tmp_path, data_dir, monkeypatch
     assert calls == ([{"mode": None}] if torch.cuda.is_available() else [])
     calls.clear()
     summary, run_dir = run(tmp_path, data_dir, *FAST, "train.max_steps=2", "train.compile=true",
-                           "train.compile_mode=reduce-overhead", "train.grad_accum=2")
+                           "train.compile_mode=reduce-overhead")
     assert summary["status"] == "ok" and calls == [{"mode": "reduce-overhead"}]
     assert json.loads((run_dir / "config.json").read_text())["compiled"] is True
 

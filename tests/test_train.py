@@ -14,6 +14,7 @@ import torch
 
 import train
 from model import GPT
+from training import distributed
 from training.config import compose
 from training.corpus import prepare_stdlib_docs
 
@@ -70,6 +71,41 @@ def test_load_model_rebuilds_the_trained_model(tmp_path, data_dir):
 def test_grad_accum_and_naive_backend(tmp_path, data_dir):
     summary, run_dir = run(tmp_path, data_dir, *FAST, "attn=naive", "train.grad_accum=2", "train.max_steps=3")
     assert summary["status"] == "ok" and summary["backend"].startswith("naive")
+
+
+class FixedBatches:
+    def __init__(self, batches):
+        self.batches = iter(batches)
+
+    def next(self):
+        return next(self.batches)
+
+
+def gradients_of_one_step(tmp_path, data_dir, batches, grad_accum, name):
+    """train.optimizer_step's gradients, read where the optimizer would apply them (clipping off: it would hide a
+    scale error)."""
+    cfg = compose([f"data.dir={data_dir}", *FAST, f"train.grad_accum={grad_accum}", "optim.grad_clip=0",
+                   "model.dropout=0.0"])
+    (tmp_path / name).mkdir()
+    run_state = train.set_up(cfg, tmp_path / name, torch.device("cpu"), distributed.Dist(), None)
+    run_state.train_data = FixedBatches(batches)
+    seen = {}
+    run_state.optimizer.step = lambda *a, **k: seen.update(
+        {n: p.grad.clone() for n, p in run_state.raw_model.named_parameters() if p.grad is not None})
+    train.optimizer_step(run_state, 1)
+    return seen
+
+
+def test_grad_accum_gives_the_gradient_of_the_whole_batch(tmp_path, data_dir):
+    """Two micro-batches of 2 rows with train.grad_accum=2 give the gradient of one batch of those 4 rows."""
+    torch.manual_seed(0)
+    x = torch.randint(0, 256, (4, 32))
+    y = torch.randint(0, 256, (4, 32))
+    accumulated = gradients_of_one_step(tmp_path, data_dir, [(x[:2], y[:2]), (x[2:], y[2:])], 2, "accum")
+    whole = gradients_of_one_step(tmp_path, data_dir, [(x, y)], 1, "whole")
+    assert accumulated.keys() == whole.keys() and len(whole) > 0
+    for name, grad in whole.items():
+        torch.testing.assert_close(accumulated[name], grad, rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_hf_baseline_trains_a_couple_of_steps(tmp_path, data_dir):

@@ -50,7 +50,7 @@ class BlockMask:
 
     def tensors(self) -> list[torch.Tensor]:
         """The index tensors in field order: how the mask crosses the custom-op boundary (see from_tensors)."""
-        return [getattr(self, f.name) for f in fields(self) if f.type == "torch.Tensor"]
+        return [getattr(self, f.name) for f in fields(self)[3:]]  # after block_size, seq_len, causal
 
     @classmethod
     def from_tensors(cls, tensors: list[torch.Tensor], block_size: int, seq_len: int, causal: bool) -> BlockMask:

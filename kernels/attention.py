@@ -7,8 +7,8 @@ Features
   on, the two-pass backward (bitwise repeatable) otherwise, whichever measured faster on the H200 (_single_pass);
   `deterministic=True` always takes the two passes.
 - Causal, block-sparse (a layout of kept blocks, turned into a kernels.block_mask.BlockMask), and dropout inside
-  the kernels, reproducible under torch.manual_seed. Dropout draws 8 random bits per element, so p is rounded to
-  a multiple of 1/256 (0.1 runs as 26/256 = 0.1016); the kept values are scaled with that p, unbiased.
+  the kernels, reproducible under torch.manual_seed: each call draws random keys per row and column, and the
+  kernels hash them per element (kernels/attention_fwd.py); p applies at 2^-24 resolution.
 - One path: the forward and backward are torch custom ops (triton_op + wrap_triton) with registered autograd,
   called the same way eagerly and under torch.compile (no graph break). Host launch cost is left to CUDA graphs
   (torch.compile(mode="reduce-overhead"), train.compile_mode in train.py).
@@ -34,13 +34,13 @@ from torch.library import triton_op, wrap_triton
 
 from . import block_mask as block_masks
 from .attention_bwd import attn_bwd_dq, attn_bwd_kv, attn_bwd_preprocess
-from .attention_fwd import attn_fwd, dropout_mask_kernel
+from .attention_fwd import attn_fwd
 from .block_mask import BlockMask
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 AUTOTUNE = os.environ.get("FLASHGPT_AUTOTUNE", "1") != "0"  # 0: first fitting config, no tuning (quick GPU tests)
 LOG2E = 1.4426950408889634
-DROPOUT_LEVELS = 256  # dropout thresholds are 8-bit
+DROPOUT_LEVELS = 2**24  # resolution of the dropout thresholds
 
 # ----------------------------------------------------------------------------------------------------------------
 # tile configs
@@ -127,11 +127,11 @@ def _common(q, causal, dropout_p, mask):
                 SPARSE_BLOCK=mask.block_size if mask is not None else 0, DROPOUT=dropout_p > 0)
 
 
-def _launch_fwd(q, k, v, seed, mask, causal, dropout_p, scale):
+def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):
     B, H, N, D = q.shape
     o, lse = _empty_bhnd(q), q.new_empty((B, H, N), dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * H)
-    wrap_triton(_fwd)[grid](q, k, v, o, lse, seed, *_mask_args(mask, False, lse),
+    wrap_triton(_fwd)[grid](q, k, v, o, lse, keys, *_mask_args(mask, False, lse),
                             *_strides(q), *_strides(k), *_strides(v), *_strides(o),
                             qk_scale=scale * LOG2E, **_common(q, causal, dropout_p, mask))
     return o, lse
@@ -144,7 +144,7 @@ def _single_pass(dropout_p: float, deterministic: bool) -> bool:
     return dropout_p > 0 and not deterministic
 
 
-def _launch_bwd(do, q, k, v, o, lse, seed, mask, causal, dropout_p, scale, deterministic):
+def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deterministic):
     B, H, N, D = q.shape
     single_pass = _single_pass(dropout_p, deterministic)
     if do.stride(-1) != 1:
@@ -161,11 +161,11 @@ def _launch_bwd(do, q, k, v, o, lse, seed, mask, causal, dropout_p, scale, deter
             HEAD_D=common["HEAD_D"], BLOCK_M=64)
     else:  # dQ pass (writes delta), then the dK/dV pass; a one-element stand-in for the accumulator it never uses
         dq = _empty_bhnd(q)
-        wrap_triton(_bwd_dq)[grid_m](q, k, v, o, do, dq, lse, delta, seed, *_mask_args(mask, False, lse), *strides,
+        wrap_triton(_bwd_dq)[grid_m](q, k, v, o, do, dq, lse, delta, keys, *_mask_args(mask, False, lse), *strides,
                                      *_strides(dq), *_strides(o), **common)
         dq_acc = lse.new_empty((1, 1, 1))
     acc_strides = _strides(dq_acc) if single_pass else (0, 0, 0)
-    wrap_triton(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, seed, *_mask_args(mask, True, lse),
+    wrap_triton(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, keys, *_mask_args(mask, True, lse),
                                  *strides, *_strides(dk), *acc_strides, DQ_ATOMIC=single_pass, **common)
     if single_pass:
         dq = dq_acc.to(q.dtype)
@@ -182,34 +182,35 @@ def _block_mask(tensors: list[torch.Tensor], block_size: int, N: int, causal: bo
 
 
 @triton_op("flashgpt::attention_fwd", mutates_args=())
-def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, seed: torch.Tensor | None,
+def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_keys: torch.Tensor | None,
                   mask: list[torch.Tensor], block_size: int, causal: bool, dropout_p: float, scale: float,
                   deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """(o, lse). `mask`: a BlockMask's tensors (BlockMask.tensors()) and its block_size; empty and 0 when dense.
-    `deterministic` picks the backward (see attention_bwd)."""
-    return _launch_fwd(q, k, v, seed, _block_mask(mask, block_size, q.shape[2], causal), causal, dropout_p, scale)
+    """(o, lse). `dropout_keys`: draw_dropout_keys(...) when dropout_p > 0. `mask`: a BlockMask's tensors
+    (BlockMask.tensors()) and its block_size; empty and 0 when dense. `deterministic` picks the backward."""
+    return _launch_fwd(q, k, v, dropout_keys, _block_mask(mask, block_size, q.shape[2], causal), causal, dropout_p,
+                       scale)
 
 
 @triton_op("flashgpt::attention_bwd", mutates_args=())
 def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-                  lse: torch.Tensor, seed: torch.Tensor | None, mask: list[torch.Tensor], block_size: int,
+                  lse: torch.Tensor, dropout_keys: torch.Tensor | None, mask: list[torch.Tensor], block_size: int,
                   causal: bool, dropout_p: float, scale: float,
                   deterministic: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    return _launch_bwd(do, q, k, v, o, lse, seed, _block_mask(mask, block_size, q.shape[2], causal), causal,
+    return _launch_bwd(do, q, k, v, o, lse, dropout_keys, _block_mask(mask, block_size, q.shape[2], causal), causal,
                        dropout_p, scale, deterministic)
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, seed, mask, block_size, causal, dropout_p, scale, deterministic = inputs
+    q, k, v, keys, mask, block_size, causal, dropout_p, scale, deterministic = inputs
     o, lse = output
     ctx.mark_non_differentiable(lse)
-    ctx.save_for_backward(q, k, v, o, lse, seed, *mask)
+    ctx.save_for_backward(q, k, v, o, lse, keys, *mask)
     ctx.options = (block_size, causal, dropout_p, scale, deterministic)
 
 
 def _backward(ctx, do, _dlse):
-    q, k, v, o, lse, seed, *mask = ctx.saved_tensors
-    dq, dk, dv = attention_bwd(do, q, k, v, o, lse, seed, mask, *ctx.options)
+    q, k, v, o, lse, keys, *mask = ctx.saved_tensors
+    dq, dk, dv = attention_bwd(do, q, k, v, o, lse, keys, mask, *ctx.options)
     return dq, dk, dv, None, [None] * len(mask), None, None, None, None, None
 
 
@@ -241,36 +242,30 @@ def _check_inputs(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: floa
 
 
 def kernel_dropout_p(dropout_p: float) -> float:
-    """The dropout probability the kernels apply: p rounded to a multiple of 1/256 (8-bit thresholds)."""
+    """The dropout probability the kernels apply: p rounded to a multiple of 2^-24 (the hash's threshold)."""
     if not 0.0 <= dropout_p < 1.0:
         raise ValueError(f"dropout_p={dropout_p} must be in [0, 1)")
     rounded = round(dropout_p * DROPOUT_LEVELS) / DROPOUT_LEVELS
     if (rounded == 0) != (dropout_p == 0) or rounded >= 1:
-        raise ValueError(f"dropout_p={dropout_p} rounds to {rounded} at the kernels' 1/{DROPOUT_LEVELS} resolution; "
-                         f"use 0 or a value in [{0.5 / DROPOUT_LEVELS}, {1 - 0.5 / DROPOUT_LEVELS})")
+        raise ValueError(f"dropout_p={dropout_p} rounds to {rounded} at the kernels' 2^-24 resolution; "
+                         f"use 0 or a value in [2^-24, 1 - 2^-24]")
     return rounded
 
 
-def draw_dropout_seed(device: torch.device | str) -> torch.Tensor:
-    """The Philox seed of one attention call, drawn from torch's generator (torch.manual_seed reproduces it)."""
-    return torch.randint(0, 2**62, (1,), dtype=torch.int64, device=device)
-
-
-def dropout_keep_mask(seed: torch.Tensor, B: int, H: int, N: int, dropout_p: float) -> torch.Tensor:
-    """(B, H, N, N) bool: the keep mask the kernels apply for this seed (debugging and tests; small N only)."""
-    out = torch.empty((B, H, N, N), dtype=torch.int8, device=seed.device)
-    dropout_mask_kernel[(triton.cdiv(N, 16), B * H)](out, seed, N, kernel_dropout_p(dropout_p), ROWS=16,
-                                                      BLOCK=max(16, min(256, triton.next_power_of_2(N))))
-    return out.bool()
+def draw_dropout_keys(B: int, H: int, N: int, device: torch.device | str) -> torch.Tensor:
+    """The random keys of one attention call with dropout: (B*H, 4, N) int32, two per row then two per column of
+    each head, drawn from torch's generator (torch.manual_seed reproduces them)."""
+    return torch.randint(-2**31, 2**31, (B * H, 4, N), dtype=torch.int32, device=device)
 
 
 def _attention(q, k, v, mask: BlockMask | None, causal, dropout_p, scale, deterministic) -> torch.Tensor:
     _check_inputs(q, k, v, scale)
     p = kernel_dropout_p(float(dropout_p))
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
-    seed = draw_dropout_seed(q.device) if p > 0 else None
+    B, H, N, _ = q.shape
+    keys = draw_dropout_keys(B, H, N, q.device) if p > 0 else None
     tensors, block_size = (mask.tensors(), mask.block_size) if mask is not None else ([], 0)
-    return attention_fwd(q, k, v, seed, tensors, block_size, causal, p, scale, deterministic)[0]
+    return attention_fwd(q, k, v, keys, tensors, block_size, causal, p, scale, deterministic)[0]
 
 
 def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool = False,

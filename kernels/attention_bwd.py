@@ -8,7 +8,8 @@ Features
 - Deterministic: a dQ pass (one program per query tile, walking key tiles; it also writes delta), then the same
   key-tile pass without dQ. Each program owns the rows it writes: bitwise repeatable, seven products per tile pair.
 - Causal tiles, block-sparse index lists (the transposed BlockMask lists for the key-tile pass) and dropout
-  (the forward's mask regenerated once per pass) as in kernels/attention_fwd.py, whose jit helpers this reuses.
+  (the forward's mask regenerated from the row and column keys, on transposed tiles in the key-tile pass) as in
+  kernels/attention_fwd.py, whose jit helpers this reuses.
 
 Tested: triton 3.6 (H200, torch 2.11, compiled) and the triton 3.9 interpreter (torch 2.13 CPU).
 """
@@ -20,7 +21,8 @@ import triton.language as tl
 
 from .attention_fwd import (
     dropout_keep,
-    dropout_setup,
+    dropout_keys,
+    dropout_threshold,
     head_offset,
     key_tile_ranges,
     load_tile,
@@ -101,7 +103,7 @@ def attn_bwd_preprocess(O, DO, Delta, DQ_ACC, stride_ob, stride_oh, stride_on, s
 
 @triton.jit
 def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, n_start, offs_n, offs_d,
-              lo, hi, idx_ptr, seed, bh, N, qk_scale, sm_scale, dropout_p, threshold,
+              lo, hi, idx_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p, threshold,
               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
               MASK: tl.constexpr, SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, DROPOUT: tl.constexpr,
               EVEN_D: tl.constexpr, DQ_ATOMIC: tl.constexpr):
@@ -121,14 +123,14 @@ def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, st
             pT = tl.where(tl.trans(tile_keep(offs_m, offs_n, N, CAUSAL)), pT, 0.0)
         do = load_tile(DO, offs_m, stride_don, offs_d, N, D, MASK, EVEN_D)
         dpT = tl.dot(v, tl.trans(do))
-        if DROPOUT:
-            keepT = tl.trans(dropout_keep(seed, bh, offs_m, n_start, N, threshold, BLOCK_N).to(tl.int8)) != 0
-            scale_keep = 1.0 / (1.0 - dropout_p)
-            dv = tl.dot(tl.where(keepT, pT * scale_keep, 0.0).to(do.dtype), do, dv)
-            dpT = tl.where(keepT, dpT * scale_keep, 0.0)
+        if DROPOUT:  # the 1 / (1 - p) of the kept values: on dV once at the end, on dP fused into the FMA below
+            row_a, row_b = dropout_keys(KEYS, bh, offs_m, N, False, MASK)
+            keepT = dropout_keep(row_a[None, :], row_b[None, :], col_a[:, None], col_b[:, None], threshold)
+            dv = tl.dot(tl.where(keepT, pT, 0.0).to(do.dtype), do, dv)
+            dsT = (pT * (tl.where(keepT, dpT, 0.0) * (1.0 / (1.0 - dropout_p)) - delta[None, :])).to(qT.dtype)
         else:
             dv = tl.dot(pT.to(do.dtype), do, dv)
-        dsT = (pT * (dpT - delta[None, :])).to(qT.dtype)
+            dsT = (pT * (dpT - delta[None, :])).to(qT.dtype)
         dk = tl.dot(dsT, tl.trans(qT), dk)
         if DQ_ATOMIC:
             dq = tl.dot(tl.trans(dsT), k) * sm_scale
@@ -141,7 +143,7 @@ def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, st
 
 
 @triton.jit
-def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, seed_ptr,
+def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
                 full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
                 stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
@@ -156,7 +158,7 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, seed_ptr,
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_M
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
-    seed, threshold, dropout_p = dropout_setup(seed_ptr, dropout_p, DROPOUT)
+    threshold, dropout_p = dropout_threshold(dropout_p)
     start_n, bh, b, h = program_tile(H)
     Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
     DO += head_offset(b, h, stride_dob, stride_doh)
@@ -168,6 +170,9 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, seed_ptr,
     n_start = start_n * BLOCK_N
     offs_n = n_start + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
+    col_a, col_b = offs_n, offs_n  # placeholders when there is no dropout
+    if DROPOUT:
+        col_a, col_b = dropout_keys(KEYS, bh, offs_n, N, True, True)
     k = load_tile(K, offs_n, stride_kn, offs_d, N, D, True, EVEN_D)
     v = load_tile(V, offs_n, stride_vn, offs_d, N, D, True, EVEN_D)
     dk = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
@@ -176,14 +181,16 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, seed_ptr,
         start_n, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
         BLOCK_M, BLOCK_N, CAUSAL, SPARSE, SPARSE_BLOCK)
     dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, n_start, offs_n,
-                       offs_d, part_lo, part_hi, part_ptr, seed, bh, N, qk_scale, sm_scale, dropout_p, threshold,
-                       D, BLOCK_M, BLOCK_N, CAUSAL, True, SPARSE, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
+                       offs_d, part_lo, part_hi, part_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p,
+                       threshold, D, BLOCK_M, BLOCK_N, CAUSAL, True, SPARSE, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
     dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, n_start, offs_n,
-                       offs_d, full_lo, full_hi, full_ptr, seed, bh, N, qk_scale, sm_scale, dropout_p, threshold,
-                       D, BLOCK_M, BLOCK_N, CAUSAL, False, SPARSE, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
+                       offs_d, full_lo, full_hi, full_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p,
+                       threshold, D, BLOCK_M, BLOCK_N, CAUSAL, False, SPARSE, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
     dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, n_start, offs_n,
-                       offs_d, tail_lo, tail_hi, part_ptr, seed, bh, N, qk_scale, sm_scale, dropout_p, threshold,
-                       D, BLOCK_M, BLOCK_N, CAUSAL, True, False, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
+                       offs_d, tail_lo, tail_hi, part_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p,
+                       threshold, D, BLOCK_M, BLOCK_N, CAUSAL, True, False, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
+    if DROPOUT:
+        dv = dv * (1.0 / (1.0 - dropout_p))
     g_ptrs = offs_n[:, None] * stride_gn + offs_d[None, :]
     _store_rows(DK + g_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), offs_n[:, None], N, offs_d[None, :], D, EVEN_D)
     _store_rows(DV + g_ptrs, dv.to(DV.dtype.element_ty), offs_n[:, None], N, offs_d[None, :], D, EVEN_D)
@@ -191,7 +198,7 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, seed_ptr,
 
 @triton.jit
 def _q_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, lo, hi, idx_ptr,
-             seed, bh, N, qk_scale, dropout_p, threshold,
+             KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold,
              D: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr,
              SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, EVEN_D: tl.constexpr):
     """Accumulate one query tile's dQ over key tiles lo..hi: the forward's iteration, recomputing P from the LSE."""
@@ -205,15 +212,17 @@ def _q_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, 
             p = tl.where(tile_keep(offs_m, offs_n, N, CAUSAL), p, 0.0)
         dp = tl.dot(do, vT)
         if DROPOUT:
-            keep = dropout_keep(seed, bh, offs_m, start_n, N, threshold, BLOCK_N)
-            dp = tl.where(keep, dp * (1.0 / (1.0 - dropout_p)), 0.0)
-        ds = p * (dp - delta[:, None])
+            col_a, col_b = dropout_keys(KEYS, bh, offs_n, N, True, MASK)
+            keep = dropout_keep(row_a[:, None], row_b[:, None], col_a[None, :], col_b[None, :], threshold)
+            ds = p * (tl.where(keep, dp, 0.0) * (1.0 / (1.0 - dropout_p)) - delta[:, None])
+        else:
+            ds = p * (dp - delta[:, None])
         dq = tl.dot(ds.to(kT.dtype), tl.trans(kT), dq)
     return dq
 
 
 @triton.jit
-def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, seed_ptr,
+def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
                 full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
                 stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
                 stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
@@ -227,7 +236,7 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, seed_ptr,
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
     qk_scale = tl.cast(qk_scale, tl.float32)
     sm_scale = tl.cast(sm_scale, tl.float32)
-    seed, threshold, dropout_p = dropout_setup(seed_ptr, dropout_p, DROPOUT)
+    threshold, dropout_p = dropout_threshold(dropout_p)
     start_m, bh, b, h = program_tile(H)
     Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
     DO += head_offset(b, h, stride_dob, stride_doh)
@@ -235,6 +244,9 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, seed_ptr,
     O += head_offset(b, h, stride_ob, stride_oh)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
+    row_a, row_b = offs_m, offs_m  # placeholders when there is no dropout
+    if DROPOUT:
+        row_a, row_b = dropout_keys(KEYS, bh, offs_m, N, False, True)
     q = load_tile(Q, offs_m, stride_qn, offs_d, N, D, True, EVEN_D)
     do = load_tile(DO, offs_m, stride_don, offs_d, N, D, True, EVEN_D)
     delta = _row_delta(O, DO, stride_on, stride_don, offs_m, offs_d, N, D, EVEN_D)
@@ -245,10 +257,10 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, seed_ptr,
         start_m, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
         BLOCK_M, BLOCK_N, CAUSAL, SPARSE, SPARSE_BLOCK)
     dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, full_lo, full_hi, full_ptr,
-                  seed, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, False, SPARSE, PER_BLOCK, DROPOUT,
-                  EVEN_D)
+                  KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, False, SPARSE,
+                  PER_BLOCK, DROPOUT, EVEN_D)
     dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, part_lo, part_hi, part_ptr,
-                  seed, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, True, SPARSE, PER_BLOCK, DROPOUT,
-                  EVEN_D)
+                  KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, True, SPARSE,
+                  PER_BLOCK, DROPOUT, EVEN_D)
     _store_rows(DQ + offs_m[:, None] * stride_gn + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
                 offs_m[:, None], N, offs_d[None, :], D, EVEN_D)

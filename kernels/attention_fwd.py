@@ -8,11 +8,12 @@ Features
 - Block-sparse: the same loop walks a BlockMask's per-block index lists (kernels/block_mask.py) instead of a
   computed range; the constexpr SPARSE picks which, so dense and sparse share every line of the inner loop. A
   layout block of SPARSE_BLOCK tokens is visited as SPARSE_BLOCK // BLOCK_N key tiles.
-- Dropout inside the kernel (the paper's Algorithm 2): one Philox call (tl.randint4x, 128 bits) gives 16 elements
-  8 bits each, keyed on a seed drawn from torch's generator and on the element's (batch*head, row, column), so
-  torch.manual_seed reproduces a run and the backward regenerates the same mask instead of storing it. An element
-  is kept if its byte >= 256 p: p is rounded to a multiple of 1/256 by the caller (kernels/attention.py), and
-  the kept values are scaled by 1 / (1 - p) with that rounded p, so the output stays unbiased.
+- Dropout inside the kernel (the paper's Algorithm 2) without storing a mask and without shuffling random bits
+  into the tile's layout: every row and every column of a head has two random 32-bit keys (a (B*H, 4, N) tensor
+  drawn from torch's generator per call, so torch.manual_seed reproduces a run), and element (row, col) is kept
+  iff a 32-bit hash of its row's and column's keys is >= p * 2^32 (p at 2^-24 resolution). The hash is a few
+  integer operations per element, computed in whatever layout the tile already has, in either orientation, so the
+  backward regenerates the same mask on transposed tiles; kept values are scaled by 1 / (1 - p).
 
 Limits: head dims up to 128 (padded to a power of two inside the kernel); any strides with unit last dim.
 Tested: triton 3.6 (H200, torch 2.11, compiled) and the triton 3.9 interpreter (torch 2.13 CPU).
@@ -29,20 +30,30 @@ import triton.language as tl
 
 
 @triton.jit
-def dropout_keep(seed, bh, offs_m, start_n, N, threshold, BLOCK_N: tl.constexpr):
-    """Keep mask (len(offs_m), BLOCK_N) of rows offs_m x columns start_n .. start_n + BLOCK_N of head bh.
+def dropout_keys(KEYS, bh, offs, N, COLUMNS: tl.constexpr, MASK: tl.constexpr):
+    """The two uint32 keys of rows (or, with COLUMNS, columns) `offs` of head bh; KEYS is (B*H, 4, N) int32 holding
+    row keys a, b then column keys a, b."""
+    ptrs = KEYS + bh.to(tl.int64) * 4 * N + (2 * N if COLUMNS else 0) + offs
+    if MASK:
+        a = tl.load(ptrs, mask=offs < N, other=0)
+        b = tl.load(ptrs + N, mask=offs < N, other=0)
+    else:
+        a = tl.load(ptrs)
+        b = tl.load(ptrs + N)
+    return a.to(tl.uint32, bitcast=True), b.to(tl.uint32, bitcast=True)
 
-    Element (row, col) always draws Philox counter (bh*N + row) * ceil(N/16) + col // 16 and byte col % 16,
-    whatever the tile, so every pass regenerates the same mask. start_n % 16 == 0; kept iff byte >= threshold."""
-    offsets = ((bh * N + offs_m[:, None]).to(tl.int64) * tl.cdiv(N, 16)
-               + (start_n // 16 + tl.arange(0, BLOCK_N // 16))[None, :])
-    r0, r1, r2, r3 = tl.randint4x(seed, offsets)
-    b0 = tl.join(tl.join(r0 & 0xFF, (r0 >> 8) & 0xFF), tl.join((r0 >> 16) & 0xFF, r0 >> 24))
-    b1 = tl.join(tl.join(r1 & 0xFF, (r1 >> 8) & 0xFF), tl.join((r1 >> 16) & 0xFF, r1 >> 24))
-    b2 = tl.join(tl.join(r2 & 0xFF, (r2 >> 8) & 0xFF), tl.join((r2 >> 16) & 0xFF, r2 >> 24))
-    b3 = tl.join(tl.join(r3 & 0xFF, (r3 >> 8) & 0xFF), tl.join((r3 >> 16) & 0xFF, r3 >> 24))
-    bits = tl.join(tl.join(b0, b1), tl.join(b2, b3))
-    return tl.reshape(bits, (offs_m.shape[0], BLOCK_N)) >= threshold
+
+@triton.jit
+def dropout_keep(row_a, row_b, col_a, col_b, threshold):
+    """Keep mask of the elements whose row and column keys are broadcast against each other here (rows x columns or
+    columns x rows alike), kernels/reference.py mirrors it in torch. Two multiply-xorshift rounds of row_a ^ col_a
+    (the rounds of the lowbias32 hash, C. Wellons' hash prospector, whose outer xorshifts change nothing here: the
+    keys are already uniform, and the comparison reads the top bits), then XOR row_b ^ col_b, so that two elements
+    whose first keys collide still draw differently. About eight integer operations per element."""
+    x = (row_a ^ col_a) * 0x7FEB352D
+    x ^= x >> 15
+    x *= 0x846CA68B
+    return (x ^ row_b ^ col_b) >= threshold
 
 
 @triton.jit
@@ -75,13 +86,11 @@ def program_tile(H):
 
 
 @triton.jit
-def dropout_setup(seed_ptr, dropout_p, DROPOUT: tl.constexpr):
-    """(seed, keep threshold, p as fp32): torch.compile passes Python floats as fp64 scalars."""
+def dropout_threshold(dropout_p):
+    """(uint32 keep threshold, p as fp32). p is a multiple of 2^-24 (kernels/attention.py rounds it), exact in fp32;
+    torch.compile passes Python floats as fp64 scalars."""
     dropout_p = tl.cast(dropout_p, tl.float32)
-    seed = 0
-    if DROPOUT:
-        seed = tl.load(seed_ptr)
-    return seed, (dropout_p * 256.0 + 0.5).to(tl.uint32), dropout_p
+    return (dropout_p * 16777216.0).to(tl.uint32) << 8, dropout_p
 
 
 @triton.jit
@@ -154,7 +163,7 @@ def key_tile_ranges(start_m, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch,
 
 @triton.jit
 def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, lo, hi, idx_ptr,
-               seed, bh, N, qk_scale, threshold,
+               KEYS, row_a, row_b, bh, N, qk_scale, threshold,
                D: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr,
                SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, EVEN_D: tl.constexpr):
     """The inner loop: fold key tiles lo..hi into one query tile's running softmax."""
@@ -176,7 +185,9 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, lo,
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if DROPOUT:
-            p = tl.where(dropout_keep(seed, bh, offs_m, start_n, N, threshold, BLOCK_N), p, 0.0)
+            col_a, col_b = dropout_keys(KEYS, bh, offs_n, N, True, MASK)
+            keep = dropout_keep(row_a[:, None], row_b[:, None], col_a[None, :], col_b[None, :], threshold)
+            p = tl.where(keep, p, 0.0)
         v = load_tile(V, offs_n, stride_vn, offs_d, N, D, MASK, EVEN_D)
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
@@ -184,7 +195,7 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, lo,
 
 
 @triton.jit
-def attn_fwd(Q, K, V, O, LSE, seed_ptr,
+def attn_fwd(Q, K, V, O, LSE, KEYS,
              full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
              stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
@@ -195,11 +206,14 @@ def attn_fwd(Q, K, V, O, LSE, seed_ptr,
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
     qk_scale = tl.cast(qk_scale, tl.float32)  # torch.compile passes Python floats as fp64 scalars
-    seed, threshold, dropout_p = dropout_setup(seed_ptr, dropout_p, DROPOUT)
+    threshold, dropout_p = dropout_threshold(dropout_p)
     start_m, bh, b, h = program_tile(H)
     Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
     O += head_offset(b, h, stride_ob, stride_oh)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    row_a, row_b = offs_m, offs_m  # placeholders when there is no dropout
+    if DROPOUT:
+        row_a, row_b = dropout_keys(KEYS, bh, offs_m, N, False, True)
     offs_d = tl.arange(0, HEAD_D)
     q = load_tile(Q, offs_m, stride_qn, offs_d, N, D, True, EVEN_D)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
@@ -209,10 +223,10 @@ def attn_fwd(Q, K, V, O, LSE, seed_ptr,
         start_m, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
         BLOCK_M, BLOCK_N, CAUSAL, SPARSE, SPARSE_BLOCK)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, full_lo, full_hi,
-                               full_ptr, seed, bh, N, qk_scale, threshold,
+                               full_ptr, KEYS, row_a, row_b, bh, N, qk_scale, threshold,
                                D, BLOCK_N, CAUSAL, False, SPARSE, PER_BLOCK, DROPOUT, EVEN_D)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, part_lo, part_hi,
-                               part_ptr, seed, bh, N, qk_scale, threshold,
+                               part_ptr, KEYS, row_a, row_b, bh, N, qk_scale, threshold,
                                D, BLOCK_N, CAUSAL, True, SPARSE, PER_BLOCK, DROPOUT, EVEN_D)
 
     # A row that kept no key (possible only with a sparse layout) has l_i == 0: output 0 and LSE +inf, so the
@@ -231,15 +245,3 @@ def attn_fwd(Q, K, V, O, LSE, seed_ptr,
     else:
         tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=(offs_m[:, None] < N) & (offs_d[None, :] < D))
 
-
-@triton.jit
-def dropout_mask_kernel(Out, seed_ptr, N, dropout_p, ROWS: tl.constexpr, BLOCK: tl.constexpr):
-    """The keep mask the attention kernels apply, for ROWS rows of one batch*head (tests and debugging)."""
-    rows = tl.program_id(0) * ROWS + tl.arange(0, ROWS)
-    bh = tl.program_id(1)
-    cols = tl.arange(0, BLOCK)
-    threshold = (tl.cast(dropout_p, tl.float32) * 256.0 + 0.5).to(tl.uint32)
-    for start in range(0, N, BLOCK):
-        keep = dropout_keep(tl.load(seed_ptr), bh, rows, start, N, threshold, BLOCK)
-        tl.store(Out + (bh.to(tl.int64) * N + rows[:, None]) * N + start + cols[None, :], keep.to(tl.int8),
-                 mask=(rows[:, None] < N) & (start + cols[None, :] < N))

@@ -1,10 +1,32 @@
-"""Float64 attention reference: an explicit element mask and an explicit dropout keep mask (tests, benchmarks)."""
+"""Float64 attention reference with an explicit element mask and dropout keep mask, and the kernels' dropout mask
+computed with torch ops (tests, benchmarks, debugging)."""
 
 from __future__ import annotations
 
 import math
 
 import torch
+
+from .attention import DROPOUT_LEVELS, kernel_dropout_p
+
+_U32 = 0xFFFFFFFF
+
+
+def _mul_u32(x: torch.Tensor, c: int) -> torch.Tensor:
+    """x * c mod 2^32 for x, c < 2^32 held in int64, without int64 overflow."""
+    return (x * (c & 0xFFFF) + (((x * (c >> 16)) & 0xFFFF) << 16)) & _U32
+
+
+def dropout_keep_mask(keys: torch.Tensor, B: int, H: int, dropout_p: float) -> torch.Tensor:
+    """(B, H, N, N) bool: the keep mask the kernels apply for these keys (draw_dropout_keys; small N only). The same
+    hash as kernels/attention_fwd.py's dropout_keep, in int64 arithmetic."""
+    k = keys.long() & _U32
+    row_a, row_b, col_a, col_b = k[:, 0, :, None], k[:, 1, :, None], k[:, 2, None, :], k[:, 3, None, :]
+    x = _mul_u32(row_a ^ col_a, 0x7FEB352D)
+    x = _mul_u32(x ^ (x >> 15), 0x846CA68B) ^ row_b ^ col_b
+    threshold = round(kernel_dropout_p(dropout_p) * DROPOUT_LEVELS) << 8
+    N = keys.shape[-1]
+    return (x >= threshold).view(B, H, N, N)
 
 
 def expand_layout(layout: torch.Tensor, seq_len: int, block_size: int) -> torch.Tensor:

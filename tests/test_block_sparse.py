@@ -8,7 +8,7 @@ from attention_checks import assert_matches_reference, packed_qkv, rel_err
 from kernels import (
     block_sparse_attention,
     create_block_mask,
-    draw_dropout_seed,
+    draw_dropout_keys,
     dropout_keep_mask,
     flash_attention,
     kernel_dropout_p,
@@ -25,7 +25,7 @@ def check(device, layout, B, H, N, D, bs, causal, dropout_p=0.0, deterministic=F
     keep = None
     if dropout_p:
         torch.manual_seed(5)
-        keep = dropout_keep_mask(draw_dropout_seed(q.device), B, H, N, dropout_p)
+        keep = dropout_keep_mask(draw_dropout_keys(B, H, N, q.device), B, H, dropout_p)
     mask = expand_layout(layout, N, bs).to(device)
     mask = mask[None] if layout.dim() == 3 else mask  # (H, N, N) broadcasts over B
     return assert_matches_reference(o, qkv, q, k, v, causal=causal, mask=mask, keep=keep,

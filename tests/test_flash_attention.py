@@ -5,7 +5,7 @@ import pytest
 import torch
 from attention_checks import assert_matches_reference, packed_qkv
 
-from kernels import draw_dropout_seed, dropout_keep_mask, flash_attention, kernel_dropout_p
+from kernels import draw_dropout_keys, dropout_keep_mask, flash_attention, kernel_dropout_p
 
 
 @pytest.mark.parametrize("B,H,N,D,causal", [
@@ -61,21 +61,26 @@ def test_dropout_reproducible_and_matches_reference_with_same_mask(kernel_device
     o2 = flash_attention(q, k, v, causal=causal, dropout_p=p, deterministic=deterministic)
     assert torch.equal(o1, o2)
     torch.manual_seed(123)
-    keep = dropout_keep_mask(draw_dropout_seed(q.device), B, H, N, p)
+    keep = dropout_keep_mask(draw_dropout_keys(B, H, N, q.device), B, H, p)
     assert_matches_reference(o1, qkv, q, k, v, causal=causal, keep=keep, dropout_p=kernel_dropout_p(p))
 
 
-def test_dropout_keeps_at_the_rounded_rate(kernel_device):
-    """The kernels keep an element with probability 1 - p rounded to k/256, and scale kept values by 1 / (1 - that
-    p) (test_dropout_reproducible_and_matches_reference_with_same_mask): unbiased. This p sits just under a
-    rounding edge, 1/512 from its rounded value, which 1M draws tell apart (8 sigma)."""
-    p = 25.49 / 256
-    rounded = kernel_dropout_p(p)
-    assert rounded == 25 / 256
-    keep = dropout_keep_mask(torch.tensor([7], device=kernel_device), 4, 4, 256, p)
-    rate, sigma = keep.float().mean().item(), (rounded * (1 - rounded) / keep.numel()) ** 0.5
-    assert abs(rate - (1 - rounded)) < 4 * sigma and abs(rate - (1 - p)) > 4 * sigma
-    assert not torch.equal(keep, dropout_keep_mask(torch.tensor([8], device=kernel_device), 4, 4, 256, p))
+def test_dropout_mask_keeps_at_rate_1_minus_p_with_independent_neighbours():
+    """The keep mask (kernels' hash, mirrored in torch and checked against the kernels above): keep rate 1 - p, and
+    no dependence between an element and its right neighbour, the one below, or its transpose (all would agree with
+    probability p^2 + (1-p)^2 if independent; 2M pairs each, 4 sigma)."""
+    p, B, H, N = 0.3, 2, 4, 512
+    torch.manual_seed(7)
+    keys = draw_dropout_keys(B, H, N, "cpu")
+    keep = dropout_keep_mask(keys, B, H, p)
+    rate, sigma = keep.float().mean().item(), (p * (1 - p) / keep.numel()) ** 0.5
+    assert abs(rate - (1 - p)) < 4 * sigma
+    agree, n = p * p + (1 - p) * (1 - p), keep[..., 1:, 1:].numel()
+    for a, b in ((keep[..., 1:, 1:], keep[..., 1:, :-1]), (keep[..., 1:, 1:], keep[..., :-1, 1:]),
+                 (keep[..., 1:, 1:], keep.transpose(-1, -2)[..., 1:, 1:])):
+        assert abs((a == b).float().mean().item() - agree) < 4 * (agree * (1 - agree) / n) ** 0.5
+    assert not torch.equal(keep, dropout_keep_mask(draw_dropout_keys(B, H, N, "cpu"), B, H, p))
+    assert kernel_dropout_p(0.1) == round(0.1 * 2**24) / 2**24
 
 
 def test_refuses_bad_inputs_with_a_message(kernel_device):
@@ -87,6 +92,6 @@ def test_refuses_bad_inputs_with_a_message(kernel_device):
     with pytest.raises(ValueError, match="dropout_p"):
         flash_attention(q, q, q, dropout_p=1.0)
     with pytest.raises(ValueError, match="rounds to 0"):
-        flash_attention(q, q, q, dropout_p=1e-3)
+        flash_attention(q, q, q, dropout_p=1e-9)
     with pytest.raises(ValueError, match="positive"):
         flash_attention(q, q, q, scale=-1.0)

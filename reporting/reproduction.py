@@ -27,19 +27,22 @@ BACKENDS = ("flash", "block_sparse", "sdpa", "naive")
 
 # Per mode: throughput sweep (models, seq lens, batch = tokens_per_step / seq, steps, untimed warm-up steps,
 # log interval: the timed intervals are the logged ones after the warm-up), the small model of the convergence and
-# block-sparse runs, how many block-sparse patterns, and the kernel benchmark's sizes (None: no GPU expected).
+# block-sparse runs, how many block-sparse patterns, the kernel benchmark's sizes (None: no GPU expected), the
+# training runs' train.compile, and whether parity repeats its dropout-0 pair in fp32.
 PLANS = {
     "tiny": dict(models=["gpt2-nano"], seqs=[64, 128], tokens_per_step=1024, steps=16, warmup_steps=4,
                  log_interval=3, small="gpt2-nano", small_seq=64, small_batch=8, small_steps=20, patterns=3,
-                 bench={**attention_bench.QUICK, "seqs": (256, 1024), "sparse_seqs": (1024,)}),
-    # planned to end inside 6 minutes on one H100/H200: causal D=64 kernels at 1K-16K, GPT-2 small at seq 1K,
-    # 100-step convergence runs and two block-sparse patterns
+                 bench={**attention_bench.QUICK, "seqs": (256, 1024), "sparse_seqs": (1024,)}, compile="auto",
+                 parity_fp32=True),
+    # to end inside 6 minutes on one H100/H200: causal D=64 kernels at 1K-16K, GPT-2 small at seq 1K, 100-step
+    # convergence runs and two block-sparse patterns, all eager (a compile per run took ~30 s of each 20-step run;
+    # with it the quick plan ran 11+ minutes on the H200)
     "quick": dict(models=["gpt2"], seqs=[1024], tokens_per_step=8192, steps=20, warmup_steps=5, log_interval=3,
                   small="gpt2-mini", small_seq=256, small_batch=16, small_steps=100, patterns=2,
-                  bench={**attention_bench.QUICK, "sparse_seqs": (16384,)}),
+                  bench={**attention_bench.QUICK, "sparse_seqs": (16384,)}, compile="false", parity_fp32=False),
     "full": dict(models=["gpt2", "gpt2-medium"], seqs=[1024, 2048, 4096], tokens_per_step=8192, steps=40,
                  warmup_steps=15, log_interval=5, small="gpt2-mini", small_seq=512, small_batch=16, small_steps=500,
-                 patterns=3, bench=attention_bench.FULL),
+                 patterns=3, bench=attention_bench.FULL, compile="auto", parity_fp32=True),
 }
 
 
@@ -77,7 +80,8 @@ def throughput(plan: dict, sweeps: Sweeps, skipped: dict) -> list[Run]:
             warmup = min(plan["warmup_steps"], plan["steps"] // 2)
             shape = ["experiment=throughput", f"model={model}", f"model.block_size={seq}", f"train.seq_len={seq}",
                      f"train.batch_size={batch}", f"train.max_steps={plan['steps']}",
-                     f"train.untimed_steps={warmup}", f"train.log_interval={plan['log_interval']}"]
+                     f"train.untimed_steps={warmup}", f"train.log_interval={plan['log_interval']}",
+                     f"train.compile={plan['compile']}"]
             if backends:
                 runs += sweeps.run(f"throughput/{model}_seq{seq}", "throughput",
                                    [*shape, f"attn={','.join(backends)}"], backends, plan["steps"])
@@ -91,7 +95,7 @@ def small_run_args(plan: dict, dropout: float, seed: int = 1337) -> list[str]:
     return [f"model={plan['small']}", f"model.block_size={plan['small_seq']}", f"model.dropout={dropout}",
             f"train.seq_len={plan['small_seq']}", f"train.batch_size={plan['small_batch']}",
             f"train.max_steps={plan['small_steps']}", "train.log_interval=1", "train.eval_interval=0",
-            "train.eval_iters=5", f"train.seed={seed}", "train.dtype=auto"]
+            "train.eval_iters=5", f"train.seed={seed}", "train.dtype=auto", f"train.compile={plan['compile']}"]
 
 
 def parity(plan: dict, sweeps: Sweeps, skipped: dict, device: str) -> tuple[list, str]:
@@ -106,7 +110,7 @@ def parity(plan: dict, sweeps: Sweeps, skipped: dict, device: str) -> tuple[list
     a, *rest = sweeps.run("parity/dropout0", "parity", [*small_run_args(plan, 0.0), f"attn=naive,{','.join(exact)}"],
                           ["naive", *exact], steps)
     pairs = [(f"naive vs {r.backend}, {m}, dropout 0, {a.config.get('dtype', 'auto')}", a, r) for r in rest]
-    if device == "cuda":  # on a CPU the training dtype is already fp32
+    if device == "cuda" and plan["parity_fp32"]:  # on a CPU the training dtype is already fp32
         a32, b32 = sweeps.run("parity/dropout0_fp32", "parity",
                               [*small_run_args(plan, 0.0), "train.dtype=fp32", f"attn=naive,{other}"], ["naive", other],
                               steps)
@@ -131,7 +135,7 @@ def parity(plan: dict, sweeps: Sweeps, skipped: dict, device: str) -> tuple[list
 
 
 def parity_runs(plan: dict, device: str) -> int:
-    return 3 + (2 if device == "cuda" else 0) + 2 + 1
+    return 3 + (2 if device == "cuda" and plan["parity_fp32"] else 0) + 2 + 1
 
 
 def default_patterns(plan: dict) -> list[str]:

@@ -98,7 +98,7 @@ def test_compiled_model_matches_eager(attn, options):
         _, loss = compiled(x, x)
         _, loss_eager = model(x, x)
     loss.backward()
-    assert loss == pytest.approx(loss_eager.item(), rel=1e-2)
+    assert loss.item() == pytest.approx(loss_eager.item(), rel=1e-2)
     assert all(p.grad is not None for p in model.parameters())
 
 

@@ -27,6 +27,7 @@ from .attention_fwd import (
     key_tile_ranges,
     load_tile,
     load_tile_t,
+    own_dropout_keys,
     program_tile,
     qkv_heads,
     tile_index,
@@ -170,9 +171,7 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
     n_start = start_n * BLOCK_N
     offs_n = n_start + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
-    col_a, col_b = offs_n, offs_n  # placeholders when there is no dropout
-    if DROPOUT:
-        col_a, col_b = dropout_keys(KEYS, bh, offs_n, N, True, True)
+    col_a, col_b = own_dropout_keys(KEYS, bh, offs_n, N, True, DROPOUT)
     k = load_tile(K, offs_n, stride_kn, offs_d, N, D, True, EVEN_D)
     v = load_tile(V, offs_n, stride_vn, offs_d, N, D, True, EVEN_D)
     dk = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
@@ -244,9 +243,7 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
     O += head_offset(b, h, stride_ob, stride_oh)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
-    row_a, row_b = offs_m, offs_m  # placeholders when there is no dropout
-    if DROPOUT:
-        row_a, row_b = dropout_keys(KEYS, bh, offs_m, N, False, True)
+    row_a, row_b = own_dropout_keys(KEYS, bh, offs_m, N, False, DROPOUT)
     q = load_tile(Q, offs_m, stride_qn, offs_d, N, D, True, EVEN_D)
     do = load_tile(DO, offs_m, stride_don, offs_d, N, D, True, EVEN_D)
     delta = _row_delta(O, DO, stride_on, stride_don, offs_m, offs_d, N, D, EVEN_D)

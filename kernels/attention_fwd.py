@@ -44,6 +44,15 @@ def dropout_keys(KEYS, bh, offs, N, COLUMNS: tl.constexpr, MASK: tl.constexpr):
 
 
 @triton.jit
+def own_dropout_keys(KEYS, bh, offs, N, COLUMNS: tl.constexpr, DROPOUT: tl.constexpr):
+    """The keys of the rows (or columns) a program owns, loaded once; without dropout, placeholders never read."""
+    if DROPOUT:
+        return dropout_keys(KEYS, bh, offs, N, COLUMNS, True)
+    else:
+        return offs, offs
+
+
+@triton.jit
 def dropout_keep(row_a, row_b, col_a, col_b, threshold):
     """Keep mask of the elements whose row and column keys are broadcast against each other here (rows x columns or
     columns x rows alike), kernels/reference.py mirrors it in torch. Two multiply-xorshift rounds of row_a ^ col_a
@@ -211,9 +220,7 @@ def attn_fwd(Q, K, V, O, LSE, KEYS,
     Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
     O += head_offset(b, h, stride_ob, stride_oh)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_a, row_b = offs_m, offs_m  # placeholders when there is no dropout
-    if DROPOUT:
-        row_a, row_b = dropout_keys(KEYS, bh, offs_m, N, False, True)
+    row_a, row_b = own_dropout_keys(KEYS, bh, offs_m, N, False, DROPOUT)
     offs_d = tl.arange(0, HEAD_D)
     q = load_tile(Q, offs_m, stride_qn, offs_d, N, D, True, EVEN_D)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)

@@ -13,7 +13,9 @@ Features
   called the same way eagerly and under torch.compile (no graph break). Host launch cost is left to CUDA graphs
   (torch.compile(mode="reduce-overhead"), train.compile_mode in train.py).
 - Tiles, warps and pipeline stages are autotuned per (N rounded up to a power of two, head dim, causal, dropout,
-  layout block size, dtype).
+  layout block size, dtype). The timings are cached on disk (Triton's cache directory, keyed by the kernel source,
+  the GPU architecture and the tuning key), so a new process, e.g. every train.py run, reuses them instead of
+  timing every config again. A GPU of the same architecture (H100 / H200) shares them.
 
 Limits: q, k, v of equal shape (B, H, N, D) (self-attention lengths); D a multiple of 8 up to 128 (16, 32, 48,
 64, 80, 96, 128 tested); fp16 / bf16, and fp32 with tf32 dots. CPU tensors run only through the Triton
@@ -83,7 +85,7 @@ def _prune(configs, named_args, **kwargs):
 def _tuned(kernel, name, tiles, **options):
     tiles = _INTERPRET_TILES[name] if INTERPRET else tiles
     return triton.autotune(_configs(tiles), key=_KEY, prune_configs_by={"early_config_prune": _prune},
-                           **options)(kernel)
+                           cache_results=True, **options)(kernel)
 
 
 _fwd = _tuned(attn_fwd, "fwd", _FWD_TILES)

@@ -183,7 +183,12 @@ def _block_mask(tensors: list[torch.Tensor], block_size: int, N: int, causal: bo
     return BlockMask.from_tensors(tensors, block_size, N, causal) if tensors else None
 
 
-@triton_op("flashgpt::attention_fwd", mutates_args=())
+# The ops' namespace follows the package's name: a copy of this package imported under another name (a baseline
+# checkout in scripts/bench_attention.py --baseline) registers its own ops beside these.
+OPS_NAMESPACE = f"flashgpt_{__package__}"
+
+
+@triton_op(f"{OPS_NAMESPACE}::attention_fwd", mutates_args=())
 def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_keys: torch.Tensor | None,
                   mask: list[torch.Tensor], block_size: int, causal: bool, dropout_p: float, scale: float,
                   deterministic: bool) -> tuple[torch.Tensor, torch.Tensor]:
@@ -193,7 +198,7 @@ def attention_fwd(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dropout_key
                        scale)
 
 
-@triton_op("flashgpt::attention_bwd", mutates_args=())
+@triton_op(f"{OPS_NAMESPACE}::attention_bwd", mutates_args=())
 def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
                   lse: torch.Tensor, dropout_keys: torch.Tensor | None, mask: list[torch.Tensor], block_size: int,
                   causal: bool, dropout_p: float, scale: float,

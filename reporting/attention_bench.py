@@ -2,7 +2,9 @@
 
 Dense providers: naive (the model's `attn=naive`), ours (`kernels.flash_attention`, kernels/attention.py),
 SDPA's flash backend, SDPA's cuDNN backend, FlexAttention (compiled, causal mask). Sparse: our block-sparse kernel
-vs our dense flash and FlexAttention with the same block mask. Tokens per batch are fixed (B = tokens / N).
+vs our dense flash and FlexAttention with the same block mask. With a baseline checkout (--baseline DIR, e.g.
+main), its kernels run beside ours as `flash@baseline` and `block_sparse@baseline`, in the same process. Tokens per
+batch are fixed (B = tokens / N).
 FLOPs: 4 * B * H * N^2 * D forward times the computed fraction (the causal density, or the layout's for sparse);
 backward 2.5x forward. Extra memory: peak allocated during one forward+backward minus what was allocated before
 (inputs and dO). fwd_bwd_graph: fwd+bwd captured in a CUDA graph and replayed (GPU time, no host launch gaps);
@@ -11,6 +13,8 @@ eager fwd_bwd well above it means the call is host-bound. Rows follow the schema
 
 from __future__ import annotations
 
+import importlib.util
+import sys
 from collections.abc import Callable
 from functools import cache, lru_cache
 from pathlib import Path
@@ -85,6 +89,26 @@ def flex(q, k, v, causal, dropout_p, layout_key=None, block_size=128):
 
 PROVIDERS: dict[str, Callable] = {"naive": naive, "flash": ours, "sdpa_flash": _sdpa("FLASH_ATTENTION"),
                                   "sdpa_cudnn": _sdpa("CUDNN_ATTENTION"), "flex": flex}
+SPARSE_KERNELS: dict[str, Callable] = {"block_sparse": block_sparse_attention}  # (q, k, v, layout, ...) -> o
+
+
+def load_baseline(checkout: str | Path, name: str = "baseline") -> tuple[str, str]:
+    """Providers `flash@<name>` and `block_sparse@<name>`: the kernels package of another checkout of this
+    repository (e.g. main), imported as package <name> and timed beside ours in the same process. Returns their
+    names."""
+    package = Path(checkout).resolve() / "kernels"
+    if not (package / "__init__.py").is_file():
+        raise FileNotFoundError(f"{checkout} has no kernels/ package: pass the root of a checkout of this repository")
+    spec = importlib.util.spec_from_file_location(name, package / "__init__.py",
+                                                  submodule_search_locations=[str(package)])
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    dense, sparse = f"flash@{name}", f"block_sparse@{name}"
+    PROVIDERS[dense] = lambda q, k, v, causal, dropout_p: module.flash_attention(q, k, v, causal=causal,
+                                                                                 dropout_p=dropout_p)
+    SPARSE_KERNELS[sparse] = module.block_sparse_attention
+    return dense, sparse
 
 
 def provider(name: str) -> Callable:
@@ -209,9 +233,9 @@ def run_sparse(seqs=(1024, 4096, 16384, 65536), patterns=("local", "butterfly"),
         _LAYOUTS[key] = layout
         density = sp.layout_density(layout, N, block_size, causal=True)
         for prov in providers:
-            if prov == "block_sparse":
-                fn = lambda q, k, v, layout=layout: block_sparse_attention(q, k, v, layout, causal=True,
-                                                                           block_size=block_size)
+            if prov in SPARSE_KERNELS:
+                fn = lambda q, k, v, layout=layout, kernel=SPARSE_KERNELS[prov]: kernel(q, k, v, layout, causal=True,
+                                                                                        block_size=block_size)
             elif prov == "flex":
                 fn = lambda q, k, v, key=key: flex(q, k, v, True, 0.0, layout_key=key, block_size=block_size)
             else:
@@ -244,10 +268,15 @@ def plan(quick: bool, seqs=None, head_dims=(64, 128), causals=(True, False), dro
 
 
 def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_PROVIDERS, append: bool = False,
-          env: dict | None = None) -> list[dict]:
+          env: dict | None = None, baseline: str | Path | None = None) -> list[dict]:
     """Measure `part` ("dense", "sparse" or "all") at `sizes` (plan()) into out_dir: results.json grows row by row,
     so a run stopped at a time limit keeps what it measured; with append, rows of an earlier run stay unless
-    re-measured. Writes results.md and the plots at the end; returns all rows."""
+    re-measured. With a baseline checkout, its kernels run beside ours (load_baseline). Writes results.md and the
+    plots at the end; returns all rows."""
+    sparse_providers = SPARSE_PROVIDERS
+    if baseline is not None:
+        dense, sparse = load_baseline(baseline)
+        providers, sparse_providers = (*providers, dense), (*SPARSE_PROVIDERS, sparse)
     results = Path(out_dir) / "results.json"
     earlier = load(results)[1] if append else []
     env = env or environment()
@@ -261,7 +290,7 @@ def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_P
         run_dense(sizes["seqs"], sizes["head_dims"], sizes["causals"], sizes["dropouts"], tuple(providers),
                   on_row=keep)
     if part in ("sparse", "all"):
-        run_sparse(sizes["sparse_seqs"], density_seq=sizes["density_seq"], on_row=keep)
+        run_sparse(sizes["sparse_seqs"], density_seq=sizes["density_seq"], providers=sparse_providers, on_row=keep)
     rows = merge_rows(earlier, rows)
     write_outputs(rows, out_dir, env)
     return rows

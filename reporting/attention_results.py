@@ -156,8 +156,10 @@ def sparse_table(rows: list[dict], modes=("fwd", "fwd_bwd", "fwd_bwd_graph")) ->
     """Block-sparse vs dense flash and FlexAttention (same mask) per pattern, window and N. Ideal: the time ratio
     if time followed the computed fraction, dense causal density over the layout's."""
     sparse = [r for r in rows if r["part"] == "sparse"]
+    baselines = sorted({r["provider"] for r in sparse} - set(SPARSE_PROVIDERS))  # another checkout's kernels
     headers = ["pattern", "window", "N", "density", "mode", "block_sparse", "flash (dense)", "flex (same mask)",
-               "flash ÷ block_sparse", "ideal", "fraction of ideal", "block_sparse ÷ flex"]
+               "flash ÷ block_sparse", "ideal", "fraction of ideal", "block_sparse ÷ flex",
+               *[h for b in baselines for h in (b, f"{b} ÷ block_sparse")]]
     out = []
     for pat, window, n in sorted({(r["pattern"], r["window"], r["N"]) for r in sparse}):
         by = {r["provider"]: r for r in sparse if (r["pattern"], r["window"], r["N"]) == (pat, window, n)}
@@ -168,7 +170,8 @@ def sparse_table(rows: list[dict], modes=("fwd", "fwd_bwd", "fwd_bwd_graph")) ->
             frac = f"{fl[mode] / bs[mode] / ideal:.2f}" if ok(bs, mode) and ok(fl, mode) else "–"
             out.append([pat, window, n, f"{density:.3f}", mode, cell(bs, mode), cell(fl, mode),
                         cell(by.get("flex"), mode), ratio(fl, bs, mode), f"{ideal:.2f}×", frac,
-                        ratio(bs, by.get("flex"), mode)])
+                        ratio(bs, by.get("flex"), mode),
+                        *[c for b in baselines for c in (cell(by.get(b), mode), ratio(by.get(b), bs, mode))]])
     return markdown_table(headers, out)
 
 

@@ -11,6 +11,8 @@ and how: reporting/attention_bench.py; the results' schema and tables: reporting
     python scripts/bench_attention.py --part dense --head-dims 64 --out DIR
     python scripts/bench_attention.py --part dense --head-dims 128 --out DIR --append
     python scripts/bench_attention.py --part sparse --out DIR --append
+    # ours against another checkout's kernels (e.g. main), in one process:
+    git worktree add /tmp/main main && python scripts/bench_attention.py --quick --baseline /tmp/main --out DIR
 
 Needs a CUDA GPU.
 """
@@ -37,6 +39,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--causal", choices=("yes", "no", "both"), default="both")
     ap.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1])
     ap.add_argument("--providers", nargs="+", default=list(DENSE_PROVIDERS), choices=DENSE_PROVIDERS)
+    ap.add_argument("--baseline", metavar="DIR", help="another checkout of this repository (e.g. main): its kernels "
+                    "run beside ours in the same process, as flash@baseline and block_sparse@baseline")
     ap.add_argument("--append", action="store_true",
                     help="merge into --out's existing results.json (run the full sweep in parts: it takes >10 min)")
     args = ap.parse_args(argv)
@@ -44,7 +48,7 @@ def main(argv=None) -> list[dict]:
         sys.exit("bench_attention.py needs a CUDA GPU (the kernels' CPU path is the slow Triton interpreter)")
     causals = {"yes": (True,), "no": (False,), "both": (True, False)}[args.causal]
     sizes = attention_bench.plan(args.quick, args.seqs, args.head_dims, causals, args.dropout)
-    rows = attention_bench.sweep(args.out, sizes, args.part, args.providers, args.append)
+    rows = attention_bench.sweep(args.out, sizes, args.part, args.providers, args.append, baseline=args.baseline)
     print((Path(args.out) / "results.md").read_text())
     return rows
 

@@ -2,11 +2,14 @@
 measured, and its command line still takes the flags GPU runs use."""
 
 import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 from script_loader import load_script
 
+from kernels import block_sparse_attention, flash_attention
 from reporting import attention_bench
 from reporting.attention_results import markdown
 
@@ -25,6 +28,27 @@ def test_providers_compute_the_same_attention(causal):
     want = torch.nn.functional.scaled_dot_product_attention(q, k, v, is_causal=causal)
     for name in ("naive", "flash", "sdpa_flash"):
         torch.testing.assert_close(attention_bench.provider(name)(q, k, v, causal, 0.0), want, atol=2e-3, rtol=0)
+
+
+def test_a_baseline_checkout_runs_beside_ours(tmp_path, kernel_device):
+    """--baseline DIR: another checkout's kernels package, imported under another name, registers its own ops and
+    runs beside ours in one process (here the checkout is a copy of this one, so it computes the same outputs); its
+    sparse rows get their own columns."""
+    with pytest.raises(FileNotFoundError, match="no kernels/ package"):
+        attention_bench.load_baseline(tmp_path)
+    shutil.copytree(Path(__file__).parents[1] / "kernels", tmp_path / "kernels")
+    dense, sparse = attention_bench.load_baseline(tmp_path, name="baseline_copy")
+    assert (dense, sparse) == ("flash@baseline_copy", "block_sparse@baseline_copy")
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(1, 2, 64, 16, device=kernel_device) for _ in range(3))
+    assert torch.equal(attention_bench.provider(dense)(q, k, v, True, 0.0), flash_attention(q, k, v, causal=True))
+    layout = torch.eye(4, dtype=torch.bool)
+    assert torch.equal(attention_bench.SPARSE_KERNELS[sparse](q, k, v, layout, causal=True, block_size=16),
+                       block_sparse_attention(q, k, v, layout, causal=True, block_size=16))
+    rows = [attention_bench.add_rates(dict(part="sparse", provider=p, pattern="local", window=256, N=4096, B=4, H=12,
+                                           D=64, causal=True, dropout=0.0, density=0.1, fwd=t, fwd_bwd=3 * t), 1e9)
+            for p, t in (("block_sparse", 0.1), (sparse, 0.2))]
+    assert f"| {sparse} ÷ block_sparse |" in markdown(rows, {"gpu": "g"})
 
 
 def test_quick_plan_and_flop_count():

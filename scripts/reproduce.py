@@ -46,8 +46,9 @@ def main(argv=None) -> Path:
     p.add_argument("--data-dir", default=None, help="data.dir for train.py (default: data/stdlib_docs)")
     p.add_argument("--models", nargs="+", help="throughput models (presets), e.g. gpt2 gpt2-medium")
     p.add_argument("--seqs", nargs="+", type=int, help="throughput sequence lengths, e.g. 1024 2048 4096")
-    p.add_argument("--backends", default=",".join((*BACKENDS, "hf")),
-                   help="throughput backends, comma list; 'hf' is model.impl=hf")
+    p.add_argument("--backends", default=None,
+                   help=f"throughput backends, comma list of {','.join(BACKENDS)},hf ('hf' is model.impl=hf); default: "
+                        "the mode's (quick: flash,sdpa,hf; full: all)")
     p.add_argument("--steps", type=int, help="steps per throughput run")
     p.add_argument("--tokens-per-step", type=int, help="throughput batch = this // seq len")
     p.add_argument("--small-steps", type=int, help="steps per convergence / block-sparse run")
@@ -74,7 +75,8 @@ def main(argv=None) -> Path:
     overrides = {k: getattr(args, k) for k in ("models", "seqs", "steps", "small_steps", "tokens_per_step")}
     return reproduce(args.mode or "quick", Path(args.out).resolve(), device, only, logger=args.logger,
                      group=args.group, data_dir=args.data_dir,
-                     backends=[b.strip() for b in args.backends.split(",") if b.strip()], plan_overrides=overrides,
+                     backends=[b.strip() for b in args.backends.split(",") if b.strip()] if args.backends else None,
+                     plan_overrides=overrides,
                      patterns=args.sparse_patterns, reuse_kernels=args.reuse_kernels, reuse_runs=args.reuse_runs,
                      fresh=args.fresh, interpret=device == "cpu" and args.triton_interpret,
                      command=shlex.join(["reproduce.py", *(sys.argv[1:] if argv is None else argv)]))

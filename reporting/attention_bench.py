@@ -97,6 +97,8 @@ def load_baseline(checkout: str | Path, name: str = "baseline") -> tuple[str, st
     repository (e.g. main), imported as package <name> and timed beside ours in the same process. Returns their
     names."""
     package = Path(checkout).resolve() / "kernels"
+    if name in sys.modules:
+        raise ValueError(f"a package named {name!r} is already imported: give the baseline another name")
     if not (package / "__init__.py").is_file():
         raise FileNotFoundError(f"{checkout} has no kernels/ package: pass the root of a checkout of this repository")
     spec = importlib.util.spec_from_file_location(name, package / "__init__.py",

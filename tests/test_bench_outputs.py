@@ -39,6 +39,8 @@ def test_a_baseline_checkout_runs_beside_ours(tmp_path, kernel_device):
     shutil.copytree(Path(__file__).parents[1] / "kernels", tmp_path / "kernels")
     dense, sparse = attention_bench.load_baseline(tmp_path, name="baseline_copy")
     assert (dense, sparse) == ("flash@baseline_copy", "block_sparse@baseline_copy")
+    with pytest.raises(ValueError, match="already imported"):
+        attention_bench.load_baseline(tmp_path, name="baseline_copy")
     torch.manual_seed(0)
     q, k, v = (torch.randn(1, 2, 64, 16, device=kernel_device) for _ in range(3))
     assert torch.equal(attention_bench.provider(dense)(q, k, v, True, 0.0), flash_attention(q, k, v, causal=True))

@@ -37,8 +37,9 @@ PLANS = {
                  bench={**attention_bench.QUICK, "seqs": (256, 1024), "sparse_seqs": (1024,)}),
     # to end inside about 6 minutes on one H100/H200: causal D=64 kernels at 1K-16K; GPT-2 small at seq 1K, flash
     # and sdpa compiled as train.py runs them by default, HF's as the paper's baseline; short eager convergence and
-    # block-sparse runs. Measured on the H200: all runs compiled, 11+ minutes; all eager, 6+ minutes (and eager
-    # flash is host-bound at 8K tokens per step, 0.58x sdpa, so the throughput rows stay compiled).
+    # block-sparse runs. Measured on the H200: with every run compiled, 6 minutes went before parity began; with
+    # every run eager, about 6.5 minutes (and eager flash is host-bound at 8K tokens per step, 0.58x sdpa, so the
+    # throughput rows stay compiled).
     "quick": dict(models=["gpt2"], seqs=[1024], tokens_per_step=8192, steps=20, warmup_steps=5, log_interval=3,
                   backends=["flash", "sdpa", "hf"], compile="auto", small="gpt2-mini", small_seq=256,
                   small_batch=16, small_steps=100, small_compile="false", patterns=1, parity_fp32=False,

@@ -25,11 +25,13 @@ from .attention_fwd import (
     dropout_threshold,
     head_offset,
     key_tile_ranges,
+    key_tile_t,
     load_tile,
     load_tile_t,
     own_dropout_keys,
     program_tile,
     qkv_heads,
+    rows_keep,
     tile_index,
     tile_keep,
 )
@@ -45,6 +47,18 @@ def _row_delta(O, DO, stride_on, stride_don, offs_m, offs_d, N, D: tl.constexpr,
     o = load_tile(O, offs_m, stride_on, offs_d, N, D, True, EVEN_D)
     do = load_tile(DO, offs_m, stride_don, offs_d, N, D, True, EVEN_D)
     return tl.sum(o.to(tl.float32) * do.to(tl.float32), axis=1)
+
+
+@triton.jit
+def _bwd_program(Q, K, V, DO, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob,
+                 stride_doh, qk_scale, sm_scale, dropout_p):
+    """How both backward kernels start: this program's (tile, bh, b, h), q, k, v and dO advanced to its head, and the
+    float arguments in fp32 (torch.compile passes Python floats as fp64 scalars) with the dropout threshold."""
+    tile, bh, b, h = program_tile(H)
+    Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
+    threshold, dropout_p = dropout_threshold(dropout_p)
+    return (tile, bh, b, h, Q, K, V, DO + head_offset(b, h, stride_dob, stride_doh), tl.cast(qk_scale, tl.float32),
+            tl.cast(sm_scale, tl.float32), dropout_p, threshold)
 
 
 @triton.jit
@@ -157,12 +171,9 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
     DQ_ATOMIC adds dQ (scaled) into the fp32 DQ_ACC. N_BUCKET is only an autotuning key."""
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_M
-    qk_scale = tl.cast(qk_scale, tl.float32)
-    sm_scale = tl.cast(sm_scale, tl.float32)
-    threshold, dropout_p = dropout_threshold(dropout_p)
-    start_n, bh, b, h = program_tile(H)
-    Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
-    DO += head_offset(b, h, stride_dob, stride_doh)
+    start_n, bh, b, h, Q, K, V, DO, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
+        Q, K, V, DO, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh,
+        qk_scale, sm_scale, dropout_p)
     DK += head_offset(b, h, stride_gb, stride_gh)
     DV += head_offset(b, h, stride_gb, stride_gh)
     DQ_ACC += head_offset(b, h, stride_ab, stride_ah)
@@ -202,17 +213,14 @@ def _q_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, 
              SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, EVEN_D: tl.constexpr):
     """Accumulate one query tile's dQ over key tiles lo..hi: the forward's iteration, recomputing P from the LSE."""
     for i in tl.range(lo, hi):
-        start_n = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_N
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        kT = load_tile_t(K, offs_n, stride_kn, offs_d, N, D, MASK, EVEN_D)
+        offs_n, kT = key_tile_t(i, idx_ptr, K, stride_kn, offs_d, N, D, BLOCK_N, SPARSE, PER_BLOCK, MASK, EVEN_D)
         vT = load_tile_t(V, offs_n, stride_vn, offs_d, N, D, MASK, EVEN_D)
         p = tl.math.exp2(tl.dot(q, kT) * qk_scale - lse[:, None])
         if MASK:
             p = tl.where(tile_keep(offs_m, offs_n, N, CAUSAL), p, 0.0)
         dp = tl.dot(do, vT)
         if DROPOUT:
-            col_a, col_b = dropout_keys(KEYS, bh, offs_n, N, True, MASK)
-            keep = dropout_keep(row_a[:, None], row_b[:, None], col_a[None, :], col_b[None, :], threshold)
+            keep = rows_keep(KEYS, bh, row_a, row_b, offs_n, N, threshold, MASK)
             ds = p * (tl.where(keep, dp, 0.0) * (1.0 / (1.0 - dropout_p)) - delta[:, None])
         else:
             ds = p * (dp - delta[:, None])
@@ -233,12 +241,9 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
     for the key-tile pass that follows."""
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
-    qk_scale = tl.cast(qk_scale, tl.float32)
-    sm_scale = tl.cast(sm_scale, tl.float32)
-    threshold, dropout_p = dropout_threshold(dropout_p)
-    start_m, bh, b, h = program_tile(H)
-    Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
-    DO += head_offset(b, h, stride_dob, stride_doh)
+    start_m, bh, b, h, Q, K, V, DO, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
+        Q, K, V, DO, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh,
+        qk_scale, sm_scale, dropout_p)
     DQ += head_offset(b, h, stride_gb, stride_gh)
     O += head_offset(b, h, stride_ob, stride_oh)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)

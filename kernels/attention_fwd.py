@@ -66,6 +66,13 @@ def dropout_keep(row_a, row_b, col_a, col_b, threshold):
 
 
 @triton.jit
+def rows_keep(KEYS, bh, row_a, row_b, offs_n, N, threshold, MASK: tl.constexpr):
+    """Dropout keep mask of a (query rows, key tile) tile: the rows' keys given, the tile's column keys loaded."""
+    col_a, col_b = dropout_keys(KEYS, bh, offs_n, N, True, MASK)
+    return dropout_keep(row_a[:, None], row_b[:, None], col_a[None, :], col_b[None, :], threshold)
+
+
+@triton.jit
 def head_offset(b, h, stride_b, stride_h):
     return b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
 
@@ -132,6 +139,14 @@ def load_tile_t(base, rows, stride, offs_d, N, D: tl.constexpr, ROW_MASK: tl.con
 
 
 @triton.jit
+def key_tile_t(i, idx_ptr, K, stride_kn, offs_d, N, D: tl.constexpr, BLOCK_N: tl.constexpr, SPARSE: tl.constexpr,
+               PER_BLOCK: tl.constexpr, MASK: tl.constexpr, EVEN_D: tl.constexpr):
+    """The i-th key tile a query tile visits: its columns and K^T."""
+    offs_n = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_N + tl.arange(0, BLOCK_N)
+    return offs_n, load_tile_t(K, offs_n, stride_kn, offs_d, N, D, MASK, EVEN_D)
+
+
+@triton.jit
 def tile_keep(offs_m, offs_n, N, CAUSAL: tl.constexpr):
     """Element mask of a boundary tile: inside the sequence, and on or below the diagonal when causal."""
     keep = (offs_m[:, None] < N) & (offs_n[None, :] < N)
@@ -177,9 +192,7 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, lo,
                SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, EVEN_D: tl.constexpr):
     """The inner loop: fold key tiles lo..hi into one query tile's running softmax."""
     for i in tl.range(lo, hi):
-        start_n = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_N
-        offs_n = start_n + tl.arange(0, BLOCK_N)
-        kT = load_tile_t(K, offs_n, stride_kn, offs_d, N, D, MASK, EVEN_D)
+        offs_n, kT = key_tile_t(i, idx_ptr, K, stride_kn, offs_d, N, D, BLOCK_N, SPARSE, PER_BLOCK, MASK, EVEN_D)
         qk = tl.dot(q, kT)
         if MASK:
             s = tl.where(tile_keep(offs_m, offs_n, N, CAUSAL), qk * qk_scale, float("-inf"))
@@ -194,9 +207,7 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, lo,
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if DROPOUT:
-            col_a, col_b = dropout_keys(KEYS, bh, offs_n, N, True, MASK)
-            keep = dropout_keep(row_a[:, None], row_b[:, None], col_a[None, :], col_b[None, :], threshold)
-            p = tl.where(keep, p, 0.0)
+            p = tl.where(rows_keep(KEYS, bh, row_a, row_b, offs_n, N, threshold, MASK), p, 0.0)
         v = load_tile(V, offs_n, stride_vn, offs_d, N, D, MASK, EVEN_D)
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new

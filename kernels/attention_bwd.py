@@ -117,7 +117,7 @@ def attn_bwd_preprocess(O, DO, Delta, DQ_ACC, stride_ob, stride_oh, stride_on, s
 
 
 @triton.jit
-def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, n_start, offs_n, offs_d,
+def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, offs_n, offs_d,
               lo, hi, idx_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p, threshold,
               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
               MASK: tl.constexpr, SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, DROPOUT: tl.constexpr,
@@ -179,8 +179,7 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
     DQ_ACC += head_offset(b, h, stride_ab, stride_ah)
     LSE += bh.to(tl.int64) * N
     Delta += bh.to(tl.int64) * N
-    n_start = start_n * BLOCK_N
-    offs_n = n_start + tl.arange(0, BLOCK_N)
+    offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
     col_a, col_b = own_dropout_keys(KEYS, bh, offs_n, N, True, DROPOUT)
     k = load_tile(K, offs_n, stride_kn, offs_d, N, D, True, EVEN_D)
@@ -190,13 +189,13 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
     part_lo, part_hi, part_ptr, full_lo, full_hi, full_ptr, tail_lo, tail_hi = _query_tile_ranges(
         start_n, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
         BLOCK_M, BLOCK_N, CAUSAL, SPARSE, SPARSE_BLOCK)
-    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, n_start, offs_n,
+    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, offs_n,
                        offs_d, part_lo, part_hi, part_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p,
                        threshold, D, BLOCK_M, BLOCK_N, CAUSAL, True, SPARSE, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
-    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, n_start, offs_n,
+    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, offs_n,
                        offs_d, full_lo, full_hi, full_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p,
                        threshold, D, BLOCK_M, BLOCK_N, CAUSAL, False, SPARSE, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
-    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, n_start, offs_n,
+    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, offs_n,
                        offs_d, tail_lo, tail_hi, part_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p,
                        threshold, D, BLOCK_M, BLOCK_N, CAUSAL, True, False, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
     if DROPOUT:

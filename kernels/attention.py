@@ -107,11 +107,14 @@ def _empty_bhnd(t: torch.Tensor, dtype=None) -> torch.Tensor:
     return t.new_empty((B, N, H, D), dtype=dtype or t.dtype).transpose(1, 2)
 
 
-def _mask_args(mask: BlockMask | None, by_key: bool, dummy: torch.Tensor) -> tuple:
+def _mask_args(mask: BlockMask | None, by_key: bool, device: torch.device) -> tuple:
     """A BlockMask's lists for one pass (per query block, or per key block for the dK/dV pass) and their strides;
-    head stride 0 for a layout shared by heads. Dense: placeholders."""
+    head stride 0 for a layout shared by heads. Dense: a one-element placeholder, never read. (Not another
+    argument: the dK/dV pass's dQ atomics are addressed through these lists, so torch.compile's mutation analysis
+    counts them as written and copies whatever stands in for them.)"""
     if mask is None:
-        return dummy, dummy, dummy, dummy, 0, 0, 0, 0
+        placeholder = torch.empty(1, dtype=torch.int32, device=device)
+        return placeholder, placeholder, placeholder, placeholder, 0, 0, 0, 0
     if by_key:
         lists = mask.q_full_count, mask.q_full_index, mask.q_part_count, mask.q_part_index
     else:
@@ -133,7 +136,7 @@ def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):
     B, H, N, D = q.shape
     o, lse = _empty_bhnd(q), q.new_empty((B, H, N), dtype=torch.float32)
     grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * H)
-    wrap_triton(_fwd)[grid](q, k, v, o, lse, keys, *_mask_args(mask, False, lse),
+    wrap_triton(_fwd)[grid](q, k, v, o, lse, keys, *_mask_args(mask, False, q.device),
                             *_strides(q), *_strides(k), *_strides(v), *_strides(o),
                             qk_scale=scale * LOG2E, **_common(q, causal, dropout_p, mask))
     return o, lse
@@ -163,11 +166,11 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
             HEAD_D=common["HEAD_D"], BLOCK_M=64)
     else:  # dQ pass (writes delta), then the dK/dV pass; a one-element stand-in for the accumulator it never uses
         dq = _empty_bhnd(q)
-        wrap_triton(_bwd_dq)[grid_m](q, k, v, o, do, dq, lse, delta, keys, *_mask_args(mask, False, lse), *strides,
+        wrap_triton(_bwd_dq)[grid_m](q, k, v, o, do, dq, lse, delta, keys, *_mask_args(mask, False, q.device), *strides,
                                      *_strides(dq), *_strides(o), **common)
         dq_acc = lse.new_empty((1, 1, 1))
     acc_strides = _strides(dq_acc) if single_pass else (0, 0, 0)
-    wrap_triton(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, keys, *_mask_args(mask, True, lse),
+    wrap_triton(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, keys, *_mask_args(mask, True, q.device),
                                  *strides, *_strides(dk), *acc_strides, DQ_ATOMIC=single_pass, **common)
     if single_pass:
         dq = dq_acc.to(q.dtype)

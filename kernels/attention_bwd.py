@@ -30,7 +30,6 @@ from .attention_fwd import (
     load_tile_t,
     own_dropout_keys,
     program_tile,
-    qkv_heads,
     rows_keep,
     tile_index,
     tile_keep,
@@ -50,15 +49,17 @@ def _row_delta(O, DO, stride_on, stride_don, offs_m, offs_d, N, D: tl.constexpr,
 
 
 @triton.jit
-def _bwd_program(Q, K, V, DO, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob,
-                 stride_doh, qk_scale, sm_scale, dropout_p):
-    """How both backward kernels start: this program's (tile, bh, b, h), q, k, v and dO advanced to its head, and the
-    float arguments in fp32 (torch.compile passes Python floats as fp64 scalars) with the dropout threshold."""
+def _bwd_program(H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh,
+                 qk_scale, sm_scale, dropout_p):
+    """How both backward kernels start: this program's (tile, bh, b, h), the offsets of its head in q, k, v and dO,
+    and the float arguments in fp32 (torch.compile passes Python floats as fp64 scalars) with the dropout threshold.
+    It takes no pointers on purpose: torch.compile's mutation analysis of a Triton kernel counts every pointer handed
+    to a helper whose results address a store as written, and would then copy q, k, v and dO on every call."""
     tile, bh, b, h = program_tile(H)
-    Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
     threshold, dropout_p = dropout_threshold(dropout_p)
-    return (tile, bh, b, h, Q, K, V, DO + head_offset(b, h, stride_dob, stride_doh), tl.cast(qk_scale, tl.float32),
-            tl.cast(sm_scale, tl.float32), dropout_p, threshold)
+    return (tile, bh, b, h, head_offset(b, h, stride_qb, stride_qh), head_offset(b, h, stride_kb, stride_kh),
+            head_offset(b, h, stride_vb, stride_vh), head_offset(b, h, stride_dob, stride_doh),
+            tl.cast(qk_scale, tl.float32), tl.cast(sm_scale, tl.float32), dropout_p, threshold)
 
 
 @triton.jit
@@ -171,9 +172,10 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
     DQ_ATOMIC adds dQ (scaled) into the fp32 DQ_ACC. N_BUCKET is only an autotuning key."""
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_M
-    start_n, bh, b, h, Q, K, V, DO, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
-        Q, K, V, DO, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh,
-        qk_scale, sm_scale, dropout_p)
+    start_n, bh, b, h, q_off, k_off, v_off, do_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
+        H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh, qk_scale,
+        sm_scale, dropout_p)
+    Q, K, V, DO = Q + q_off, K + k_off, V + v_off, DO + do_off
     DK += head_offset(b, h, stride_gb, stride_gh)
     DV += head_offset(b, h, stride_gb, stride_gh)
     DQ_ACC += head_offset(b, h, stride_ab, stride_ah)
@@ -240,9 +242,10 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
     for the key-tile pass that follows."""
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
-    start_m, bh, b, h, Q, K, V, DO, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
-        Q, K, V, DO, H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh,
-        qk_scale, sm_scale, dropout_p)
+    start_m, bh, b, h, q_off, k_off, v_off, do_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
+        H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh, qk_scale,
+        sm_scale, dropout_p)
+    Q, K, V, DO = Q + q_off, K + k_off, V + v_off, DO + do_off
     DQ += head_offset(b, h, stride_gb, stride_gh)
     O += head_offset(b, h, stride_ob, stride_oh)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)

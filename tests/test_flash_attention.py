@@ -1,9 +1,15 @@
 """FlashAttention kernels vs a float64 reference: the same cases compiled on a GPU host and through the Triton
 interpreter on CPU (fp32 there, bf16 on the GPU; see attention_checks)."""
 
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 import pytest
 import torch
-from attention_checks import assert_matches_reference, packed_qkv
+from attention_checks import assert_matches_reference, packed_qkv, rel_err
 
 from kernels import draw_dropout_keys, dropout_keep_mask, flash_attention, kernel_dropout_p
 
@@ -95,3 +101,47 @@ def test_refuses_bad_inputs_with_a_message(kernel_device):
         flash_attention(q, q, q, dropout_p=1e-9)
     with pytest.raises(ValueError, match="positive"):
         flash_attention(q, q, q, scale=-1.0)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.compile through Triton)")
+def test_compiled_matches_eager_on_views_of_a_packed_projection():
+    """q, k, v as views of one graph input, as the model makes them: compiling must neither copy them back (an
+    op counted as writing its inputs cannot be compiled over such views) nor change the result."""
+    qkv, (q, k, v) = packed_qkv(2, 4, 300, 64, device="cuda")
+    ref_qkv, (rq, rk, rv) = packed_qkv(2, 4, 300, 64, device="cuda")
+    attend = lambda q, k, v: flash_attention(q, k, v, causal=True)  # noqa: E731
+    o = torch.compile(attend, fullgraph=True)(q, k, v)
+    ref = attend(rq, rk, rv)
+    do = torch.randn_like(o)
+    o.backward(do)
+    ref.backward(do)
+    assert rel_err(o, ref) < 5e-3 and rel_err(qkv.grad, ref_qkv.grad) < 5e-3
+
+
+def test_compile_counts_only_the_outputs_as_written():
+    """torch.compile copies every tensor its mutation analysis counts as written by a Triton kernel. A helper that
+    took q, k, v and dO and returned the program's coordinates once made it count all four as written by the
+    backward (copies on every compiled call, and an illegal memory access in GPT-2 at seq 4096). The dK/dV pass's
+    dQ atomics are addressed through the BlockMask's per-key lists, so those small lists count as written there."""
+    script = Path(__file__).with_name("kernel_writes.py")
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["PYTHONPATH"] = os.pathsep.join([str(script.parents[1]), env.get("PYTHONPATH", "")])
+    run = subprocess.run([sys.executable, str(script)], capture_output=True, text=True, env=env, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    writes = {(r["kernel"], r["case"]): set(r["writes"]) for r in map(json.loads, run.stdout.splitlines())}
+    lists = {"full_cnt", "full_idx", "part_cnt", "part_idx"}
+    single_pass = {"DK", "DV", "DQ_ACC"} | lists
+    assert writes == {
+        ("attn_fwd", "dense"): {"O", "LSE"},
+        ("attn_bwd_dq", "dense"): {"DQ", "Delta"},
+        ("attn_bwd_kv", "dense"): {"DK", "DV"},
+        ("attn_fwd", "dense, dropout"): {"O", "LSE"},
+        ("attn_bwd_preprocess", "dense, dropout"): {"Delta", "DQ_ACC"},
+        ("attn_bwd_kv", "dense, dropout"): single_pass,
+        ("attn_fwd", "dense, dropout, deterministic"): {"O", "LSE"},
+        ("attn_bwd_dq", "dense, dropout, deterministic"): {"DQ", "Delta"},
+        ("attn_bwd_kv", "dense, dropout, deterministic"): {"DK", "DV"},
+        ("attn_fwd", "sparse, dropout"): {"O", "LSE"},
+        ("attn_bwd_preprocess", "sparse, dropout"): {"Delta", "DQ_ACC"},
+        ("attn_bwd_kv", "sparse, dropout"): single_pass,
+    }

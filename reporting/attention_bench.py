@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import sys
+import time
 from collections.abc import Callable
 from functools import cache, lru_cache
 from pathlib import Path
@@ -31,9 +32,10 @@ from .environment import environment
 
 FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5, "fwd_bwd_graph": 3.5}
 QUICK = dict(seqs=(1024, 4096, 16384), head_dims=(64,), causals=(True,), dropouts=(0.0,),
-             sparse_seqs=(4096, 16384), density_seq=0)
+             sparse_seqs=(4096, 16384), density_seq=0, host=False)
 FULL = dict(seqs=(512, 1024, 2048, 4096, 8192, 16384, 32768, 65536), head_dims=(64, 128), causals=(True, False),
-            dropouts=(0.0, 0.1), sparse_seqs=(1024, 4096, 16384, 65536), density_seq=8192)
+            dropouts=(0.0, 0.1), sparse_seqs=(1024, 4096, 16384, 65536), density_seq=8192, host=True)
+HOST_SHAPE = dict(B=1, H=1, N=128, D=64)  # GPU work of a few microseconds: a call's time is its host time
 
 
 # ---- providers: (q, k, v, causal, dropout_p) -> o ----
@@ -171,8 +173,33 @@ def graphed(step, bench) -> dict:
     return {"fwd_bwd_graph": ms}
 
 
-def guarded(fn, *args, **kwargs) -> dict:
-    """measure(), recording OOM or an unsupported configuration instead of stopping the sweep."""
+def measure_host(fn, device="cuda", dtype=torch.bfloat16, calls=300) -> dict:
+    """Milliseconds per eager call of o = fn(q, k, v), forward and forward+backward, at HOST_SHAPE: what a call
+    costs the CPU that launches it (Python, dispatch, launches), which a step pays wherever its GPU work is short."""
+    B, H, N, D = HOST_SHAPE.values()
+    torch.manual_seed(0)
+    q, k, v = (torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+    do = torch.randn(B, H, N, D, device=device, dtype=dtype)
+
+    def per_call(step) -> float:
+        for _ in range(20):  # compile, autotune, allocator
+            step()
+        sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
+        sync()
+        start = time.perf_counter()
+        for _ in range(calls):
+            step()
+        sync()
+        return (time.perf_counter() - start) / calls * 1e3
+
+    with torch.no_grad():
+        fwd = per_call(lambda: fn(q, k, v))
+    return {"fwd_host": fwd, "fwd_bwd_host": per_call(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do))}
+
+
+def guarded(fn, *args, measure=measure, **kwargs) -> dict:
+    """measure() (or another measurement), recording OOM or an unsupported configuration instead of stopping the
+    sweep."""
     try:
         return measure(fn, *args, **kwargs)
     except torch.cuda.OutOfMemoryError:
@@ -221,6 +248,26 @@ def run_dense(seqs, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0
     return rows
 
 
+def run_host(providers=DENSE_PROVIDERS, causals=(True,), dropouts=(0.0,), device="cuda", calls=300, log=print,
+             on_row=None) -> list[dict]:
+    """Host time per eager call (measure_host) of each dense provider."""
+    rows = []
+    for causal in causals:
+        for p in dropouts:
+            for prov in providers:
+                if prov == "flex" and p:
+                    continue
+                impl = provider(prov)
+                fn = lambda q, k, v, impl=impl, causal=causal, p=p: impl(q, k, v, causal, p)
+                row = dict(part="host", provider=prov, **HOST_SHAPE, causal=causal, dropout=p,
+                           **guarded(fn, device, measure=measure_host, calls=calls))
+                rows.append(row)
+                log(one_line(row))
+                if on_row:
+                    on_row(row)
+    return rows
+
+
 def run_sparse(seqs=(1024, 4096, 16384, 65536), patterns=("local", "butterfly"), density_seq=8192,
                windows=(256, 512, 1024, 2048, 4096), providers=SPARSE_PROVIDERS, D=64, heads=12, tokens=16384,
                block_size=128, dtype=torch.bfloat16, log=print, on_row=None) -> list[dict]:
@@ -257,6 +304,8 @@ def one_line(row: dict) -> str:
             f"causal={int(row['causal'])} p={row['dropout']:.1f}")
     if "status" in row:
         return f"{head}  {row['status']}"
+    if row["part"] == "host":
+        return f"{head}  host per call: fwd={row['fwd_host']:.3f}ms fwd_bwd={row['fwd_bwd_host']:.3f}ms"
     times = " ".join(f"{m}={row[m]:.3f}ms({row[m + '_tflops']:.0f}TF)" for m in MODES if m in row)
     return f"{head}  {times} mem={row['extra_mib']:.0f}MiB"
 
@@ -271,7 +320,8 @@ def plan(quick: bool, seqs=None, head_dims=(64, 128), causals=(True, False), dro
 
 def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_PROVIDERS, append: bool = False,
           env: dict | None = None, baseline: str | Path | None = None) -> list[dict]:
-    """Measure `part` ("dense", "sparse" or "all") at `sizes` (plan()) into out_dir: results.json grows row by row,
+    """Measure `part` ("dense", "sparse", "host" or "all": dense, sparse and, where sizes ask, host) at `sizes`
+    (plan()) into out_dir: results.json grows row by row,
     so a run stopped at a time limit keeps what it measured; with append, rows of an earlier run stay unless
     re-measured. With a baseline checkout, its kernels run beside ours (load_baseline). Writes results.md and the
     plots at the end; returns all rows."""
@@ -293,6 +343,8 @@ def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_P
                   on_row=keep)
     if part in ("sparse", "all"):
         run_sparse(sizes["sparse_seqs"], density_seq=sizes["density_seq"], providers=sparse_providers, on_row=keep)
+    if part == "host" or (part == "all" and sizes["host"]):
+        run_host(tuple(providers), sizes["causals"], sizes["dropouts"], on_row=keep)
     rows = merge_rows(earlier, rows)
     write_outputs(rows, out_dir, env)
     return rows

@@ -4,9 +4,10 @@ Used by scripts/bench_attention.py (results.md, dense.png, sparse.png) and by th
 section (the same tables with the paper's columns beside ours).
 
 results.json = {"env": environment(), "rows": [row, ...]}; a row:
-  part "dense" | "sparse", provider (DENSE_PROVIDERS / SPARSE_PROVIDERS), N, B, H, D, causal, dropout;
+  part "dense" | "sparse" | "host", provider (DENSE_PROVIDERS / SPARSE_PROVIDERS), N, B, H, D, causal, dropout;
   sparse rows also pattern, window, density (kept fraction of the causal score matrix);
   per timed mode m in MODES: m (median ms) and m_tflops; extra_mib (MiB above the inputs during fwd+bwd);
+  host rows instead fwd_host and fwd_bwd_host (ms of host time per eager call, at a size with negligible GPU work);
   status only when the case did not run ("OOM" or "error: ..."); fwd_bwd_graph_status when no graph was captured.
 """
 
@@ -93,8 +94,9 @@ def _ordered(names, order) -> list[str]:
 
 
 def shape_note(rows: list[dict]) -> str:
-    tokens = sorted({r["B"] * r["N"] for r in rows if r.get("B")})
-    heads = sorted({r["H"] for r in rows if r.get("H")})
+    timed = [r for r in rows if r["part"] != "host"]
+    tokens = sorted({r["B"] * r["N"] for r in timed if r.get("B")})
+    heads = sorted({r["H"] for r in timed if r.get("H")})
     return (f"{'/'.join(f'{t:,}' for t in tokens) or '?'} tokens per batch (B = tokens / N), "
             f"{'/'.join(map(str, heads)) or '?'} heads")
 
@@ -175,18 +177,46 @@ def sparse_table(rows: list[dict], modes=("fwd", "fwd_bwd", "fwd_bwd_graph")) ->
     return markdown_table(headers, out)
 
 
+def host_table(rows: list[dict]) -> str:
+    """Host time per eager call by provider, and each over flash's (same masking and dropout)."""
+    host = [r for r in rows if r["part"] == "host"]
+    out = []
+    for causal, dropout in sorted({(r["causal"], r["dropout"]) for r in host}, key=lambda g: (not g[0], g[1])):
+        by = {r["provider"]: r for r in host if (r["causal"], r["dropout"]) == (causal, dropout)}
+        for prov in _ordered(by, DENSE_PROVIDERS):
+            r = by[prov]
+            out.append([prov, "causal" if causal else "no mask", f"{dropout:g}",
+                        *[f"{r[m]:.3f}" if ok(r, m) else cell(r, m) for m in ("fwd_host", "fwd_bwd_host")],
+                        ratio(r, by.get("flash"), "fwd_bwd_host")])
+    return markdown_table(["provider", "mask", "dropout", "forward (ms)", "forward+backward (ms)",
+                           "fwd+bwd ÷ flash's"], out)
+
+
+def host_section(rows: list[dict], level: str = "##") -> list[str]:
+    if not any(r["part"] == "host" for r in rows):
+        return []
+    r = next(r for r in rows if r["part"] == "host")
+    return [f"\n{level} Host time per eager call (B = {r['B']}, H = {r['H']}, N = {r['N']}, D = {r['D']}: the GPU work "
+            "is a few microseconds, so this is what launching costs the CPU; a training step pays it wherever its "
+            "GPU work is shorter)\n", host_table(rows)]
+
+
 def markdown(rows: list[dict], env: dict, pngs: list[str] = ()) -> str:
     """results.md: every mode of every dense group, extra memory, and the block-sparse table."""
-    md = [f"# Attention benchmark\n\n{one_line(env)}. bf16, {shape_note(rows)}. Cells: median ms (TFLOP/s). "
-          "Extra memory: MiB above the inputs during forward+backward. fwd_bwd_graph: the same fwd+bwd captured in "
-          "a CUDA graph and replayed, so the host's launch time is left out (GPU time; eager calls are host-bound "
-          "where fwd_bwd is well above it).\n"]
+    md = [f"# Attention benchmark\n\n{one_line(env)}. bf16."]
+    if any(r["part"] != "host" for r in rows):
+        md[0] += (f" {shape_note(rows)}. Cells: median ms (TFLOP/s). Extra memory: MiB above the inputs during "
+                  "forward+backward. fwd_bwd_graph: the same fwd+bwd captured in a CUDA graph and replayed, so the "
+                  "host's launch time is left out (GPU time; eager calls are host-bound where fwd_bwd is well above "
+                  "it).")
+    md[0] += "\n"
     for (D, causal, dropout), sel in dense_groups(rows).items():
         for mode in [m for m in MODES if any(m in r for r in sel)]:
             md += [f"\n## Dense, {group_title(D, causal, dropout)}: {mode}\n", dense_table(sel, mode)]
         md += [f"\n## Dense, {group_title(D, causal, dropout)}: extra memory\n", memory_table(sel)]
     if any(r["part"] == "sparse" for r in rows):
         md += ["\n## Block-sparse, causal: ms (TFLOP/s over the computed blocks)\n", sparse_table(rows)]
+    md += host_section(rows)
     md += [f"\n![{Path(p).stem}]({Path(p).name})\n" for p in pngs]
     return "\n".join(md)
 
@@ -214,6 +244,7 @@ def kernel_section(rows: list[dict], out: Path, heading: str) -> str:
                "masking)\n", memory_table(groups[key], with_paper=True)]
     if any(r["part"] == "sparse" for r in rows):
         md += ["### Block-sparse, causal (ms (TFLOP/s over the computed blocks))\n", sparse_table(rows, ("fwd_bwd",))]
+    md += host_section(rows, "###")
     md += [f"\n![{Path(p).stem}]({Path(p).name})\n" for p in plots(rows, {}, out, prefix="kernels_")]
     return "\n".join(md)
 

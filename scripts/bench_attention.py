@@ -2,7 +2,8 @@
 
 Dense: naive, ours (flash), SDPA's flash backend, SDPA's cuDNN backend, FlexAttention (compiled, causal mask).
 Sparse: our block-sparse kernel vs our dense flash and FlexAttention with the same block mask. Modes: fwd, bwd,
-fwd_bwd and fwd_bwd_graph (fwd+bwd replayed from a CUDA graph: GPU time without host launch gaps). What is timed
+fwd_bwd and fwd_bwd_graph (fwd+bwd replayed from a CUDA graph: GPU time without host launch gaps). Host: the host
+time of one eager call at a size whose GPU work is negligible (B = H = 1, N = 128). What is timed
 and how: reporting/attention_bench.py; the results' schema and tables: reporting/attention_results.py.
 
     python scripts/bench_attention.py --quick --out /tmp/bench                # a few sizes (under 3 minutes)
@@ -11,6 +12,7 @@ and how: reporting/attention_bench.py; the results' schema and tables: reporting
     python scripts/bench_attention.py --part dense --head-dims 64 --out DIR
     python scripts/bench_attention.py --part dense --head-dims 128 --out DIR --append
     python scripts/bench_attention.py --part sparse --out DIR --append
+    python scripts/bench_attention.py --part host --causal yes --dropout 0 --out DIR --append   # about a minute
     # ours against another checkout's kernels (e.g. main), in one process:
     git worktree add /tmp/main main && python scripts/bench_attention.py --quick --baseline /tmp/main --out DIR
 
@@ -33,7 +35,8 @@ def main(argv=None) -> list[dict]:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--out", required=True, help="output directory (results.json, results.md, *.png)")
     ap.add_argument("--quick", action="store_true", help="a few sizes: causal D=64 N in 1K, 4K, 16K; sparse at 4K, 16K")
-    ap.add_argument("--part", choices=("dense", "sparse", "all"), default="all")
+    ap.add_argument("--part", choices=("dense", "sparse", "host", "all"), default="all",
+                    help="host: host time per eager call of each provider (all: included unless --quick)")
     ap.add_argument("--seqs", type=int, nargs="+", help="sequence lengths (default 512 ... 16K, plus 32K, 64K)")
     ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--causal", choices=("yes", "no", "both"), default="both")

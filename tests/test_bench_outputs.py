@@ -97,6 +97,15 @@ def test_failed_cases_are_rows_not_crashes():
     assert "| 1024 | **OOM** | 0.10 (10) | – |" in md
 
 
+def test_host_time_per_call_is_measured_and_rendered():
+    rows = attention_bench.run_host(("naive",), device="cpu", calls=20, log=lambda *_: None)
+    (row,) = rows
+    assert row["part"] == "host" and 0 < row["fwd_host"] < row["fwd_bwd_host"]
+    md = markdown(rows + [dict(row, provider="flash", fwd_host=0.1, fwd_bwd_host=0.4)], {"gpu": "g"})
+    assert "Host time per eager call (B = 1, H = 1, N = 128, D = 64" in md
+    assert "| flash | causal | 0 | 0.100 | 0.400 | 1.00× |" in md
+
+
 def test_the_cli_needs_a_gpu(tmp_path, monkeypatch):
     cli = load_script("bench_attention")
     monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: False)

@@ -176,7 +176,7 @@ def graphed(step, bench) -> dict:
 def measure_host(fn, device="cuda", dtype=torch.bfloat16, calls=300) -> dict:
     """Milliseconds per eager call of o = fn(q, k, v), forward and forward+backward, at HOST_SHAPE: what a call
     costs the CPU that launches it (Python, dispatch, launches), which a step pays wherever its GPU work is short."""
-    B, H, N, D = HOST_SHAPE.values()
+    B, H, N, D = (HOST_SHAPE[k] for k in "BHND")
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     do = torch.randn(B, H, N, D, device=device, dtype=dtype)

@@ -180,11 +180,11 @@ def measure_host(fn, device="cuda", dtype=torch.bfloat16, calls=300) -> dict:
     torch.manual_seed(0)
     q, k, v = (torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
     do = torch.randn(B, H, N, D, device=device, dtype=dtype)
+    sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
 
     def per_call(step) -> float:
         for _ in range(20):  # compile, autotune, allocator
             step()
-        sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
         sync()
         start = time.perf_counter()
         for _ in range(calls):
@@ -321,10 +321,9 @@ def plan(quick: bool, seqs=None, head_dims=(64, 128), causals=(True, False), dro
 def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_PROVIDERS, append: bool = False,
           env: dict | None = None, baseline: str | Path | None = None) -> list[dict]:
     """Measure `part` ("dense", "sparse", "host" or "all": dense, sparse and, where sizes ask, host) at `sizes`
-    (plan()) into out_dir: results.json grows row by row,
-    so a run stopped at a time limit keeps what it measured; with append, rows of an earlier run stay unless
-    re-measured. With a baseline checkout, its kernels run beside ours (load_baseline). Writes results.md and the
-    plots at the end; returns all rows."""
+    (plan()) into out_dir: results.json grows row by row, so a run stopped at a time limit keeps what it measured;
+    with append, rows of an earlier run stay unless re-measured. With a baseline checkout, its kernels run beside
+    ours (load_baseline). Writes results.md and the plots at the end; returns all rows."""
     sparse_providers = SPARSE_PROVIDERS
     if baseline is not None:
         dense, sparse = load_baseline(baseline)

@@ -10,12 +10,12 @@
     python scripts/reproduce.py --quick --only parity --reuse-runs --out R         # re-render from R/runs/
 
 --quick: kernels causal, head dim 64, N 1K/4K/16K (block-sparse at 16K); GPT-2 small throughput at seq 1K
-(20 steps); convergence parity and two block-sparse patterns on gpt2-mini (100 steps). --full: kernels at every
-N from 512 to 64K, head dims 64 and 128, causal and not, dropout 0 and 0.1; GPT-2 small and medium at seq 1K, 2K,
-4K (40 steps); 500-step convergence runs and three patterns. Each section prints what it runs, the time so far and
-an estimate of what is left; the training runs' own output shows as they go. The report is <out>/report.md with
-PNGs and raw.json beside it (reporting/reproduction.py). The paper's numbers appear only in columns marked
-"paper (A100)".
+(16 steps, compiled: flash, sdpa, HF's); convergence parity and one block-sparse pattern on gpt2-mini (60 eager
+steps). --full: kernels at every N from 512 to 64K, head dims 64 and 128, causal and not, dropout 0 and 0.1; GPT-2
+small and medium at seq 1K, 2K, 4K (40 steps); 500-step convergence runs and three patterns. Each section prints
+what it runs, the time so far and an estimate of what is left; the training runs' own output shows as they go. The
+report is <out>/report.md with PNGs and raw.json beside it (reporting/reproduction.py). The paper's numbers appear
+only in columns marked "paper (A100)".
 """
 
 from __future__ import annotations

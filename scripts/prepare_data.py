@@ -11,22 +11,8 @@ import argparse
 import sys
 from pathlib import Path
 
-from omegaconf import OmegaConf
-
-from training.config import compose
-from training.prepare import PrepareError, Settings, prepare
+from training.prepare import PrepareError, Settings, data_config, prepare
 from training.tokenizer import TokenizerError
-
-CONF = Path(__file__).resolve().parents[1] / "conf"
-
-
-def data_config(overrides: list[str]) -> dict:
-    """The `data` node as train.py would see it, from data=<name> and data.* overrides."""
-    if not any(o.startswith(("data=", "+data=")) for o in overrides):
-        raise PrepareError(f"say which dataset: data=<name> (one of: "
-                           f"{', '.join(p.stem for p in sorted((CONF / 'data').glob('*.yaml')))})")
-    cfg = compose([o.removeprefix("+") if o.startswith("+data=") else o for o in overrides])
-    return OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True)
 
 
 def main(argv=None) -> dict:
@@ -37,12 +23,7 @@ def main(argv=None) -> dict:
     p.add_argument("--skip-space-check", action="store_true")
     p.add_argument("--fail-after-chunks", type=int, help=argparse.SUPPRESS)  # tests: simulate a crash
     args = p.parse_args(argv)
-    try:
-        cfg = data_config(args.overrides)
-    except Exception as e:
-        if "Missing mandatory value" in str(e):
-            raise PrepareError(f"{e}. Set it on the command line, e.g. data.source.data_files=corpus.txt") from None
-        raise
+    cfg = data_config(args.overrides)
     settings = Settings.from_config(cfg)
     if args.num_proc:
         settings.num_proc = args.num_proc

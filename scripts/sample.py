@@ -14,16 +14,7 @@ import torch
 
 from model.attention import available_backends, get_backend
 from training.sources import load_any
-
-
-def codec(tokenizer: str):
-    """(encode, decode) for the tokenizer a model was trained with."""
-    if tokenizer == "bytes":
-        return (lambda s: list(s.encode("utf-8"))), (lambda ids: bytes(ids).decode("utf-8", errors="replace"))
-    from training.tokenizer import get_gpt2_encoding
-
-    enc = get_gpt2_encoding()
-    return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
+from training.tokenizer import codec
 
 
 def read_prompt(prompt: str) -> str:

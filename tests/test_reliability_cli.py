@@ -258,20 +258,33 @@ def test_a_failing_run_pointed_at_a_finished_run_changes_nothing(tmp_path, data,
 
 
 def test_two_runs_in_one_directory(tmp_path, data):
-    """Two runs started together in one directory: one trains, the other is refused while the first is live."""
+    """A second run started in the directory of a live run is refused, and the live run goes on undisturbed.
+
+    The first run is long (its steps take ~2 ms; the second needs seconds just to start), so the second is started
+    once the first has logged a step and is refused while the first still trains; then the first is stopped with
+    Ctrl-C (SIGINT), which ends it as 'interrupted' after a checkpoint."""
     run_dir = tmp_path / "run"
-    args = [*FAST, f"data.dir={data}", f"hydra.run.dir={run_dir}", "train.max_steps=200", "train.ckpt_interval=50"]
+    args = [*FAST, f"data.dir={data}", f"hydra.run.dir={run_dir}", "train.max_steps=10000000",
+            "train.ckpt_interval=1000"]
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    procs = [subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for _ in range(2)]
-    outs = [p.communicate(timeout=300)[0] for p in procs]
-    codes = sorted((p.returncode, out) for p, out in zip(procs, outs, strict=True))
-    assert codes[0][0] == 0, codes[0][1][-3000:]
-    assert_one_line_error(*codes[1], "is in use by a live run .pid \\d+.; wait for it")
+    first = subprocess.Popen([sys.executable, str(ROOT / "train.py"), *args], cwd=tmp_path, env=env,
+                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 120
+        while not (run_dir / "metrics.jsonl").exists() or "train/loss" not in (run_dir / "metrics.jsonl").read_text():
+            assert first.poll() is None and time.time() < deadline, "the first run never logged a step"
+            time.sleep(0.2)
+        code, out = cli(tmp_path, *args)
+        assert first.poll() is None, "the first run ended before the second was refused"
+    finally:
+        first.send_signal(signal.SIGINT)
+        first_out = first.communicate(timeout=120)[0]
+    assert_one_line_error(code, out, "is in use by a live run .pid \\d+.; wait for it")
+    assert first.returncode == 130, first_out[-3000:]
     steps = [json.loads(line)["step"] for line in (run_dir / "metrics.jsonl").read_text().splitlines()
              if "train/loss" in line]
-    assert steps == list(range(1, 201))  # no duplicate, lost or out-of-order rows
-    assert json.loads((run_dir / "summary.json").read_text())["status"] == "ok"
+    assert steps == list(range(1, len(steps) + 1))  # no duplicate, lost or out-of-order rows
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
 
 
 def test_an_unwritable_run_directory_is_one_line(tmp_path, data):

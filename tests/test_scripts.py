@@ -1,4 +1,4 @@
-"""scripts/sample.py, eval.py and export_hf.py on tiny checkpoints and tiny transformers GPT-2s."""
+"""scripts/sample.py, eval.py and the export behind export_hf.py on tiny checkpoints and tiny transformers GPT-2s."""
 
 import json
 import math
@@ -12,9 +12,10 @@ from transformers import GPT2Config, GPT2LMHeadModel
 from model import GPT, GPTConfig
 from reporting.evaluation import EvalError
 from training.checkpoint import save_checkpoint
+from training.export import ExportError, export
 from training.tokenizer import ranks_path
 
-eval_script, export_hf, sample = load_script("eval"), load_script("export_hf"), load_script("sample")
+eval_script, sample = load_script("eval"), load_script("sample")
 
 
 def write_ckpt(run_dir, vocab_size, tokenizer, seed=0, config=None):
@@ -43,7 +44,7 @@ def bytes_run(tmp_path_factory):
 
 def test_export_round_trip_with_padded_vocab(tmp_path):
     model = write_ckpt(tmp_path / "run", 50304, "gpt2")
-    out = export_hf.export(str(tmp_path / "run"), tmp_path / "hf")
+    out = export(str(tmp_path / "run"), tmp_path / "hf")
     hf = GPT2LMHeadModel.from_pretrained(tmp_path / "hf", dtype=torch.float32).eval()
     assert hf.config.vocab_size == 50257 and hf.config.n_positions == 64
     x = torch.randint(0, 50257, (2, 64))
@@ -55,7 +56,7 @@ def test_export_round_trip_with_padded_vocab(tmp_path):
 
 
 def test_export_keeps_a_byte_vocab(bytes_run, tmp_path):
-    export_hf.export(str(bytes_run[0] / "ckpt.pt"), tmp_path / "hf")
+    export(str(bytes_run[0] / "ckpt.pt"), tmp_path / "hf")
     assert json.loads((tmp_path / "hf" / "config.json").read_text())["vocab_size"] == 256
 
 
@@ -151,6 +152,6 @@ def test_help_shows_the_defaults(capsys):
 
 
 def test_export_of_a_missing_run_says_it_is_missing(tmp_path):
-    with pytest.raises(export_hf.ExportError, match="'outputs/nope' does not exist") as e:
-        export_hf.export("outputs/nope", tmp_path / "hf")
+    with pytest.raises(ExportError, match="'outputs/nope' does not exist") as e:
+        export("outputs/nope", tmp_path / "hf")
     assert "hub" not in str(e.value)

@@ -7,10 +7,13 @@ and each dataset's yaml may carry what its prepare script needs.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
+
+CONF_DIR = Path(__file__).resolve().parent.parent / "conf"
 
 
 class ConfigError(ValueError):
@@ -200,12 +203,9 @@ def block_sparse_problems(attn) -> list[str]:
 
 def compose(overrides: list[str] = (), config_name: str = "config"):
     """The config train.py would run with these command-line overrides (for tests, scripts, notebooks)."""
-    from pathlib import Path
-
     from hydra import compose as hydra_compose
     from hydra import initialize_config_dir
 
     register_configs()
-    conf_dir = Path(__file__).resolve().parent.parent / "conf"
-    with initialize_config_dir(config_dir=str(conf_dir), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         return hydra_compose(config_name=config_name, overrides=list(overrides))

@@ -290,3 +290,21 @@ def _concatenate(paths: list[Path], dest: Path, desc: str) -> int:
 def bins_sha256(out_dir: str | Path) -> dict:
     """sha256 of each bin (tests compare resumed and uninterrupted runs)."""
     return {s: hashlib.sha256((Path(out_dir) / f"{s}.bin").read_bytes()).hexdigest() for s in ("train", "val")}
+
+
+def data_config(overrides: list[str]) -> dict:
+    """The `data` node as train.py would see it, from data=<name> and data.* overrides (scripts/prepare_data.py)."""
+    from omegaconf import OmegaConf
+
+    from .config import CONF_DIR, compose
+
+    if not any(o.startswith(("data=", "+data=")) for o in overrides):
+        raise PrepareError(f"say which dataset: data=<name> (one of: "
+                           f"{', '.join(p.stem for p in sorted((CONF_DIR / 'data').glob('*.yaml')))})")
+    cfg = compose([o.removeprefix("+") if o.startswith("+data=") else o for o in overrides])
+    try:
+        return OmegaConf.to_container(cfg.data, resolve=True, throw_on_missing=True)
+    except Exception as e:
+        if "Missing mandatory value" in str(e):
+            raise PrepareError(f"{e}. Set it on the command line, e.g. data.source.data_files=corpus.txt") from None
+        raise

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+from collections.abc import Callable
 from functools import cache
 from pathlib import Path
 
@@ -89,6 +90,14 @@ def get_gpt2_encoding() -> tiktoken.Encoding:
             f"the GPT-2 tokenizer is not available offline ({type(e).__name__}: {str(e)[:200]}). "
             f"Run `{FETCH_HINT}` (downloads {WHISPER_SDIST} from PyPI and extracts its verified gpt2.tiktoken "
             f"to {path}), or set FLASHGPT_TOKENIZER_DIR to a directory holding gpt2.tiktoken.") from None
+
+
+def codec(tokenizer: str) -> tuple[Callable[[str], list[int]], Callable[[list[int]], str]]:
+    """(encode, decode) for the tokenizer a model was trained with: "bytes" (UTF-8) or "gpt2" (BPE)."""
+    if tokenizer == "bytes":
+        return (lambda s: list(s.encode("utf-8"))), (lambda ids: bytes(ids).decode("utf-8", errors="replace"))
+    enc = get_gpt2_encoding()
+    return (lambda s: enc.encode(s, allowed_special={"<|endoftext|>"})), enc.decode
 
 
 def tokenizer_hash() -> str:

@@ -33,6 +33,8 @@ def check_writable(out_dir: Path) -> None:
 
 
 def export(source: str, out_dir: str | Path, vocab_size: int | None = None, verify: bool = True) -> Path:
+    """Write a run directory's or ckpt.pt's model into out_dir as a transformers GPT-2 (vocab_size rows, default
+    as the module docstring says); with verify, reload it and compare its logits with the checkpoint's."""
     out_dir = Path(out_dir)
     if not Path(source).expanduser().exists():
         raise ExportError(f"'{source}' does not exist; pass a run directory or ckpt.pt written by train.py "

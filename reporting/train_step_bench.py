@@ -1,10 +1,12 @@
 """train.py's own optimizer step against a minimal bare GPT-2 loop, in one process (scripts/bench_train_step.py).
 
-For each case (seq x batch, attention backend, eager or compiled): the bare loop (training/minimal_gpt2.py with
-the same attention function, random tokens already on the device, gradients clipped at 1.0, AdamW fused on CUDA)
-and train.py's step (`train.set_up` + `train.optimizer_step`: its model, data pipeline, autocast, clipping and
-loss bookkeeping), each warmed up, then timed over the same number of steps with one synchronisation at the end.
-Peak memory is torch.cuda.max_memory_allocated per loop on CUDA (the process's peak RSS on CPU, which only grows).
+For each case (seq x batch, attention backend, mode: eager, compiled, or graphs, i.e. compiled with CUDA graphs:
+torch.compile(mode="reduce-overhead") and train.py's train.compile_mode=reduce-overhead): the bare loop
+(training/minimal_gpt2.py with the same attention function, random tokens already on the device, gradients clipped
+at 1.0, AdamW fused on CUDA) and train.py's step (`train.set_up` + `train.optimizer_step`: its model, data
+pipeline, autocast, clipping and loss bookkeeping), each warmed up, then timed over the same number of steps with
+one synchronisation at the end. Peak memory is torch.cuda.max_memory_allocated per loop on CUDA (the process's
+peak RSS on CPU, which only grows).
 """
 
 from __future__ import annotations
@@ -59,7 +61,17 @@ def train_py_case(overrides: list[str], device: torch.device, warmup: int, steps
     return seconds, run.train_loss, run.raw_model.config, getattr(torch, run.info["dtype"])
 
 
-def bare_case(c, seq: int, batch: int, device: torch.device, dtype: torch.dtype, compiled: bool, warmup: int,
+MODES = {"eager": None, "compiled": "default", "graphs": "reduce-overhead"}  # mode -> torch.compile mode
+
+
+def mode_overrides(mode: str) -> list[str]:
+    """train.py's settings for a bench mode."""
+    if mode == "eager":
+        return ["train.compile=false"]
+    return ["train.compile=true", f"train.compile_mode={MODES[mode]}"]
+
+
+def bare_case(c, seq: int, batch: int, device: torch.device, dtype: torch.dtype, mode: str, warmup: int,
               steps: int):
     """The minimal GPT-2, same shape and attention function as train.py's model, in a bare loop."""
     attend = get_backend(c.attn).attend
@@ -67,19 +79,22 @@ def bare_case(c, seq: int, batch: int, device: torch.device, dtype: torch.dtype,
     model = MinimalGPT2(c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd,
                         lambda q, k, v: attend(q, k, v, causal=True, dropout_p=0.0, scale=None)).to(device)
     optimizer = model.configure_optimizer(fused=device.type == "cuda")
-    step_model = torch.compile(model) if compiled else model
+    compiled = MODES[mode] is not None
+    step_model = torch.compile(model, mode=None if MODES[mode] == "default" else MODES[mode]) if compiled else model
     x, y = (torch.randint(0, c.vocab_size, (batch, seq), device=device) for _ in range(2))
     autocast = torch.autocast(device.type, dtype=dtype) if dtype != torch.float32 else nullcontext()
     losses = []
 
     def step():
+        if compiled:
+            torch.compiler.cudagraph_mark_step_begin()  # as train.py: with CUDA graphs a new replay may begin
         with autocast:
             loss = step_model(x, y)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # as nanoGPT and train.py (optim.grad_clip) do
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
-        losses.append(loss.detach())
+        losses.append(loss.detach().clone())  # a copy, as train.py keeps: the next replay reuses the output's memory
 
     seconds = timed(step, warmup, steps, device)
     return seconds, losses[-1].item()
@@ -97,15 +112,15 @@ def bench(cases: list[tuple[int, int]], attns: list[str], modes: list[str], mode
                 for mode in modes:
                     overrides = ["experiment=throughput", f"model={model}", f"model.block_size={seq}",
                                  f"attn={attn}", f"train.seq_len={seq}", f"train.batch_size={batch}",
-                                 f"train.compile={mode == 'compiled'}", f"train.dtype={dtype_name}",
-                                 f"train.device={device.type}", f"data.dir={data}"]
+                                 *mode_overrides(mode), f"train.dtype={dtype_name}", f"train.device={device.type}",
+                                 f"data.dir={data}"]
                     row = {"seq": seq, "batch": batch, "attn": attn, "mode": mode}
                     reset_peak(device)
                     seconds, loss, config, dtype = train_py_case(overrides, device, warmup, steps, Path(tmp) / "run")
                     row.update(train_py_tokens_per_sec=batch * seq / seconds, train_py_peak_gb=peak_memory_gb(device),
                                train_py_loss=loss)
                     reset_peak(device)
-                    seconds, loss = bare_case(config, seq, batch, device, dtype, mode == "compiled", warmup, steps)
+                    seconds, loss = bare_case(config, seq, batch, device, dtype, mode, warmup, steps)
                     row.update(bare_tokens_per_sec=batch * seq / seconds, bare_peak_gb=peak_memory_gb(device),
                                bare_loss=loss)
                     row["ratio"] = row["train_py_tokens_per_sec"] / row["bare_tokens_per_sec"]

@@ -1,6 +1,7 @@
 """train.py's training step against a minimal bare GPT-2 loop, in one process: tokens/s and peak memory.
 
     python scripts/bench_train_step.py --out docs/results/h200/train_step          # GPU: the issue-14 table
+    python scripts/bench_train_step.py --modes eager graphs --out DIR              # what CUDA graphs give back
     python scripts/bench_train_step.py --device cpu --model gpt2-nano --cases 64x2 --attn sdpa --modes eager \\
         --warmup 1 --steps 2 --out /tmp/bench_step                                 # the same code path on a CPU
 
@@ -16,7 +17,7 @@ import logging
 import sys
 from pathlib import Path
 
-from reporting.train_step_bench import HEADER, bench, write
+from reporting.train_step_bench import HEADER, MODES, bench, write
 
 
 def case(text: str) -> tuple[int, int]:
@@ -32,8 +33,8 @@ def main() -> None:
     p.add_argument("--cases", nargs="+", type=case, default=[(1024, 16), (4096, 4)], help="SEQxBATCH (default: "
                    "1024x16 4096x4)")
     p.add_argument("--attn", nargs="+", default=["sdpa", "flash"], help="backends (default: sdpa flash)")
-    p.add_argument("--modes", nargs="+", choices=["eager", "compiled"], default=["eager", "compiled"],
-                   help="default: eager compiled")
+    p.add_argument("--modes", nargs="+", choices=list(MODES), default=["eager", "compiled"],
+                   help="graphs: compiled with CUDA graphs (reduce-overhead) (default: eager compiled)")
     p.add_argument("--model", default="gpt2", help="model preset (default: gpt2)")
     p.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda)")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per loop, compile included (default: 10)")

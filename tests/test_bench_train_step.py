@@ -32,3 +32,27 @@ def test_bad_case_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_train_step.py"), "--cases", "1024",
                              "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "is not SEQxBATCH" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_each_mode_sets_train_py_and_the_bare_loop_alike(monkeypatch):
+    """graphs = CUDA graphs in both loops: train.py's compile_mode=reduce-overhead and the bare loop's
+    torch.compile(mode="reduce-overhead"); compiled = the default mode in both; eager = no compile."""
+    import torch
+
+    from model import GPTConfig
+    from reporting import train_step_bench
+    from training.config import compose, validate
+
+    calls = []
+    monkeypatch.setattr(torch, "compile", lambda model, **kw: calls.append(kw) or model)
+    config = GPTConfig.preset("gpt2-nano", attn="sdpa")
+    for mode, overrides, compile_kwargs in (
+            ("eager", ["train.compile=false"], []),
+            ("compiled", ["train.compile=true", "train.compile_mode=default"], [{"mode": None}]),
+            ("graphs", ["train.compile=true", "train.compile_mode=reduce-overhead"], [{"mode": "reduce-overhead"}])):
+        assert train_step_bench.mode_overrides(mode) == overrides
+        validate(compose(["model=gpt2-nano", *overrides]))
+        calls.clear()
+        seconds, loss = train_step_bench.bare_case(config, 16, 2, torch.device("cpu"), torch.float32, mode,
+                                                   warmup=0, steps=1)
+        assert calls == compile_kwargs and seconds > 0 and 4 < loss < 12

@@ -1,0 +1,75 @@
+"""Compile every tile config the autotuner would try, for sm_90, on a machine without a GPU: Triton's real code
+generation, ptxas and shared-memory check run; the launch is a no-op (host_time_cpu.FakeHopper). Catches kernels
+that do not compile or do not fit before any GPU time is spent. Run from a checkout's root:
+
+    python docs/dev/compile_check_cpu.py        # ~3 minutes; prints one line per variant and every failure
+
+Variants: causal D = 64; causal D = 128 with dropout (single pass and two passes); causal D = 64 block-sparse;
+non-causal D = 80 with dropout. N = 4096 (causal launches there use the costliest-first order, if the kernels have
+it). Each of the forward, dQ-pass and dK/dV-pass configs is compiled once per variant.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+import torch
+from host_time_cpu import FakeHopper
+from torch._library.triton import set_wrap_triton_enabled
+from triton.runtime.driver import driver
+
+VARIANTS = [(64, True, 0.0, False), (128, True, 0.1, False), (64, True, 0.0, True), (80, False, 0.1, False)]
+
+
+def compile_variant(A, D: int, causal: bool, p: float, sparse: bool) -> tuple[int, int]:
+    """Compile each config of the three kernels for one variant; (compiled, failed)."""
+    from kernels.block_mask import create_block_mask
+
+    B, H, N = 1, 2, 4096
+    q, k, v, do = (torch.randn(B, H, N, D, dtype=torch.bfloat16) for _ in range(4))
+    o, lse = torch.empty_like(q), torch.zeros(B, H, N)
+    layout = torch.ones(N // 128, N // 128, dtype=torch.bool)
+    mask = create_block_mask(layout, N, 128, causal, "cpu") if sparse else None
+    keys = A.draw_dropout_keys(B, H, N, "cpu") if p else None
+    args = {"SPARSE_BLOCK": 128 if sparse else 0, "HEAD_D": max(16, 1 << (D - 1).bit_length())}
+    launches = {"fwd": (A._fwd, lambda: A._launch_fwd(q, k, v, keys, mask, causal, p, 0.125)),
+                "dq": (A._bwd_dq, lambda: A._launch_bwd(do, q, k, v, o, lse, keys, mask, causal, p, 0.125, True)),
+                "kv": (A._bwd_kv, lambda: A._launch_bwd(do, q, k, v, o, lse, keys, mask, causal, p, 0.125, False))}
+    every = {tuned: tuned.configs for tuned, _ in launches.values()}
+    fitting = {tuned: A._prune(configs, args) for tuned, configs in every.items()}
+    compiled = failed = 0
+    for name, (tuned, launch) in launches.items():
+        for config in fitting[tuned]:
+            for other in every:  # one config per kernel, so that nothing is timed
+                other.configs = [config] if other is tuned else fitting[other][:1]
+            try:
+                with torch.no_grad(), set_wrap_triton_enabled(False):
+                    launch()
+                compiled += 1
+            except Exception as e:  # report and go on: every failure is worth seeing
+                failed += 1
+                print(f"FAIL {name} D={D} causal={causal} p={p} sparse={sparse} {config}: {type(e).__name__}: "
+                      f"{str(e).splitlines()[0][:200] if str(e) else ''}", flush=True)
+    for tuned, configs in every.items():
+        tuned.configs = configs
+    return compiled, failed
+
+
+def main() -> int:
+    driver.set_active(FakeHopper())
+    sys.path.insert(0, str(Path.cwd()))
+    from kernels import attention as A  # noqa: E402 (after the fake driver)
+
+    A.AUTOTUNE = True  # the configs the autotuner would time; each is then compiled alone
+    failed, start = 0, time.time()
+    for D, causal, p, sparse in VARIANTS:
+        compiled, bad = compile_variant(A, D, causal, p, sparse)
+        failed += bad
+        print(f"D={D} causal={causal} dropout={p} sparse={sparse}: {compiled} configs compiled, {bad} failed "
+              f"({time.time() - start:.0f} s so far)", flush=True)
+    print(f"{failed} failed")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

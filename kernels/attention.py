@@ -129,6 +129,11 @@ def _mask_args(mask: BlockMask | None, by_key: bool, device: torch.device) -> tu
             index.stride(1))
 
 
+def _grid(N, BH, causal, block):
+    """Programs over (tiles of `block` rows, batch*head), or (batch*head, tiles) when causal (program_tile)."""
+    return lambda meta: (BH, triton.cdiv(N, meta[block])) if causal else (triton.cdiv(N, meta[block]), BH)
+
+
 def _common(q, causal, dropout_p, mask):
     B, H, N, D = q.shape
     return dict(H=H, N=N, N_BUCKET=triton.next_power_of_2(N), dropout_p=dropout_p, D=D,
@@ -139,8 +144,7 @@ def _common(q, causal, dropout_p, mask):
 def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):
     B, H, N, D = q.shape
     o, lse = _empty_bhnd(q), q.new_empty((B, H, N), dtype=torch.float32)
-    grid = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * H)
-    wrap_triton(_fwd)[grid](q, k, v, o, lse, keys, *_mask_args(mask, False, q.device),
+    wrap_triton(_fwd)[_grid(N, B * H, causal, "BLOCK_M")](q, k, v, o, lse, keys, *_mask_args(mask, False, q.device),
                             *_strides(q), *_strides(k), *_strides(v), *_strides(o),
                             qk_scale=scale * LOG2E, **_common(q, causal, dropout_p, mask))
     return o, lse
@@ -161,8 +165,7 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
     delta, dk, dv = torch.empty_like(lse), _empty_bhnd(q), _empty_bhnd(q)
     common = dict(qk_scale=scale * LOG2E, sm_scale=scale, **_common(q, causal, dropout_p, mask))
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
-    grid_m = lambda meta: (triton.cdiv(N, meta["BLOCK_M"]), B * H)
-    grid_n = lambda meta: (triton.cdiv(N, meta["BLOCK_N"]), B * H)
+    grid_m, grid_n = _grid(N, B * H, causal, "BLOCK_M"), _grid(N, B * H, causal, "BLOCK_N")
     if single_pass:  # delta and a zeroed fp32 dQ accumulator, then one pass that adds into it
         dq_acc = _empty_bhnd(q, torch.float32)
         wrap_triton(attn_bwd_preprocess)[(triton.cdiv(N, 64), B * H)](

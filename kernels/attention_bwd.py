@@ -50,12 +50,12 @@ def _row_delta(O, DO, stride_on, stride_don, offs_m, offs_d, N, D: tl.constexpr,
 
 @triton.jit
 def _bwd_program(H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh,
-                 qk_scale, sm_scale, dropout_p, LAST_FIRST: tl.constexpr):
+                 qk_scale, sm_scale, dropout_p, CAUSAL: tl.constexpr, LAST_FIRST: tl.constexpr):
     """How both backward kernels start: this program's (tile, bh, b, h), the offsets of its head in q, k, v and dO,
     and the float arguments in fp32 (torch.compile passes Python floats as fp64 scalars) with the dropout threshold.
     It takes no pointers on purpose: torch.compile's mutation analysis of a Triton kernel counts every pointer handed
     to a helper whose results address a store as written, and would then copy q, k, v and dO on every call."""
-    tile, bh, b, h = program_tile(H, LAST_FIRST)
+    tile, bh, b, h = program_tile(H, CAUSAL, LAST_FIRST)
     threshold, dropout_p = dropout_threshold(dropout_p)
     return (tile, bh, b, h, head_offset(b, h, stride_qb, stride_qh), head_offset(b, h, stride_kb, stride_kh),
             head_offset(b, h, stride_vb, stride_vh), head_offset(b, h, stride_dob, stride_doh),
@@ -106,7 +106,7 @@ def attn_bwd_preprocess(O, DO, Delta, DQ_ACC, stride_ob, stride_oh, stride_on, s
                         D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr):
     """delta for BLOCK_M rows of one batch*head, and zeros in the same rows of the fp32 dQ accumulator."""
     EVEN_D: tl.constexpr = D == HEAD_D
-    start_m, bh, b, h = program_tile(H, False)
+    start_m, bh, b, h = program_tile(H, False, False)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
     delta = _row_delta(O + head_offset(b, h, stride_ob, stride_oh), DO + head_offset(b, h, stride_dob, stride_doh),
@@ -174,7 +174,7 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_M
     start_n, bh, b, h, q_off, k_off, v_off, do_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
         H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh, qk_scale,
-        sm_scale, dropout_p, False)
+        sm_scale, dropout_p, CAUSAL, False)
     Q, K, V, DO = Q + q_off, K + k_off, V + v_off, DO + do_off
     DK += head_offset(b, h, stride_gb, stride_gh)
     DV += head_offset(b, h, stride_gb, stride_gh)
@@ -244,7 +244,7 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
     start_m, bh, b, h, q_off, k_off, v_off, do_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
         H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh, qk_scale,
-        sm_scale, dropout_p, CAUSAL)
+        sm_scale, dropout_p, CAUSAL, True)
     Q, K, V, DO = Q + q_off, K + k_off, V + v_off, DO + do_off
     DQ += head_offset(b, h, stride_gb, stride_gh)
     O += head_offset(b, h, stride_ob, stride_oh)

@@ -95,14 +95,17 @@ def tile_index(i, idx_ptr, SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr):
 
 
 @triton.jit
-def program_tile(H, LAST_FIRST: tl.constexpr):
-    """(tile, bh, b, h) of this program: grid axis 0 is the tile, axis 1 the batch*head. LAST_FIRST: tiles in
-    reverse order, so that under a causal mask the query tiles with the most key tiles start first and the light
-    ones fill the last wave (the GPU starts programs in grid order, axis 0 fastest)."""
-    bh = tl.program_id(1)
-    tile = tl.program_id(0)
-    if LAST_FIRST:
-        tile = tl.num_programs(0) - 1 - tile
+def program_tile(H, CAUSAL: tl.constexpr, LAST_FIRST: tl.constexpr):
+    """(tile, bh, b, h) of this program. Without a causal mask every tile costs the same: the grid is (tiles, B*H),
+    so the tiles of one head run side by side and share its K and V in L2. Causal tiles differ in cost: the grid is
+    (B*H, tiles) and the costliest tiles of every head start first (the last query tiles, LAST_FIRST, or the first
+    key tiles), so the cheap ones fill the last wave (the GPU starts programs in grid order, axis 0 fastest)."""
+    if CAUSAL:
+        bh, tile = tl.program_id(0), tl.program_id(1)
+        if LAST_FIRST:
+            tile = tl.num_programs(1) - 1 - tile
+    else:
+        tile, bh = tl.program_id(0), tl.program_id(1)
     return tile, bh, bh // H, bh % H
 
 
@@ -232,7 +235,7 @@ def attn_fwd(Q, K, V, O, LSE, KEYS,
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
     qk_scale = tl.cast(qk_scale, tl.float32)  # torch.compile passes Python floats as fp64 scalars
     threshold, dropout_p = dropout_threshold(dropout_p)
-    start_m, bh, b, h = program_tile(H, CAUSAL)
+    start_m, bh, b, h = program_tile(H, CAUSAL, True)
     Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
     O += head_offset(b, h, stride_ob, stride_oh)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)

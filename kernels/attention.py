@@ -9,9 +9,10 @@ Features
 - Causal, block-sparse (a layout of kept blocks, turned into a kernels.block_mask.BlockMask), and dropout inside
   the kernels, reproducible under torch.manual_seed: each call draws random keys per row and column, and the
   kernels hash them per element (kernels/attention_fwd.py); p applies at 2^-24 resolution.
-- One path: the forward and backward are torch custom ops (triton_op + wrap_triton) with registered autograd,
-  called the same way eagerly and under torch.compile (no graph break). Host launch cost is left to CUDA graphs
-  (torch.compile(mode="reduce-overhead"), train.compile_mode in train.py).
+- One path: the forward and backward are torch custom ops (triton_op + wrap_triton) joined by one
+  torch.autograd.Function, called the same way eagerly and under torch.compile (no graph break). Host launch cost
+  is left to CUDA graphs (torch.compile(mode="reduce-overhead"), train.compile_mode in train.py).
+- Causal launches start the costliest tiles first (program_tile in kernels/attention_fwd.py).
 - Tiles, warps and pipeline stages are autotuned per (N rounded up to a power of two, head dim, causal, dropout,
   layout block size, dtype). The timings are cached on disk (Triton's cache directory, keyed by the kernel source,
   the GPU architecture and the tuning key), so a new process, e.g. every train.py run, reuses them instead of

@@ -12,7 +12,7 @@ Features
 - One path: the forward and backward are torch custom ops (triton_op + wrap_triton) joined by one
   torch.autograd.Function, called the same way eagerly and under torch.compile (no graph break). Host launch cost
   is left to CUDA graphs (torch.compile(mode="reduce-overhead"), train.compile_mode in train.py).
-- Causal launches start the costliest tiles first (program_tile in kernels/attention_fwd.py).
+- Causal launches of long rows start the costliest tiles first (program_tile in kernels/attention_fwd.py).
 - Tiles, warps and pipeline stages are autotuned per (N rounded up to a power of two, head dim, causal, dropout,
   layout block size, dtype). The timings are cached on disk (Triton's cache directory, keyed by the kernel source,
   the GPU architecture and the tuning key), so a new process, e.g. every train.py run, reuses them instead of
@@ -130,24 +130,32 @@ def _mask_args(mask: BlockMask | None, by_key: bool, device: torch.device) -> tu
             index.stride(1))
 
 
-def _grid(N, BH, causal, block):
-    """Programs over (tiles of `block` rows, batch*head), or (batch*head, tiles) when causal (program_tile)."""
-    return lambda meta: (BH, triton.cdiv(N, meta[block])) if causal else (triton.cdiv(N, meta[block]), BH)
+# Causal launches from this N bucket on start the costliest tiles first across heads (program_tile's LPT). Below
+# it the many short heads keep their tiles side by side, sharing each head's K and V in L2. (A guess between the
+# scheduling model's gain and the L2 traffic: docs/dev/kernel-notes.md; measure before moving it.)
+_LPT_MIN_N_BUCKET = 4096
+
+
+def _grid(N, BH, lpt, block):
+    """Programs over (tiles of `block` rows, batch*head), or (batch*head, tiles) with LPT (program_tile)."""
+    return lambda meta: (BH, triton.cdiv(N, meta[block])) if lpt else (triton.cdiv(N, meta[block]), BH)
 
 
 def _common(q, causal, dropout_p, mask):
     B, H, N, D = q.shape
-    return dict(H=H, N=N, N_BUCKET=triton.next_power_of_2(N), dropout_p=dropout_p, D=D,
-                HEAD_D=max(16, triton.next_power_of_2(D)), CAUSAL=causal, SPARSE=mask is not None,
-                SPARSE_BLOCK=mask.block_size if mask is not None else 0, DROPOUT=dropout_p > 0)
+    n_bucket = triton.next_power_of_2(N)
+    return dict(H=H, N=N, N_BUCKET=n_bucket, dropout_p=dropout_p, D=D, HEAD_D=max(16, triton.next_power_of_2(D)),
+                CAUSAL=causal, SPARSE=mask is not None, SPARSE_BLOCK=mask.block_size if mask is not None else 0,
+                DROPOUT=dropout_p > 0, LPT=causal and n_bucket >= _LPT_MIN_N_BUCKET)
 
 
 def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):
     B, H, N, D = q.shape
     o, lse = _empty_bhnd(q), q.new_empty((B, H, N), dtype=torch.float32)
-    wrap_triton(_fwd)[_grid(N, B * H, causal, "BLOCK_M")](q, k, v, o, lse, keys, *_mask_args(mask, False, q.device),
-                            *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-                            qk_scale=scale * LOG2E, **_common(q, causal, dropout_p, mask))
+    common = _common(q, causal, dropout_p, mask)
+    wrap_triton(_fwd)[_grid(N, B * H, common["LPT"], "BLOCK_M")](
+        q, k, v, o, lse, keys, *_mask_args(mask, False, q.device), *_strides(q), *_strides(k), *_strides(v),
+        *_strides(o), qk_scale=scale * LOG2E, **common)
     return o, lse
 
 
@@ -166,7 +174,7 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
     delta, dk, dv = torch.empty_like(lse), _empty_bhnd(q), _empty_bhnd(q)
     common = dict(qk_scale=scale * LOG2E, sm_scale=scale, **_common(q, causal, dropout_p, mask))
     strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
-    grid_m, grid_n = _grid(N, B * H, causal, "BLOCK_M"), _grid(N, B * H, causal, "BLOCK_N")
+    grid_m, grid_n = _grid(N, B * H, common["LPT"], "BLOCK_M"), _grid(N, B * H, common["LPT"], "BLOCK_N")
     if single_pass:  # delta and a zeroed fp32 dQ accumulator, then one pass that adds into it
         dq_acc = _empty_bhnd(q, torch.float32)
         wrap_triton(attn_bwd_preprocess)[(triton.cdiv(N, 64), B * H)](

@@ -50,12 +50,12 @@ def _row_delta(O, DO, stride_on, stride_don, offs_m, offs_d, N, D: tl.constexpr,
 
 @triton.jit
 def _bwd_program(H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh,
-                 qk_scale, sm_scale, dropout_p, CAUSAL: tl.constexpr, LAST_FIRST: tl.constexpr):
+                 qk_scale, sm_scale, dropout_p, LPT: tl.constexpr, LAST_FIRST: tl.constexpr):
     """How both backward kernels start: this program's (tile, bh, b, h), the offsets of its head in q, k, v and dO,
     and the float arguments in fp32 (torch.compile passes Python floats as fp64 scalars) with the dropout threshold.
     It takes no pointers on purpose: torch.compile's mutation analysis of a Triton kernel counts every pointer handed
     to a helper whose results address a store as written, and would then copy q, k, v and dO on every call."""
-    tile, bh, b, h = program_tile(H, CAUSAL, LAST_FIRST)
+    tile, bh, b, h = program_tile(H, LPT, LAST_FIRST)
     threshold, dropout_p = dropout_threshold(dropout_p)
     return (tile, bh, b, h, head_offset(b, h, stride_qb, stride_qh), head_offset(b, h, stride_kb, stride_kh),
             head_offset(b, h, stride_vb, stride_vh), head_offset(b, h, stride_dob, stride_doh),
@@ -167,14 +167,14 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
                 H, N, N_BUCKET, qk_scale, sm_scale, dropout_p,
                 D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 CAUSAL: tl.constexpr, SPARSE: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr,
-                DQ_ATOMIC: tl.constexpr):
+                LPT: tl.constexpr, DQ_ATOMIC: tl.constexpr):
     """One program per key tile of BLOCK_N rows, visiting query tiles of BLOCK_M rows: writes dK, dV, and with
     DQ_ATOMIC adds dQ (scaled) into the fp32 DQ_ACC. N_BUCKET is only an autotuning key."""
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_M
     start_n, bh, b, h, q_off, k_off, v_off, do_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
         H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh, qk_scale,
-        sm_scale, dropout_p, CAUSAL, False)
+        sm_scale, dropout_p, LPT, False)
     Q, K, V, DO = Q + q_off, K + k_off, V + v_off, DO + do_off
     DK += head_offset(b, h, stride_gb, stride_gh)
     DV += head_offset(b, h, stride_gb, stride_gh)
@@ -237,14 +237,15 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
                 stride_gb, stride_gh, stride_gn, stride_ob, stride_oh, stride_on,
                 H, N, N_BUCKET, qk_scale, sm_scale, dropout_p,
                 D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                CAUSAL: tl.constexpr, SPARSE: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr):
+                CAUSAL: tl.constexpr, SPARSE: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr,
+                LPT: tl.constexpr):
     """Deterministic backward, first pass: one program per query tile writes its dQ rows, and the delta of its rows
     for the key-tile pass that follows."""
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
     start_m, bh, b, h, q_off, k_off, v_off, do_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
         H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh, qk_scale,
-        sm_scale, dropout_p, CAUSAL, True)
+        sm_scale, dropout_p, LPT, True)
     Q, K, V, DO = Q + q_off, K + k_off, V + v_off, DO + do_off
     DQ += head_offset(b, h, stride_gb, stride_gh)
     O += head_offset(b, h, stride_ob, stride_oh)

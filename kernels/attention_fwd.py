@@ -95,12 +95,12 @@ def tile_index(i, idx_ptr, SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr):
 
 
 @triton.jit
-def program_tile(H, CAUSAL: tl.constexpr, LAST_FIRST: tl.constexpr):
-    """(tile, bh, b, h) of this program. Without a causal mask every tile costs the same: the grid is (tiles, B*H),
-    so the tiles of one head run side by side and share its K and V in L2. Causal tiles differ in cost: the grid is
-    (B*H, tiles) and the costliest tiles of every head start first (the last query tiles, LAST_FIRST, or the first
-    key tiles), so the cheap ones fill the last wave (the GPU starts programs in grid order, axis 0 fastest)."""
-    if CAUSAL:
+def program_tile(H, LPT: tl.constexpr, LAST_FIRST: tl.constexpr):
+    """(tile, bh, b, h) of this program. Grid (tiles, B*H): the tiles of one head run side by side and share its K
+    and V in L2. LPT (causal, long rows; kernels/attention.py decides): grid (B*H, tiles), and the costliest tiles
+    of every head start first (the last query tiles, LAST_FIRST, or the first key tiles), so the cheap ones fill the
+    last wave: longest processing time first, as the GPU starts programs in grid order, axis 0 fastest."""
+    if LPT:
         bh, tile = tl.program_id(0), tl.program_id(1)
         if LAST_FIRST:
             tile = tl.num_programs(1) - 1 - tile
@@ -229,13 +229,14 @@ def attn_fwd(Q, K, V, O, LSE, KEYS,
              stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
              H, N, N_BUCKET, qk_scale, dropout_p,
              D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             CAUSAL: tl.constexpr, SPARSE: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr):
-    """N_BUCKET (next power of two of N) is only an autotuning key."""
+             CAUSAL: tl.constexpr, SPARSE: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr,
+             LPT: tl.constexpr):
+    """N_BUCKET (next power of two of N) is only an autotuning key. LPT: program order (program_tile)."""
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
     qk_scale = tl.cast(qk_scale, tl.float32)  # torch.compile passes Python floats as fp64 scalars
     threshold, dropout_p = dropout_threshold(dropout_p)
-    start_m, bh, b, h = program_tile(H, CAUSAL, True)
+    start_m, bh, b, h = program_tile(H, LPT, True)
     Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
     O += head_offset(b, h, stride_ob, stride_oh)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)

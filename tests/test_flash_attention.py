@@ -71,6 +71,29 @@ def test_dropout_reproducible_and_matches_reference_with_same_mask(kernel_device
     assert_matches_reference(o1, qkv, q, k, v, causal=causal, keep=keep, dropout_p=kernel_dropout_p(p))
 
 
+def test_costliest_tiles_first_changes_the_order_not_the_results(kernel_device, monkeypatch):
+    """Causal launches of long rows run their programs costliest first (program_tile's LPT; from N = 4096 on, here
+    forced on at a small N): every program computes what it did in grid order, so without dropout the outputs and
+    gradients are bitwise those of the in-order grid; with dropout (the single pass) they match the reference."""
+    from kernels import attention
+
+    qkv, (q, k, v) = packed_qkv(2, 3, 150, 64, kernel_device)
+    do = torch.randn_like(q)
+
+    def run(**kw):
+        o = flash_attention(q, k, v, causal=True, **kw)
+        return [o, *torch.autograd.grad(o, qkv, do)]
+
+    in_order = run()
+    monkeypatch.setattr(attention, "_LPT_MIN_N_BUCKET", 1)
+    assert all(torch.equal(a, b) for a, b in zip(in_order, run(), strict=True))
+    torch.manual_seed(5)
+    o = flash_attention(q, k, v, causal=True, dropout_p=0.2)
+    torch.manual_seed(5)
+    keep = dropout_keep_mask(draw_dropout_keys(2, 3, 150, q.device), 2, 3, 0.2)
+    assert_matches_reference(o, qkv, q, k, v, causal=True, keep=keep, dropout_p=kernel_dropout_p(0.2))
+
+
 def test_dropout_mask_keeps_at_rate_1_minus_p_with_independent_neighbours():
     """The keep mask (kernels' hash, mirrored in torch and checked against the kernels above): keep rate 1 - p, and
     no dependence between an element and its right neighbour, the one below, or its transpose (all would agree with

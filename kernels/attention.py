@@ -229,7 +229,8 @@ def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
 class _Attention(torch.autograd.Function):
     """Autograd over the two ops, the same in eager calls and under torch.compile (which traces it into one graph).
     A torch.autograd.Function rather than the ops' register_autograd: same graphs, but an eager forward+backward
-    spends about 130 us less in Python (register_autograd's wrapper flattens and refills every argument twice)."""
+    spends a quarter less time in Python (register_autograd's wrapper flattens and refills every argument twice;
+    docs/dev/kernel-notes.md)."""
 
     @staticmethod
     def forward(ctx, q, k, v, keys, block_size, causal, dropout_p, scale, deterministic, *mask):

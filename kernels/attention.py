@@ -112,6 +112,25 @@ def _empty_bhnd(t: torch.Tensor, dtype=None) -> torch.Tensor:
     return t.new_empty((B, N, H, D), dtype=dtype or t.dtype).transpose(1, 2)
 
 
+# A kernel takes one stride set per group of tensors (q, k, v; the outputs, with o and the dQ accumulator): every
+# argument adds host time to each launch (Triton's autotuner matches each argument name against all the others).
+
+
+def _shared_strides(q, k, v):
+    """q, k, v, or contiguous copies of all three when their strides differ (views of one packed projection, the
+    model's case, share them)."""
+    if q.stride() == k.stride() == v.stride():
+        return q, k, v
+    return q.contiguous(), k.contiguous(), v.contiguous()
+
+
+def _strided_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """t, or a copy of it with like's strides."""
+    if t.stride() == like.stride():
+        return t
+    return torch.empty_strided(like.shape, like.stride(), dtype=t.dtype, device=t.device).copy_(t)
+
+
 def _mask_args(mask: BlockMask | None, by_key: bool, device: torch.device) -> tuple:
     """A BlockMask's lists for one pass (per query block, or per key block for the dK/dV pass) and their strides;
     head stride 0 for a layout shared by heads. Dense: a one-element placeholder, never read. (Not another
@@ -145,17 +164,18 @@ def _common(q, causal, dropout_p, mask):
     B, H, N, D = q.shape
     n_bucket = triton.next_power_of_2(N)
     return dict(H=H, N=N, N_BUCKET=n_bucket, dropout_p=dropout_p, D=D, HEAD_D=max(16, triton.next_power_of_2(D)),
-                CAUSAL=causal, SPARSE=mask is not None, SPARSE_BLOCK=mask.block_size if mask is not None else 0,
-                DROPOUT=dropout_p > 0, LPT=causal and n_bucket >= _LPT_MIN_N_BUCKET)
+                CAUSAL=causal, SPARSE_BLOCK=mask.block_size if mask is not None else 0, DROPOUT=dropout_p > 0,
+                LPT=causal and n_bucket >= _LPT_MIN_N_BUCKET)
 
 
 def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):
     B, H, N, D = q.shape
+    q, k, v = _shared_strides(q, k, v)
     o, lse = _empty_bhnd(q), q.new_empty((B, H, N), dtype=torch.float32)
     common = _common(q, causal, dropout_p, mask)
     wrap_triton(_fwd)[_grid(N, B * H, common["LPT"], "BLOCK_M")](
-        q, k, v, o, lse, keys, *_mask_args(mask, False, q.device), *_strides(q), *_strides(k), *_strides(v),
-        *_strides(o), qk_scale=scale * LOG2E, **common)
+        q, k, v, o, lse, keys, *_mask_args(mask, False, q.device), *_strides(q), *_strides(o),
+        qk_scale=scale * LOG2E, **common)
     return o, lse
 
 
@@ -171,23 +191,23 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
     single_pass = _single_pass(dropout_p, deterministic)
     if do.stride(-1) != 1:
         do = do.contiguous()
+    q, k, v = _shared_strides(q, k, v)
     delta, dk, dv = torch.empty_like(lse), _empty_bhnd(q), _empty_bhnd(q)
+    o = _strided_like(o, dk)  # the forward's output already is, unless a caller passes another o
     common = dict(qk_scale=scale * LOG2E, sm_scale=scale, **_common(q, causal, dropout_p, mask))
-    strides = (*_strides(q), *_strides(k), *_strides(v), *_strides(do))
+    strides = (*_strides(q), *_strides(do), *_strides(dk))  # q, k, v; dO; o, dq, dk, dv and the dQ accumulator
     grid_m, grid_n = _grid(N, B * H, common["LPT"], "BLOCK_M"), _grid(N, B * H, common["LPT"], "BLOCK_N")
     if single_pass:  # delta and a zeroed fp32 dQ accumulator, then one pass that adds into it
         dq_acc = _empty_bhnd(q, torch.float32)
         wrap_triton(attn_bwd_preprocess)[(triton.cdiv(N, 64), B * H)](
-            o, do, delta, dq_acc, *_strides(o), *_strides(do), *_strides(dq_acc), H, N, D=D,
-            HEAD_D=common["HEAD_D"], BLOCK_M=64)
+            o, do, delta, dq_acc, *_strides(dk), *_strides(do), H, N, D=D, HEAD_D=common["HEAD_D"], BLOCK_M=64)
     else:  # dQ pass (writes delta), then the dK/dV pass; a one-element stand-in for the accumulator it never uses
         dq = _empty_bhnd(q)
         wrap_triton(_bwd_dq)[grid_m](q, k, v, o, do, dq, lse, delta, keys, *_mask_args(mask, False, q.device),
-                                     *strides, *_strides(dq), *_strides(o), **common)
+                                     *strides, **common)
         dq_acc = lse.new_empty((1, 1, 1))
-    acc_strides = _strides(dq_acc) if single_pass else (0, 0, 0)
     wrap_triton(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, keys, *_mask_args(mask, True, q.device),
-                                 *strides, *_strides(dk), *acc_strides, DQ_ATOMIC=single_pass, **common)
+                                 *strides, DQ_ATOMIC=single_pass, **common)
     if single_pass:
         dq = dq_acc.to(q.dtype)
     return dq, dk, dv

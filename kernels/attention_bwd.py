@@ -49,16 +49,16 @@ def _row_delta(O, DO, stride_on, stride_don, offs_m, offs_d, N, D: tl.constexpr,
 
 
 @triton.jit
-def _bwd_program(H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh,
-                 qk_scale, sm_scale, dropout_p, LPT: tl.constexpr, LAST_FIRST: tl.constexpr):
-    """How both backward kernels start: this program's (tile, bh, b, h), the offsets of its head in q, k, v and dO,
-    and the float arguments in fp32 (torch.compile passes Python floats as fp64 scalars) with the dropout threshold.
-    It takes no pointers on purpose: torch.compile's mutation analysis of a Triton kernel counts every pointer handed
-    to a helper whose results address a store as written, and would then copy q, k, v and dO on every call."""
+def _bwd_program(H, stride_b, stride_h, stride_dob, stride_doh, qk_scale, sm_scale, dropout_p, LPT: tl.constexpr,
+                 LAST_FIRST: tl.constexpr):
+    """How both backward kernels start: this program's (tile, bh, b, h), the offsets of its head in q, k, v (which
+    share their strides) and in dO, and the float arguments in fp32 (torch.compile passes Python floats as fp64
+    scalars) with the dropout threshold. It takes no pointers on purpose: torch.compile's mutation analysis of a
+    Triton kernel counts every pointer handed to a helper whose results address a store as written, and would then
+    copy q, k, v and dO on every call."""
     tile, bh, b, h = program_tile(H, LPT, LAST_FIRST)
     threshold, dropout_p = dropout_threshold(dropout_p)
-    return (tile, bh, b, h, head_offset(b, h, stride_qb, stride_qh), head_offset(b, h, stride_kb, stride_kh),
-            head_offset(b, h, stride_vb, stride_vh), head_offset(b, h, stride_dob, stride_doh),
+    return (tile, bh, b, h, head_offset(b, h, stride_b, stride_h), head_offset(b, h, stride_dob, stride_doh),
             tl.cast(qk_scale, tl.float32), tl.cast(sm_scale, tl.float32), dropout_p, threshold)
 
 
@@ -101,18 +101,19 @@ def _query_tile_ranges(start_n, h, N, full_cnt, full_idx, part_cnt, part_idx, s_
 
 
 @triton.jit
-def attn_bwd_preprocess(O, DO, Delta, DQ_ACC, stride_ob, stride_oh, stride_on, stride_dob, stride_doh, stride_don,
-                        stride_ab, stride_ah, stride_an, H, N,
+def attn_bwd_preprocess(O, DO, Delta, DQ_ACC, stride_gb, stride_gh, stride_gn, stride_dob, stride_doh, stride_don,
+                        H, N,
                         D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr):
-    """delta for BLOCK_M rows of one batch*head, and zeros in the same rows of the fp32 dQ accumulator."""
+    """delta for BLOCK_M rows of one batch*head, and zeros in the same rows of the fp32 dQ accumulator (laid out
+    as O: stride_g*)."""
     EVEN_D: tl.constexpr = D == HEAD_D
     start_m, bh, b, h = program_tile(H, False, False)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
-    delta = _row_delta(O + head_offset(b, h, stride_ob, stride_oh), DO + head_offset(b, h, stride_dob, stride_doh),
-                       stride_on, stride_don, offs_m, offs_d, N, D, EVEN_D)
+    delta = _row_delta(O + head_offset(b, h, stride_gb, stride_gh), DO + head_offset(b, h, stride_dob, stride_doh),
+                       stride_gn, stride_don, offs_m, offs_d, N, D, EVEN_D)
     tl.store(Delta + bh.to(tl.int64) * N + offs_m, delta, mask=offs_m < N)
-    acc_ptrs = DQ_ACC + head_offset(b, h, stride_ab, stride_ah) + offs_m[:, None] * stride_an + offs_d[None, :]
+    acc_ptrs = DQ_ACC + head_offset(b, h, stride_gb, stride_gh) + offs_m[:, None] * stride_gn + offs_d[None, :]
     _store_rows(acc_ptrs, tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32), offs_m[:, None], N, offs_d[None, :],
                 D, EVEN_D)
 
@@ -161,43 +162,42 @@ def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, st
 @triton.jit
 def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
                 full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
-                stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
-                stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
-                stride_gb, stride_gh, stride_gn, stride_ab, stride_ah, stride_an,
+                stride_b, stride_h, stride_n, stride_dob, stride_doh, stride_don, stride_gb, stride_gh, stride_gn,
                 H, N, N_BUCKET, qk_scale, sm_scale, dropout_p,
                 D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                CAUSAL: tl.constexpr, SPARSE: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr,
-                LPT: tl.constexpr, DQ_ATOMIC: tl.constexpr):
+                CAUSAL: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, LPT: tl.constexpr,
+                DQ_ATOMIC: tl.constexpr):
     """One program per key tile of BLOCK_N rows, visiting query tiles of BLOCK_M rows: writes dK, dV, and with
-    DQ_ATOMIC adds dQ (scaled) into the fp32 DQ_ACC. N_BUCKET is only an autotuning key."""
+    DQ_ATOMIC adds dQ (scaled) into the fp32 DQ_ACC. Q, K, V share strides (stride_*), as do DK, DV and DQ_ACC
+    (stride_g*). N_BUCKET is only an autotuning key."""
+    SPARSE: tl.constexpr = SPARSE_BLOCK > 0
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_M
-    start_n, bh, b, h, q_off, k_off, v_off, do_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
-        H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh, qk_scale,
-        sm_scale, dropout_p, LPT, False)
-    Q, K, V, DO = Q + q_off, K + k_off, V + v_off, DO + do_off
+    start_n, bh, b, h, qkv_off, do_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
+        H, stride_b, stride_h, stride_dob, stride_doh, qk_scale, sm_scale, dropout_p, LPT, False)
+    Q, K, V, DO = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off
     DK += head_offset(b, h, stride_gb, stride_gh)
     DV += head_offset(b, h, stride_gb, stride_gh)
-    DQ_ACC += head_offset(b, h, stride_ab, stride_ah)
+    DQ_ACC += head_offset(b, h, stride_gb, stride_gh)
     LSE += bh.to(tl.int64) * N
     Delta += bh.to(tl.int64) * N
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
     col_a, col_b = own_dropout_keys(KEYS, bh, offs_n, N, True, DROPOUT)
-    k = load_tile(K, offs_n, stride_kn, offs_d, N, D, True, EVEN_D)
-    v = load_tile(V, offs_n, stride_vn, offs_d, N, D, True, EVEN_D)
+    k = load_tile(K, offs_n, stride_n, offs_d, N, D, True, EVEN_D)
+    v = load_tile(V, offs_n, stride_n, offs_d, N, D, True, EVEN_D)
     dk = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
     part_lo, part_hi, part_ptr, full_lo, full_hi, full_ptr, tail_lo, tail_hi = _query_tile_ranges(
         start_n, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
         BLOCK_M, BLOCK_N, CAUSAL, SPARSE, SPARSE_BLOCK)
-    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, offs_n,
+    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_n, stride_don, stride_gn, offs_n,
                        offs_d, part_lo, part_hi, part_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p,
                        threshold, D, BLOCK_M, BLOCK_N, CAUSAL, True, SPARSE, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
-    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, offs_n,
+    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_n, stride_don, stride_gn, offs_n,
                        offs_d, full_lo, full_hi, full_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p,
                        threshold, D, BLOCK_M, BLOCK_N, CAUSAL, False, SPARSE, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
-    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, offs_n,
+    dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_n, stride_don, stride_gn, offs_n,
                        offs_d, tail_lo, tail_hi, part_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p,
                        threshold, D, BLOCK_M, BLOCK_N, CAUSAL, True, False, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
     if DROPOUT:
@@ -208,14 +208,14 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
 
 
 @triton.jit
-def _q_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, lo, hi, idx_ptr,
+def _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, lo, hi, idx_ptr,
              KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold,
              D: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr,
              SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, EVEN_D: tl.constexpr):
     """Accumulate one query tile's dQ over key tiles lo..hi: the forward's iteration, recomputing P from the LSE."""
     for i in tl.range(lo, hi):
-        offs_n, kT = key_tile_t(i, idx_ptr, K, stride_kn, offs_d, N, D, BLOCK_N, SPARSE, PER_BLOCK, MASK, EVEN_D)
-        vT = load_tile_t(V, offs_n, stride_vn, offs_d, N, D, MASK, EVEN_D)
+        offs_n, kT = key_tile_t(i, idx_ptr, K, stride_n, offs_d, N, D, BLOCK_N, SPARSE, PER_BLOCK, MASK, EVEN_D)
+        vT = load_tile_t(V, offs_n, stride_n, offs_d, N, D, MASK, EVEN_D)
         p = tl.math.exp2(tl.dot(q, kT) * qk_scale - lse[:, None])
         if MASK:
             p = tl.where(tile_keep(offs_m, offs_n, N, CAUSAL), p, 0.0)
@@ -232,39 +232,36 @@ def _q_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, 
 @triton.jit
 def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
                 full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
-                stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
-                stride_vb, stride_vh, stride_vn, stride_dob, stride_doh, stride_don,
-                stride_gb, stride_gh, stride_gn, stride_ob, stride_oh, stride_on,
+                stride_b, stride_h, stride_n, stride_dob, stride_doh, stride_don, stride_gb, stride_gh, stride_gn,
                 H, N, N_BUCKET, qk_scale, sm_scale, dropout_p,
                 D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                CAUSAL: tl.constexpr, SPARSE: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr,
-                LPT: tl.constexpr):
+                CAUSAL: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, LPT: tl.constexpr):
     """Deterministic backward, first pass: one program per query tile writes its dQ rows, and the delta of its rows
-    for the key-tile pass that follows."""
+    for the key-tile pass that follows. Q, K, V share strides (stride_*), as do O and DQ (stride_g*)."""
+    SPARSE: tl.constexpr = SPARSE_BLOCK > 0
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
-    start_m, bh, b, h, q_off, k_off, v_off, do_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
-        H, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh, stride_dob, stride_doh, qk_scale,
-        sm_scale, dropout_p, LPT, True)
-    Q, K, V, DO = Q + q_off, K + k_off, V + v_off, DO + do_off
+    start_m, bh, b, h, qkv_off, do_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
+        H, stride_b, stride_h, stride_dob, stride_doh, qk_scale, sm_scale, dropout_p, LPT, True)
+    Q, K, V, DO = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off
     DQ += head_offset(b, h, stride_gb, stride_gh)
-    O += head_offset(b, h, stride_ob, stride_oh)
+    O += head_offset(b, h, stride_gb, stride_gh)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
     row_a, row_b = own_dropout_keys(KEYS, bh, offs_m, N, False, DROPOUT)
-    q = load_tile(Q, offs_m, stride_qn, offs_d, N, D, True, EVEN_D)
+    q = load_tile(Q, offs_m, stride_n, offs_d, N, D, True, EVEN_D)
     do = load_tile(DO, offs_m, stride_don, offs_d, N, D, True, EVEN_D)
-    delta = _row_delta(O, DO, stride_on, stride_don, offs_m, offs_d, N, D, EVEN_D)
+    delta = _row_delta(O, DO, stride_gn, stride_don, offs_m, offs_d, N, D, EVEN_D)
     tl.store(Delta + bh.to(tl.int64) * N + offs_m, delta, mask=offs_m < N)
     lse = tl.load(LSE + bh.to(tl.int64) * N + offs_m, mask=offs_m < N, other=0.0)
     dq = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
     full_lo, full_hi, full_ptr, part_lo, part_hi, part_ptr = key_tile_ranges(
         start_m, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
         BLOCK_M, BLOCK_N, CAUSAL, SPARSE, SPARSE_BLOCK)
-    dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, full_lo, full_hi, full_ptr,
+    dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, full_lo, full_hi, full_ptr,
                   KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, False, SPARSE,
                   PER_BLOCK, DROPOUT, EVEN_D)
-    dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_kn, stride_vn, offs_m, offs_d, part_lo, part_hi, part_ptr,
+    dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, part_lo, part_hi, part_ptr,
                   KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, True, SPARSE,
                   PER_BLOCK, DROPOUT, EVEN_D)
     _store_rows(DQ + offs_m[:, None] * stride_gn + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),

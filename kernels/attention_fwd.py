@@ -78,13 +78,6 @@ def head_offset(b, h, stride_b, stride_h):
 
 
 @triton.jit
-def qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh):
-    """Q, K, V advanced to head (b, h)."""
-    return (Q + head_offset(b, h, stride_qb, stride_qh), K + head_offset(b, h, stride_kb, stride_kh),
-            V + head_offset(b, h, stride_vb, stride_vh))
-
-
-@triton.jit
 def tile_index(i, idx_ptr, SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr):
     """The i-th visited tile: i itself for a dense range; when sparse, tile i % PER_BLOCK of the (i // PER_BLOCK)-th
     listed layout block, a block holding PER_BLOCK tiles."""
@@ -194,13 +187,13 @@ def key_tile_ranges(start_m, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch,
 
 
 @triton.jit
-def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, lo, hi, idx_ptr,
+def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_n, offs_m, offs_d, lo, hi, idx_ptr,
                KEYS, row_a, row_b, bh, N, qk_scale, threshold,
                D: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr,
                SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, EVEN_D: tl.constexpr):
     """The inner loop: fold key tiles lo..hi into one query tile's running softmax."""
     for i in tl.range(lo, hi):
-        offs_n, kT = key_tile_t(i, idx_ptr, K, stride_kn, offs_d, N, D, BLOCK_N, SPARSE, PER_BLOCK, MASK, EVEN_D)
+        offs_n, kT = key_tile_t(i, idx_ptr, K, stride_n, offs_d, N, D, BLOCK_N, SPARSE, PER_BLOCK, MASK, EVEN_D)
         qk = tl.dot(q, kT)
         if MASK:
             s = tl.where(tile_keep(offs_m, offs_n, N, CAUSAL), qk * qk_scale, float("-inf"))
@@ -216,7 +209,7 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, lo,
         acc = acc * alpha[:, None]
         if DROPOUT:
             p = tl.where(rows_keep(KEYS, bh, row_a, row_b, offs_n, N, threshold, MASK), p, 0.0)
-        v = load_tile(V, offs_n, stride_vn, offs_d, N, D, MASK, EVEN_D)
+        v = load_tile(V, offs_n, stride_n, offs_d, N, D, MASK, EVEN_D)
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new
     return acc, l_i, m_i
@@ -225,34 +218,35 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, lo,
 @triton.jit
 def attn_fwd(Q, K, V, O, LSE, KEYS,
              full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
-             stride_qb, stride_qh, stride_qn, stride_kb, stride_kh, stride_kn,
-             stride_vb, stride_vh, stride_vn, stride_ob, stride_oh, stride_on,
+             stride_b, stride_h, stride_n, stride_ob, stride_oh, stride_on,
              H, N, N_BUCKET, qk_scale, dropout_p,
              D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-             CAUSAL: tl.constexpr, SPARSE: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr,
-             LPT: tl.constexpr):
-    """N_BUCKET (next power of two of N) is only an autotuning key. LPT: program order (program_tile)."""
+             CAUSAL: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, LPT: tl.constexpr):
+    """Q, K and V share their strides (stride_*); N_BUCKET (next power of two of N) is only an autotuning key;
+    SPARSE_BLOCK > 0: a block mask of that block size; LPT: program order (program_tile)."""
+    SPARSE: tl.constexpr = SPARSE_BLOCK > 0
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
     qk_scale = tl.cast(qk_scale, tl.float32)  # torch.compile passes Python floats as fp64 scalars
     threshold, dropout_p = dropout_threshold(dropout_p)
     start_m, bh, b, h = program_tile(H, LPT, True)
-    Q, K, V = qkv_heads(Q, K, V, b, h, stride_qb, stride_qh, stride_kb, stride_kh, stride_vb, stride_vh)
+    qkv_off = head_offset(b, h, stride_b, stride_h)
+    Q, K, V = Q + qkv_off, K + qkv_off, V + qkv_off
     O += head_offset(b, h, stride_ob, stride_oh)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     row_a, row_b = own_dropout_keys(KEYS, bh, offs_m, N, False, DROPOUT)
     offs_d = tl.arange(0, HEAD_D)
-    q = load_tile(Q, offs_m, stride_qn, offs_d, N, D, True, EVEN_D)
+    q = load_tile(Q, offs_m, stride_n, offs_d, N, D, True, EVEN_D)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)
     l_i = tl.zeros([BLOCK_M], dtype=tl.float32)
     acc = tl.zeros([BLOCK_M, HEAD_D], dtype=tl.float32)
     full_lo, full_hi, full_ptr, part_lo, part_hi, part_ptr = key_tile_ranges(
         start_m, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
         BLOCK_M, BLOCK_N, CAUSAL, SPARSE, SPARSE_BLOCK)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, full_lo, full_hi,
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_n, offs_m, offs_d, full_lo, full_hi,
                                full_ptr, KEYS, row_a, row_b, bh, N, qk_scale, threshold,
                                D, BLOCK_N, CAUSAL, False, SPARSE, PER_BLOCK, DROPOUT, EVEN_D)
-    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_kn, stride_vn, offs_m, offs_d, part_lo, part_hi,
+    acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_n, offs_m, offs_d, part_lo, part_hi,
                                part_ptr, KEYS, row_a, row_b, bh, N, qk_scale, threshold,
                                D, BLOCK_N, CAUSAL, True, SPARSE, PER_BLOCK, DROPOUT, EVEN_D)
 

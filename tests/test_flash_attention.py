@@ -71,6 +71,33 @@ def test_dropout_reproducible_and_matches_reference_with_same_mask(kernel_device
     assert_matches_reference(o1, qkv, q, k, v, causal=causal, keep=keep, dropout_p=kernel_dropout_p(p))
 
 
+def test_inputs_of_different_layouts(kernel_device):
+    """The kernels take one stride set for q, k and v, and one for o and the gradients: q, k, v laid out apart are
+    copied to one layout, and an o laid out apart is copied to the gradients' layout, with the same results."""
+    from kernels import attention
+
+    qkv, (q, k, v) = packed_qkv(1, 2, 70, 32, kernel_device)
+    do = torch.randn_like(q)
+    o = flash_attention(q, k, v, causal=True)
+    packed = [o, *torch.autograd.grad(o, qkv, do)[0].unbind(2)]
+    apart = [q.detach().contiguous(), k.detach().transpose(1, 2).contiguous().transpose(1, 2),
+             v.detach().transpose(0, 1).contiguous().transpose(0, 1)]
+    assert len({t.stride() for t in apart}) == 3
+    apart = [t.requires_grad_() for t in apart]
+    o = flash_attention(*apart, causal=True)
+    grads = torch.autograd.grad(o, apart, do)
+    assert all(torch.equal(a, b) for a, b in zip(packed, [o, *(g.transpose(1, 2) for g in grads)], strict=True))
+
+    with torch.no_grad():
+        q, k, v = (t.detach() for t in (q, k, v))
+        o, lse = attention.attention_fwd(q, k, v, None, [], 0, True, 0.0, 0.25, False)
+        grads = attention.attention_bwd(do, q, k, v, o, lse, None, [], 0, True, 0.0, 0.25, False)
+        o_apart = o.contiguous()
+        assert o_apart.stride() != o.stride()
+        again = attention.attention_bwd(do, q, k, v, o_apart, lse, None, [], 0, True, 0.0, 0.25, False)
+    assert all(torch.equal(a, b) for a, b in zip(grads, again, strict=True))
+
+
 def test_costliest_tiles_first_changes_the_order_not_the_results(kernel_device, monkeypatch):
     """Causal launches of long rows run their programs costliest first (program_tile's LPT; from N = 4096 on, here
     forced on at a small N): every program computes what it did in grid order, so without dropout the outputs and

@@ -21,6 +21,8 @@ Features
 Limits: q, k, v of equal shape (B, H, N, D) (self-attention lengths); D a multiple of 8 up to 128 (16, 32, 48,
 64, 80, 96, 128 tested); fp16 / bf16, and fp32 with tf32 dots. CPU tensors run only through the Triton
 interpreter (TRITON_INTERPRET=1), with one small tile config. A layout's block_size is a power of two >= 16.
+q, k, v of one layout (e.g. views of one packed projection) run as they are; otherwise they are copied to
+contiguous first.
 
 Tested: triton 3.6 with torch 2.11 on an H200 (compiled kernels), and the triton 3.9 interpreter with torch 2.13
 (CPU).

@@ -15,7 +15,8 @@ Features
   integer operations per element, computed in whatever layout the tile already has, in either orientation, so the
   backward regenerates the same mask on transposed tiles; kept values are scaled by 1 / (1 - p).
 
-Limits: head dims up to 128 (padded to a power of two inside the kernel); any strides with unit last dim.
+Limits: head dims up to 128 (padded to a power of two inside the kernel); unit last-dim strides, one stride set
+shared by Q, K and V.
 Tested: triton 3.6 (H200, torch 2.11, compiled) and the triton 3.9 interpreter (torch 2.13 CPU).
 """
 

@@ -49,17 +49,18 @@ def _row_delta(O, DO, stride_on, stride_don, offs_m, offs_d, N, D: tl.constexpr,
 
 
 @triton.jit
-def _bwd_program(H, stride_b, stride_h, stride_dob, stride_doh, qk_scale, sm_scale, dropout_p, LPT: tl.constexpr,
-                 LAST_FIRST: tl.constexpr):
-    """How both backward kernels start: this program's (tile, bh, b, h), the offsets of its head in q, k, v (which
-    share their strides) and in dO, and the float arguments in fp32 (torch.compile passes Python floats as fp64
-    scalars) with the dropout threshold. It takes no pointers on purpose: torch.compile's mutation analysis of a
-    Triton kernel counts every pointer handed to a helper whose results address a store as written, and would then
-    copy q, k, v and dO on every call."""
+def _bwd_program(H, stride_b, stride_h, stride_dob, stride_doh, stride_gb, stride_gh, qk_scale, sm_scale, dropout_p,
+                 LPT: tl.constexpr, LAST_FIRST: tl.constexpr):
+    """How both backward kernels start: this program's (tile, bh, b, h); the offsets of its head in q, k, v (one
+    stride set), in dO, and in O and the gradients (another); the float arguments in fp32 (torch.compile passes
+    Python floats as fp64 scalars) with the dropout threshold. It takes no pointers on purpose: torch.compile's
+    mutation analysis of a Triton kernel counts every pointer handed to a helper whose results address a store as
+    written, and would then copy q, k, v and dO on every call."""
     tile, bh, b, h = program_tile(H, LPT, LAST_FIRST)
     threshold, dropout_p = dropout_threshold(dropout_p)
     return (tile, bh, b, h, head_offset(b, h, stride_b, stride_h), head_offset(b, h, stride_dob, stride_doh),
-            tl.cast(qk_scale, tl.float32), tl.cast(sm_scale, tl.float32), dropout_p, threshold)
+            head_offset(b, h, stride_gb, stride_gh), tl.cast(qk_scale, tl.float32), tl.cast(sm_scale, tl.float32),
+            dropout_p, threshold)
 
 
 @triton.jit
@@ -173,12 +174,10 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
     SPARSE: tl.constexpr = SPARSE_BLOCK > 0
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_M
-    start_n, bh, b, h, qkv_off, do_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
-        H, stride_b, stride_h, stride_dob, stride_doh, qk_scale, sm_scale, dropout_p, LPT, False)
+    start_n, bh, b, h, qkv_off, do_off, g_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
+        H, stride_b, stride_h, stride_dob, stride_doh, stride_gb, stride_gh, qk_scale, sm_scale, dropout_p, LPT, False)
     Q, K, V, DO = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off
-    DK += head_offset(b, h, stride_gb, stride_gh)
-    DV += head_offset(b, h, stride_gb, stride_gh)
-    DQ_ACC += head_offset(b, h, stride_gb, stride_gh)
+    DK, DV, DQ_ACC = DK + g_off, DV + g_off, DQ_ACC + g_off
     LSE += bh.to(tl.int64) * N
     Delta += bh.to(tl.int64) * N
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -241,11 +240,9 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
     SPARSE: tl.constexpr = SPARSE_BLOCK > 0
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
-    start_m, bh, b, h, qkv_off, do_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
-        H, stride_b, stride_h, stride_dob, stride_doh, qk_scale, sm_scale, dropout_p, LPT, True)
-    Q, K, V, DO = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off
-    DQ += head_offset(b, h, stride_gb, stride_gh)
-    O += head_offset(b, h, stride_gb, stride_gh)
+    start_m, bh, b, h, qkv_off, do_off, g_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
+        H, stride_b, stride_h, stride_dob, stride_doh, stride_gb, stride_gh, qk_scale, sm_scale, dropout_p, LPT, True)
+    Q, K, V, DO, O, DQ = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off, O + g_off, DQ + g_off
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
     row_a, row_b = own_dropout_keys(KEYS, bh, offs_m, N, False, DROPOUT)

@@ -30,7 +30,6 @@ Tested: triton 3.6 with torch 2.11 on an H200 (compiled kernels), and the triton
 
 from __future__ import annotations
 
-import functools
 import math
 import os
 
@@ -56,8 +55,8 @@ _KEY = ["N_BUCKET", "HEAD_D", "CAUSAL", "DROPOUT", "SPARSE_BLOCK"]
 
 # (query tile, key tile, warps, stages). Dense causal needs the diagonal on a tile edge: the forward's and the dQ
 # pass's query tile is a multiple of its key tile, the dK/dV pass's key tile a multiple of its query tile.
-_FWD_TILES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 128, 8, 2), (128, 32, 4, 4), (64, 64, 4, 3),
-              (64, 64, 4, 4), (64, 32, 4, 3), (32, 32, 4, 3), (16, 16, 4, 2)]
+_FWD_TILES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4),
+              (64, 32, 4, 3), (32, 32, 4, 3), (16, 16, 4, 2)]
 _KV_TILES = [(64, 128, 8, 3), (32, 128, 4, 3), (64, 128, 4, 3), (32, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2),
              (32, 32, 4, 3), (16, 16, 4, 2)]
 _DQ_TILES = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 3), (32, 32, 4, 3),
@@ -70,10 +69,9 @@ def _configs(tiles):
     return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
 
 
-def _prune(configs, named_args, big_tiles=False, **kwargs):
+def _prune(configs, named_args, **kwargs):
     """Tiles that fit: within a sparse layout's block, and no more than 64 x 128 per tile pair for D > 64 (the
-    accumulators stay in registers) unless big_tiles (the forward, which holds one accumulator: 128 x 128 with 8
-    warps, two warpgroups as FlashAttention-3 uses for D = 128 on Hopper). Dense keeps tiles of 64 and up."""
+    accumulators stay in registers). Dense keeps tiles of 64 and up."""
     args = {**named_args, **kwargs}
     block, head_d = args["SPARSE_BLOCK"], args["HEAD_D"]
     limit = block if block else 128
@@ -81,21 +79,19 @@ def _prune(configs, named_args, big_tiles=False, **kwargs):
     def fits(c):
         m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
         small_ok = block or INTERPRET or min(m, n) >= 32
-        big_ok = head_d <= 64 or m * n <= 8192 or (big_tiles and c.num_warps == 8)
-        return m <= limit and n <= limit and big_ok and small_ok
+        return m <= limit and n <= limit and (head_d <= 64 or m * n <= 8192) and small_ok
 
     fitting = [c for c in configs if fits(c)] or configs[-1:]
     return fitting if AUTOTUNE and not INTERPRET else fitting[:1]  # the interpreter cannot time configs
 
 
-def _tuned(kernel, name, tiles, big_tiles=False, **options):
+def _tuned(kernel, name, tiles, **options):
     tiles = _INTERPRET_TILES[name] if INTERPRET else tiles
-    prune = functools.partial(_prune, big_tiles=big_tiles)
-    return triton.autotune(_configs(tiles), key=_KEY, prune_configs_by={"early_config_prune": prune},
+    return triton.autotune(_configs(tiles), key=_KEY, prune_configs_by={"early_config_prune": _prune},
                            cache_results=True, **options)(kernel)
 
 
-_fwd = _tuned(attn_fwd, "fwd", _FWD_TILES, big_tiles=True)
+_fwd = _tuned(attn_fwd, "fwd", _FWD_TILES)
 _bwd_kv = _tuned(attn_bwd_kv, "kv", _KV_TILES, reset_to_zero=["DQ_ACC"])  # tuning runs add into it
 _bwd_dq = _tuned(attn_bwd_dq, "dq", _DQ_TILES)
 

@@ -35,15 +35,15 @@ PLANS = {
                  log_interval=3, backends=ALL_BACKENDS, compile="auto", small="gpt2-nano", small_seq=64,
                  small_batch=8, small_steps=20, small_compile="auto", patterns=3, parity_fp32=True,
                  bench={**attention_bench.QUICK, "seqs": (256, 1024), "sparse_seqs": (1024,)}),
-    # to end inside 6 minutes on one H100/H200: causal D=64 kernels at 1K-16K; GPT-2 small at seq 1K, flash and
-    # sdpa compiled as train.py runs them by default, HF's as the paper's baseline; short eager convergence and
-    # block-sparse runs. Measured on the H200 (2026-12-01) with 100-step convergence runs: kernels 130 s, parity
-    # 90 s, the sparse section ~45 s; all-compiled throughput for four backends 207 s. Hence 16 throughput steps
-    # (4 untimed), one block-sparse pattern and 60-step convergence runs: an estimated 5 minutes in all. (Eager
-    # flash is host-bound at 8K tokens per step, 0.58x sdpa, so the throughput rows stay compiled.)
-    "quick": dict(models=["gpt2"], seqs=[1024], tokens_per_step=8192, steps=16, warmup_steps=4, log_interval=3,
-                  backends=["flash", "sdpa", "hf"], compile="auto", small="gpt2-mini", small_seq=256,
-                  small_batch=16, small_steps=60, small_compile="false", patterns=1, parity_fp32=False,
+    # to end inside 6 minutes on one H100/H200: causal D=64 kernels at 1K-16K; GPT-2 small at seq 1K, eager, for
+    # flash, sdpa and HF's (the paper's baseline, eager as in the paper) at 16K tokens per step, where the eager
+    # step is GPU-bound on an H200 (flash 0.99x sdpa, docs/results/h200/train_step_eager_graphs); short eager
+    # convergence and block-sparse runs. Measured on the H200 (2026-12-01, fourth session) with compiled
+    # throughput rows at 8K tokens and 60-step convergence runs: 433 s (kernels 114, throughput 172 of which
+    # compiles ~90, parity 105, sparse 31). Eager throughput and 40-step convergence runs: ~5 minutes planned.
+    "quick": dict(models=["gpt2"], seqs=[1024], tokens_per_step=16384, steps=16, warmup_steps=4, log_interval=3,
+                  backends=["flash", "sdpa", "hf"], compile="false", small="gpt2-mini", small_seq=256,
+                  small_batch=16, small_steps=40, small_compile="false", patterns=1, parity_fp32=False,
                   bench={**attention_bench.QUICK, "sparse_seqs": (16384,)}),
     "full": dict(models=["gpt2", "gpt2-medium"], seqs=[1024, 2048, 4096], tokens_per_step=8192, steps=40,
                  warmup_steps=15, log_interval=5, backends=ALL_BACKENDS, compile="auto", small="gpt2-mini",

@@ -40,7 +40,8 @@ PLANS = {
     # step is GPU-bound on an H200 (flash 0.99x sdpa, docs/results/h200/train_step_eager_graphs); short eager
     # convergence and block-sparse runs. Measured on the H200 (2026-12-01, fourth session) with compiled
     # throughput rows at 8K tokens and 60-step convergence runs: 433 s (kernels 114, throughput 172 of which
-    # compiles ~90, parity 105, sparse 31). Eager throughput and 40-step convergence runs: ~5 minutes planned.
+    # compiles ~90, parity 105, sparse 31). Eager throughput and 40-step convergence runs: 198 s (kernels 56 with
+    # the autotune cache of an earlier run, throughput 36, parity 71, sparse 24).
     "quick": dict(models=["gpt2"], seqs=[1024], tokens_per_step=16384, steps=16, warmup_steps=4, log_interval=3,
                   backends=["flash", "sdpa", "hf"], compile="false", small="gpt2-mini", small_seq=256,
                   small_batch=16, small_steps=40, small_compile="false", patterns=1, parity_fp32=False,

@@ -36,7 +36,7 @@ def compile_variant(A, D: int, causal: bool, p: float, sparse: bool) -> tuple[in
                 "dq": (A._bwd_dq, lambda: A._launch_bwd(do, q, k, v, o, lse, keys, mask, causal, p, 0.125, True)),
                 "kv": (A._bwd_kv, lambda: A._launch_bwd(do, q, k, v, o, lse, keys, mask, causal, p, 0.125, False))}
     every = {tuned: tuned.configs for tuned, _ in launches.values()}
-    fitting = {tuned: A._prune(configs, args) for tuned, configs in every.items()}
+    fitting = {tuned: tuned.early_config_prune(configs, args) for tuned, configs in every.items()}
     compiled = failed = 0
     for name, (tuned, launch) in launches.items():
         for config in fitting[tuned]:

@@ -1,0 +1,102 @@
+"""Registers, spills and the tensor-core waits of the attention kernels compiled for sm_90, on a machine without a
+GPU (Triton's real code generation and ptxas; the launch is a no-op, host_time_cpu.FakeHopper). Answers, before
+any GPU time is spent, whether a tile config spills, how many programs fit on an SM by registers, and whether the
+score product q k^T stays in flight while the softmax runs (it does not if its wait comes right after it).
+
+    python docs/dev/kernel_resources_cpu.py                          # from a checkout root; the configs below
+    python docs/dev/kernel_resources_cpu.py kv:128:64,128,8,4 fwd:64:128,64,8,3
+
+A config is kernel:head_dim:BLOCK_M,BLOCK_N,warps,stages (kernel: fwd, kv, dq); causal, bf16, N = 4096. The
+codegen is the installed Triton's, which may differ from the GPU host's version.
+"""
+
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import torch
+import triton
+from host_time_cpu import FakeHopper
+from torch._library.triton import set_wrap_triton_enabled
+from triton.runtime.driver import driver
+
+KERNELS = {"fwd": "attn_fwd", "kv": "attn_bwd_kv", "dq": "attn_bwd_dq"}
+DEFAULT = ["fwd:64:128,64,8,3", "fwd:128:128,64,8,3", "fwd:128:128,128,8,3", "kv:64:32,128,4,3",
+           "kv:64:64,128,8,3", "kv:128:64,128,8,3", "kv:128:64,128,8,4", "dq:64:64,64,4,3", "dq:128:128,64,8,3"]
+REGISTERS_PER_SM = 65536
+
+
+def compile_config(A, kind: str, D: int, tile: tuple) -> None:
+    """Compile one config of one kernel (the others keep their first fitting config) by a faked launch."""
+    m, n, w, s = tile
+    config = triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+    tuned = {"fwd": A._fwd, "kv": A._bwd_kv, "dq": A._bwd_dq}[kind]
+    every = tuned.configs
+    tuned.configs = [config]
+    B, H, N = 1, 2, 4096
+    q, k, v, do = (torch.randn(B, H, N, D, dtype=torch.bfloat16) for _ in range(4))
+    o, lse = torch.empty_like(q), torch.zeros(B, H, N)
+    try:
+        with torch.no_grad(), set_wrap_triton_enabled(False):
+            if kind == "fwd":
+                A._launch_fwd(q, k, v, None, None, True, 0.0, 0.125)
+            else:
+                A._launch_bwd(do, q, k, v, o, lse, None, None, True, 0.0, 0.125, True)
+    finally:
+        tuned.configs = every
+
+
+def resources(cubin: Path) -> dict:
+    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+    text = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True,
+                          text=True).stdout
+    return {k: int(v) for k, v in re.findall(r"(REG|STACK|LOCAL):(\d+)", text)}
+
+
+def immediate_score_waits(ttgir: str) -> tuple[int, int]:
+    """(score products waited for at once, score products) over the kernel's loops: a warp_group_dot whose result
+    feeds a warp_group_dot_wait on the next line has nothing to overlap with."""
+    lines = ttgir.splitlines()
+    dots = [i for i, line in enumerate(lines) if "ttng.warp_group_dot " in line and "memdesc" in line.split("*")[0]]
+    immediate = sum(1 for i in dots if i + 1 < len(lines) and "warp_group_dot_wait" in lines[i + 1]
+                    and "pendings = 0" in lines[i + 1])
+    return immediate, len(dots)
+
+
+def report(spec: str) -> None:
+    """Compile one config in this process (a fresh one: Triton's in-memory cache would skip the dump) and print."""
+    dump = Path(tempfile.mkdtemp(prefix="kernel_dump_"))
+    os.environ.update(TRITON_KERNEL_DUMP="1", TRITON_DUMP_DIR=str(dump), TRITON_ALWAYS_COMPILE="1")
+    driver.set_active(FakeHopper())
+    sys.path.insert(0, str(Path.cwd()))
+    from kernels import attention as A  # noqa: E402 (after the fake driver)
+
+    A.AUTOTUNE = False  # the other kernels take their first fitting config: nothing is timed
+    kind, D, tile = spec.split(":")
+    tile = tuple(int(x) for x in tile.split(","))
+    compile_config(A, kind, int(D), tile)
+    (cubin,) = dump.glob(f"*/{KERNELS[kind]}.cubin")
+    use = resources(cubin)
+    per_sm = REGISTERS_PER_SM // (use["REG"] * 32 * tile[2])
+    immediate, dots = immediate_score_waits(cubin.with_suffix(".ttgir").read_text())
+    print(f"{spec:22s} registers {use['REG']:3d}  spill {use['STACK']:4d} B  programs/SM {per_sm}  "
+          f"waited at once {immediate}/{dots}", flush=True)
+    shutil.rmtree(dump)
+
+
+def main(specs: list[str]) -> None:
+    print(f"triton {triton.__version__}, sm_90; registers per thread, spill stack bytes, programs per SM by "
+          "registers, products read from shared memory (S, dP) waited for at once", flush=True)
+    for spec in specs:
+        subprocess.run([sys.executable, __file__, "--one", spec], check=True)
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["--one"]:
+        report(sys.argv[2])
+    else:
+        main(sys.argv[1:] or DEFAULT)

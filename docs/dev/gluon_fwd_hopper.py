@@ -1,0 +1,204 @@
+"""Prototype: the attention forward in Gluon for Hopper, with the score product of key tile j + 1 in flight while the
+softmax of tile j runs (FlashAttention-3's intra-warpgroup overlap), which Triton's tl.dot does not do on sm_90
+(docs/dev/kernel-notes.md, fifth session). Experiment, not part of the library: it checks itself against
+kernels.flash_attention and times itself beside it and cuDNN.
+
+    python docs/dev/gluon_fwd_hopper.py                  # a Hopper GPU, triton 3.6 (triton.experimental.gluon)
+    python docs/dev/gluon_fwd_hopper.py --compile-only   # no GPU: compile every variant for sm_90 (faked driver)
+
+Compiled for sm_90 with triton 3.6 (8 warps: 251 registers at D = 64, 239 at D = 128, no spills; 4 warps spill), not
+yet run on a GPU. Triton 3.9 renamed tma.async_copy_global_to_shared to async_load.
+
+Scope: bf16/fp16, (B, H, N, D) contiguous, D in {64, 128}, N a multiple of the tile, causal or not, no dropout or
+block mask. K and V stream through a ring of STAGES shared-memory slots filled by TMA; one warpgroup program (or
+two, num_warps = 8) per query tile.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_init,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+LOG2E = 1.4426950408889634
+
+
+@gluon.jit
+def _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, row, tile, STAGES: gl.constexpr, pred):
+    """TMA of key tile `tile` (rows row .. row + BLOCK_N of this head) into its ring slot."""
+    slot = tile % STAGES
+    mbarrier.expect(k_bars.index(slot), k_desc.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(k_desc, [row, 0], k_bars.index(slot), k_smem.index(slot), pred=pred)
+    mbarrier.expect(v_bars.index(slot), v_desc.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(v_desc, [row, 0], v_bars.index(slot), v_smem.index(slot), pred=pred)
+
+
+@gluon.jit
+def _softmax_update(s, m_i, l_i, qk_scale):
+    """Online softmax of one score tile: (p, alpha, m_new, l_new)."""
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+    p = gl.exp2(s * qk_scale - m_new[:, None])
+    alpha = gl.exp2(m_i - m_new)
+    return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
+
+
+@gluon.jit
+def attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE, N, qk_scale,
+                    HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
+                    STAGES: gl.constexpr, num_warps: gl.constexpr):
+    gl.static_assert(BLOCK_M == BLOCK_N, "causal tiles: one diagonal tile per query tile")
+    gl.static_assert(STAGES >= 3, "tile j + 1 is loaded one iteration ahead, into the slot tile j - 2 freed")
+    start_m = N // BLOCK_M - 1 - gl.program_id(0)  # the costliest causal tiles first
+    bh = gl.program_id(1)
+    head_row = bh * N
+    q_row = head_row + start_m * BLOCK_M
+    dtype: gl.constexpr = q_desc.dtype
+
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_D], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_bars.index(i), count=1)
+        mbarrier.init(v_bars.index(i), count=1)
+
+    if CAUSAL:
+        n_tiles = start_m + 1
+    else:
+        n_tiles = N // BLOCK_N
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
+    for i in gl.static_range(STAGES):
+        _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, head_row + i * BLOCK_N, i, STAGES, i < n_tiles)
+
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=rows_s)
+    l_i = gl.zeros([BLOCK_M], gl.float32, layout=rows_s)
+    acc = warpgroup_mma_init(gl.zeros([BLOCK_M, HEAD_D], gl.float32, layout=o_layout))  # an in-flight value
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+
+    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(k_bars.index(0), 0)
+    s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(0, deps=(s, ))
+    for j in range(0, n_tiles - 1):  # every tile but the last is unmasked (BLOCK_M == BLOCK_N)
+        nxt = j + 1
+        mbarrier.wait(k_bars.index(nxt % STAGES), (nxt // STAGES) & 1)
+        s_next = warpgroup_mma(q_smem, k_smem.index(nxt % STAGES).permute((1, 0)), s_zero, use_acc=False,
+                               is_async=True)
+        p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i, qk_scale)  # runs while S_{j+1} is computed
+        acc = warpgroup_mma_wait(1, deps=(acc, ))  # in flight: P V of tile j - 1, then S_{j+1}: the first is done
+        acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+        mbarrier.wait(v_bars.index(j % STAGES), (j // STAGES) & 1)
+        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(j % STAGES), acc, is_async=True)
+        s = warpgroup_mma_wait(1, deps=(s_next, ))  # in flight: S_{j+1}, then P V of tile j: the first is done
+        # tile j - 1's slot is free (its K and V products are done): load tile j - 1 + STAGES into it
+        refill = j - 1 + STAGES
+        _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, head_row + refill * BLOCK_N, refill, STAGES,
+                 (j >= 1) & (refill < n_tiles))
+
+    last = n_tiles - 1
+    if CAUSAL:  # the diagonal tile
+        rows = start_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=rows_s)
+        cols = last * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        s = gl.where(rows[:, None] >= cols[None, :], s, float("-inf"))
+    p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i, qk_scale)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+    acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+    mbarrier.wait(v_bars.index(last % STAGES), (last // STAGES) & 1)
+    acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(last % STAGES), acc, is_async=True)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+
+    mbarrier.invalidate(q_bar)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(k_bars.index(i))
+        mbarrier.invalidate(v_bars.index(i))
+    acc = acc / gl.convert_layout(l_i, rows_o)[:, None]
+    gl.store(LSE + bh * N + start_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=rows_s), m_i + gl.log2(l_i))
+    q_smem.store(acc.to(dtype))  # the output leaves through Q's buffer, whose last reader is done
+    fence_async_shared()
+    tma.async_copy_shared_to_global(o_desc, [q_row, 0], q_smem)
+    tma.store_wait(pendings=0)
+
+
+def attention_fwd(q, k, v, causal, block=128, stages=3, num_warps=8):
+    """(o, lse with base 2) for (B, H, N, D) contiguous q, k, v."""
+    B, H, N, D = q.shape
+    assert N % block == 0 and D in (64, 128) and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    o = torch.empty_like(q)
+    lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
+    dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    layout = gl.NVMMASharedLayout.get_default_for([block, D], dtype)
+    desc = [TensorDescriptor(t.view(B * H * N, D), [B * H * N, D], [D, 1], [block, D], layout) for t in (q, k, v, o)]
+    attn_fwd_hopper[(N // block, B * H)](*desc, lse, N, LOG2E / math.sqrt(D), HEAD_D=D, BLOCK_M=block,
+                                         BLOCK_N=block, CAUSAL=causal, STAGES=stages, num_warps=num_warps)
+    return o, lse
+
+
+def compile_only() -> None:
+    """Compile every variant for sm_90 on a machine without a GPU (docs/dev/host_time_cpu.py's faked driver)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from host_time_cpu import FakeHopper
+    from triton.runtime.driver import driver
+
+    driver.set_active(FakeHopper())
+    for D in (64, 128):
+        for causal in (True, False):
+            for stages in (3, 4) if D == 64 else (3,):  # D = 128 with 4 stages needs 288 KB of shared memory
+                q, k, v = (torch.randn(1, 2, 1024, D, dtype=torch.bfloat16) for _ in range(3))
+                attention_fwd(q, k, v, causal, stages=stages)
+                print(f"compiled D={D} causal={causal} stages={stages}", flush=True)
+
+
+def check_and_time(D: int, N: int, causal: bool, stages: int) -> str:
+    """Max error against an fp32 reference (ours beside it), and CUDA-graph times beside ours and cuDNN."""
+    from kernels import flash_attention
+
+    B, H = 16384 // N, 12
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
+    o, _ = attention_fwd(q, k, v, causal, stages=stages)
+    err = (o.float() - ref).abs().max().item()
+    err_ours = (flash_attention(q, k, v, causal=causal).float() - ref).abs().max().item()
+    ms = triton.testing.do_bench_cudagraph(lambda: attention_fwd(q, k, v, causal, stages=stages))
+    ms_ours = triton.testing.do_bench_cudagraph(lambda: flash_attention(q, k, v, causal=causal))
+    ms_cudnn = triton.testing.do_bench_cudagraph(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+    return (f"D={D} N={N} causal={causal} stages={stages}: max error {err:.2e} (ours {err_ours:.2e}); {ms:.3f} ms, "
+            f"ours {ms_ours:.3f}, cuDNN {ms_cudnn:.3f} ({ms_cudnn / ms:.2f}x cuDNN, {ms_ours / ms:.2f}x ours)")
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path.cwd()))
+    for D, N, causal in [(64, 4096, True), (64, 16384, True), (128, 16384, True), (64, 4096, False)]:
+        for stages in (3, 4) if D == 64 else (3,):
+            try:
+                print(check_and_time(D, N, causal, stages), flush=True)
+            except Exception as e:  # report, go on
+                print(f"D={D} N={N} causal={causal} stages={stages}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+
+
+if __name__ == "__main__":
+    compile_only() if "--compile-only" in sys.argv else main()

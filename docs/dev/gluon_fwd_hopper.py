@@ -6,12 +6,13 @@ kernels.flash_attention and times itself beside it and cuDNN.
     python docs/dev/gluon_fwd_hopper.py                  # a Hopper GPU, triton 3.6 (triton.experimental.gluon)
     python docs/dev/gluon_fwd_hopper.py --compile-only   # no GPU: compile every variant for sm_90 (faked driver)
 
-Compiled for sm_90 with triton 3.6 (8 warps: 251 registers at D = 64, 239 at D = 128, no spills; 4 warps spill), not
-yet run on a GPU. Triton 3.9 renamed tma.async_copy_global_to_shared to async_load.
+Compiled for sm_90 with triton 3.6 (8 warps: 251 registers at D = 64, 239 at D = 128, no spills, in grid order;
+the costliest-first order spills 168 bytes at D = 128; 4 warps spill), not yet run on a GPU. Triton 3.9 renamed
+tma.async_copy_global_to_shared to async_load.
 
 Scope: bf16/fp16, (B, H, N, D) contiguous, D in {64, 128}, N a multiple of the tile, causal or not, no dropout or
-block mask. K and V stream through a ring of STAGES shared-memory slots filled by TMA; one warpgroup program (or
-two, num_warps = 8) per query tile.
+block mask. K and V stream through a ring of STAGES shared-memory slots filled by TMA; 128 x 128 tiles, two
+warpgroups (8 warps) of 64 query rows each.
 """
 
 import math
@@ -58,10 +59,13 @@ def _softmax_update(s, m_i, l_i, qk_scale):
 @gluon.jit
 def attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE, N, qk_scale,
                     HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
-                    STAGES: gl.constexpr, num_warps: gl.constexpr):
+                    STAGES: gl.constexpr, COSTLIEST_FIRST: gl.constexpr, num_warps: gl.constexpr):
     gl.static_assert(BLOCK_M == BLOCK_N, "causal tiles: one diagonal tile per query tile")
     gl.static_assert(STAGES >= 3, "tile j + 1 is loaded one iteration ahead, into the slot tile j - 2 freed")
-    start_m = N // BLOCK_M - 1 - gl.program_id(0)  # the costliest causal tiles first
+    if COSTLIEST_FIRST:  # the last query tiles of a causal head first (costs D = 128 some spills: measure both)
+        start_m = N // BLOCK_M - 1 - gl.program_id(0)
+    else:
+        start_m = gl.program_id(0)
     bh = gl.program_id(1)
     head_row = bh * N
     q_row = head_row + start_m * BLOCK_M
@@ -115,7 +119,9 @@ def attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE, N, qk_scale,
         mbarrier.wait(v_bars.index(j % STAGES), (j // STAGES) & 1)
         acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(j % STAGES), acc, is_async=True)
         s = warpgroup_mma_wait(1, deps=(s_next, ))  # in flight: S_{j+1}, then P V of tile j: the first is done
-        # tile j - 1's slot is free (its K and V products are done): load tile j - 1 + STAGES into it
+        # tile j - 1's slot is free once both warpgroups are past their P V of it: each waits only for its own
+        # products, and one elected thread issues the TMA after a CTA barrier (triton 3.6 lowers every TMA issue
+        # so; an explicit gl.thread_barrier() here made D = 128 spill). Load tile j - 1 + STAGES into it.
         refill = j - 1 + STAGES
         _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, head_row + refill * BLOCK_N, refill, STAGES,
                  (j >= 1) & (refill < n_tiles))
@@ -144,7 +150,7 @@ def attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE, N, qk_scale,
     tma.store_wait(pendings=0)
 
 
-def attention_fwd(q, k, v, causal, block=128, stages=3, num_warps=8):
+def attention_fwd(q, k, v, causal, block=128, stages=3, num_warps=8, costliest_first=True):
     """(o, lse with base 2) for (B, H, N, D) contiguous q, k, v."""
     B, H, N, D = q.shape
     assert N % block == 0 and D in (64, 128) and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
@@ -154,7 +160,8 @@ def attention_fwd(q, k, v, causal, block=128, stages=3, num_warps=8):
     layout = gl.NVMMASharedLayout.get_default_for([block, D], dtype)
     desc = [TensorDescriptor(t.view(B * H * N, D), [B * H * N, D], [D, 1], [block, D], layout) for t in (q, k, v, o)]
     attn_fwd_hopper[(N // block, B * H)](*desc, lse, N, LOG2E / math.sqrt(D), HEAD_D=D, BLOCK_M=block,
-                                         BLOCK_N=block, CAUSAL=causal, STAGES=stages, num_warps=num_warps)
+                                         BLOCK_N=block, CAUSAL=causal, STAGES=stages, COSTLIEST_FIRST=costliest_first,
+                                         num_warps=num_warps)
     return o, lse
 
 
@@ -173,31 +180,34 @@ def compile_only() -> None:
                 print(f"compiled D={D} causal={causal} stages={stages}", flush=True)
 
 
-def check_and_time(D: int, N: int, causal: bool, stages: int) -> str:
+def check_and_time(D: int, N: int, causal: bool, stages: int, first: bool) -> str:
     """Max error against an fp32 reference (ours beside it), and CUDA-graph times beside ours and cuDNN."""
     from kernels import flash_attention
 
     B, H = 16384 // N, 12
     q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
-    o, _ = attention_fwd(q, k, v, causal, stages=stages)
+    o, _ = attention_fwd(q, k, v, causal, stages=stages, costliest_first=first)
     err = (o.float() - ref).abs().max().item()
     err_ours = (flash_attention(q, k, v, causal=causal).float() - ref).abs().max().item()
-    ms = triton.testing.do_bench_cudagraph(lambda: attention_fwd(q, k, v, causal, stages=stages))
+    ms = triton.testing.do_bench_cudagraph(lambda: attention_fwd(q, k, v, causal, stages=stages,
+                                                                 costliest_first=first))
     ms_ours = triton.testing.do_bench_cudagraph(lambda: flash_attention(q, k, v, causal=causal))
     ms_cudnn = triton.testing.do_bench_cudagraph(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
-    return (f"D={D} N={N} causal={causal} stages={stages}: max error {err:.2e} (ours {err_ours:.2e}); {ms:.3f} ms, "
+    return (f"D={D} N={N} causal={causal} stages={stages} costliest first={first}: max error {err:.2e} "
+            f"(ours {err_ours:.2e}); {ms:.3f} ms, "
             f"ours {ms_ours:.3f}, cuDNN {ms_cudnn:.3f} ({ms_cudnn / ms:.2f}x cuDNN, {ms_ours / ms:.2f}x ours)")
 
 
 def main() -> None:
     sys.path.insert(0, str(Path.cwd()))
     for D, N, causal in [(64, 4096, True), (64, 16384, True), (128, 16384, True), (64, 4096, False)]:
-        for stages in (3, 4) if D == 64 else (3,):
+        for stages, first in [(3, True), (3, False)] + ([(4, True)] if D == 64 else []):
             try:
-                print(check_and_time(D, N, causal, stages), flush=True)
+                print(check_and_time(D, N, causal, stages, first), flush=True)
             except Exception as e:  # report, go on
-                print(f"D={D} N={N} causal={causal} stages={stages}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                print(f"D={D} N={N} causal={causal} stages={stages} costliest first={first}: {type(e).__name__}: "
+                      f"{str(e)[:300]}", flush=True)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,387 @@
+"""Prototype: the attention forward and the dK/dV pass in Gluon for Hopper, with the score products of the next tile
+in flight while the softmax (or the dS arithmetic) of the current one runs (FlashAttention-3's intra-warpgroup
+overlap), which Triton's tl.dot does not do on sm_90 (docs/dev/kernel-notes.md, fifth session). Experiment, not part
+of the library: it checks itself against an fp32 reference beside kernels.flash_attention and times itself beside
+our kernels and cuDNN.
+
+    python docs/dev/gluon_attention_hopper.py                  # a Hopper GPU, triton 3.6 (triton.experimental.gluon)
+    python docs/dev/gluon_attention_hopper.py --compile-only   # no GPU: compile every variant for sm_90 (faked driver)
+
+Compiled for sm_90 with triton 3.6, not yet run on a GPU. Forward, 8 warps: 251 registers at D = 64, 239 at D = 128,
+no spills, in grid order (the costliest-first order spills 168 bytes at D = 128; 4 warps spill). dK/dV pass (D = 64
+only: at 128 its two accumulators and four score tiles would not fit), 64 x 128 tiles, 8 warps: 242 registers.
+Triton 3.9 renamed tma.async_copy_global_to_shared to async_load.
+
+Scope: bf16/fp16, (B, H, N, D) contiguous, D in {64, 128}, N a multiple of the tile, causal or not, no dropout or
+block mask. K and V stream through a ring of STAGES shared-memory slots filled by TMA; 128 x 128 tiles, two
+warpgroups (8 warps) of 64 query rows each.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (
+    fence_async_shared,
+    mbarrier,
+    tma,
+    warpgroup_mma,
+    warpgroup_mma_init,
+    warpgroup_mma_wait,
+)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+LOG2E = 1.4426950408889634
+
+
+@gluon.jit
+def _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, row, tile, STAGES: gl.constexpr, pred):
+    """TMA of key tile `tile` (rows row .. row + BLOCK_N of this head) into its ring slot."""
+    slot = tile % STAGES
+    mbarrier.expect(k_bars.index(slot), k_desc.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(k_desc, [row, 0], k_bars.index(slot), k_smem.index(slot), pred=pred)
+    mbarrier.expect(v_bars.index(slot), v_desc.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(v_desc, [row, 0], v_bars.index(slot), v_smem.index(slot), pred=pred)
+
+
+@gluon.jit
+def _softmax_update(s, m_i, l_i, qk_scale):
+    """Online softmax of one score tile: (p, alpha, m_new, l_new)."""
+    m_new = gl.maximum(m_i, gl.max(s, 1) * qk_scale)
+    p = gl.exp2(s * qk_scale - m_new[:, None])
+    alpha = gl.exp2(m_i - m_new)
+    return p, alpha, m_new, l_i * alpha + gl.sum(p, 1)
+
+
+@gluon.jit
+def attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE, N, qk_scale,
+                    HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
+                    STAGES: gl.constexpr, COSTLIEST_FIRST: gl.constexpr, num_warps: gl.constexpr):
+    gl.static_assert(BLOCK_M == BLOCK_N, "causal tiles: one diagonal tile per query tile")
+    gl.static_assert(STAGES >= 3, "tile j + 1 is loaded one iteration ahead, into the slot tile j - 2 freed")
+    if COSTLIEST_FIRST:  # the last query tiles of a causal head first (costs D = 128 some spills: measure both)
+        start_m = N // BLOCK_M - 1 - gl.program_id(0)
+    else:
+        start_m = gl.program_id(0)
+    bh = gl.program_id(1)
+    head_row = bh * N
+    q_row = head_row + start_m * BLOCK_M
+    dtype: gl.constexpr = q_desc.dtype
+
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_D, 16])
+    p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
+    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
+
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_D], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_bars.index(i), count=1)
+        mbarrier.init(v_bars.index(i), count=1)
+
+    if CAUSAL:
+        n_tiles = start_m + 1
+    else:
+        n_tiles = N // BLOCK_N
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
+    for i in gl.static_range(STAGES):
+        _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, head_row + i * BLOCK_N, i, STAGES, i < n_tiles)
+
+    m_i = gl.full([BLOCK_M], float("-inf"), gl.float32, layout=rows_s)
+    l_i = gl.zeros([BLOCK_M], gl.float32, layout=rows_s)
+    acc = warpgroup_mma_init(gl.zeros([BLOCK_M, HEAD_D], gl.float32, layout=o_layout))  # an in-flight value
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+
+    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(k_bars.index(0), 0)
+    s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    s = warpgroup_mma_wait(0, deps=(s, ))
+    for j in range(0, n_tiles - 1):  # every tile but the last is unmasked (BLOCK_M == BLOCK_N)
+        nxt = j + 1
+        mbarrier.wait(k_bars.index(nxt % STAGES), (nxt // STAGES) & 1)
+        s_next = warpgroup_mma(q_smem, k_smem.index(nxt % STAGES).permute((1, 0)), s_zero, use_acc=False,
+                               is_async=True)
+        p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i, qk_scale)  # runs while S_{j+1} is computed
+        acc = warpgroup_mma_wait(1, deps=(acc, ))  # in flight: P V of tile j - 1, then S_{j+1}: the first is done
+        acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+        mbarrier.wait(v_bars.index(j % STAGES), (j // STAGES) & 1)
+        acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(j % STAGES), acc, is_async=True)
+        s = warpgroup_mma_wait(1, deps=(s_next, ))  # in flight: S_{j+1}, then P V of tile j: the first is done
+        # tile j - 1's slot is free once both warpgroups are past their P V of it: each waits only for its own
+        # products, and one elected thread issues the TMA after a CTA barrier (triton 3.6 lowers every TMA issue
+        # so; an explicit gl.thread_barrier() here made D = 128 spill). Load tile j - 1 + STAGES into it.
+        refill = j - 1 + STAGES
+        _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, head_row + refill * BLOCK_N, refill, STAGES,
+                 (j >= 1) & (refill < n_tiles))
+
+    last = n_tiles - 1
+    if CAUSAL:  # the diagonal tile
+        rows = start_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=rows_s)
+        cols = last * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        s = gl.where(rows[:, None] >= cols[None, :], s, float("-inf"))
+    p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i, qk_scale)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+    acc = acc * gl.convert_layout(alpha, rows_o)[:, None]
+    mbarrier.wait(v_bars.index(last % STAGES), (last // STAGES) & 1)
+    acc = warpgroup_mma(gl.convert_layout(p.to(dtype), p_layout), v_smem.index(last % STAGES), acc, is_async=True)
+    acc = warpgroup_mma_wait(0, deps=(acc, ))
+
+    mbarrier.invalidate(q_bar)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(k_bars.index(i))
+        mbarrier.invalidate(v_bars.index(i))
+    acc = acc / gl.convert_layout(l_i, rows_o)[:, None]
+    gl.store(LSE + bh * N + start_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=rows_s), m_i + gl.log2(l_i))
+    q_smem.store(acc.to(dtype))  # the output leaves through Q's buffer, whose last reader is done
+    fence_async_shared()
+    tma.async_copy_shared_to_global(o_desc, [q_row, 0], q_smem)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _load_rows(q_desc, do_desc, q_smem, do_smem, bars, row, tile, STAGES: gl.constexpr, pred):
+    """TMA of query tile `tile` of Q and dO (rows row .. row + BLOCK_M of this head) into its ring slot."""
+    slot = tile % STAGES
+    mbarrier.expect(bars.index(slot), q_desc.block_type.nbytes + do_desc.block_type.nbytes, pred=pred)
+    tma.async_copy_global_to_shared(q_desc, [row, 0], bars.index(slot), q_smem.index(slot), pred=pred)
+    tma.async_copy_global_to_shared(do_desc, [row, 0], bars.index(slot), do_smem.index(slot), pred=pred)
+
+
+@gluon.jit
+def _kv_step(sT, dpT, dk, dv, q_tile, do_tile, LSE, Delta, m, offs_n, qk_scale, dtype: gl.constexpr,
+             cols_t: gl.constexpr, a_layout: gl.constexpr, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr, masked):
+    """One query tile's share of dV += P^T dO and dK += dS^T Q, on transposed tiles (keys x queries); issues the
+    two products asynchronously."""
+    offs_m = m * BLOCK_M + gl.arange(0, BLOCK_M, layout=cols_t)
+    pT = gl.exp2(sT * qk_scale - gl.load(LSE + offs_m)[None, :])
+    if CAUSAL:
+        if masked:
+            pT = gl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
+    dsT = pT * (dpT - gl.load(Delta + offs_m)[None, :])
+    dv = warpgroup_mma(gl.convert_layout(pT.to(dtype), a_layout), do_tile, dv, is_async=True)
+    dk = warpgroup_mma(gl.convert_layout(dsT.to(dtype), a_layout), q_tile, dk, is_async=True)
+    return dk, dv
+
+
+@gluon.jit
+def attn_bwd_kv_hopper(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, Delta, N, qk_scale, sm_scale,
+                       HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
+                       STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """dK, dV of one key tile (FlashAttention-2's key-tile pass), with S^T and dP^T of query tile i + 1 in flight
+    while tile i's elementwise work runs. LSE, Delta: (B*H*N,) fp32 (base-2 log-sum-exp, rowsum(dO * O))."""
+    gl.static_assert(STAGES >= 3, "tile i + 1 is loaded one iteration ahead, into the slot tile i - 2 freed")
+    start_n = gl.program_id(0)  # causal: the first key tiles see the most query tiles, so they start first
+    bh = gl.program_id(1)
+    head_row = bh * N
+    dtype: gl.constexpr = q_desc.dtype
+    LSE += bh * N
+    Delta += bh * N
+
+    t_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_M, 16])
+    g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_D, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=g_layout, k_width=2)
+    cols_t: gl.constexpr = gl.SliceLayout(0, t_layout)
+    offs_n = start_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, t_layout))
+
+    k_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_D], v_desc.layout)
+    q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_D], q_desc.layout)
+    do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_D], do_desc.layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(bars.index(i), count=1)
+
+    if CAUSAL:  # query tiles from the diagonal on; the first BLOCK_N // BLOCK_M straddle it
+        lo = start_n * (BLOCK_N // BLOCK_M)
+    else:
+        lo = 0
+    diag_end = lo + BLOCK_N // BLOCK_M
+    n_tiles = N // BLOCK_M - lo
+    mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [head_row + start_n * BLOCK_N, 0], kv_bar, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [head_row + start_n * BLOCK_N, 0], kv_bar, v_smem)
+    for i in gl.static_range(STAGES):
+        _load_rows(q_desc, do_desc, q_smem, do_smem, bars, head_row + (lo + i) * BLOCK_M, i, STAGES, i < n_tiles)
+
+    dk = warpgroup_mma_init(gl.zeros([BLOCK_N, HEAD_D], gl.float32, layout=g_layout))
+    dv = warpgroup_mma_init(gl.zeros([BLOCK_N, HEAD_D], gl.float32, layout=g_layout))
+    t_zero = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=t_layout)
+
+    mbarrier.wait(kv_bar, 0)
+    mbarrier.wait(bars.index(0), 0)
+    sT = warpgroup_mma(k_smem, q_smem.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+    dpT = warpgroup_mma(v_smem, do_smem.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
+    sT, dpT = warpgroup_mma_wait(0, deps=(sT, dpT))
+    for i in range(0, n_tiles - 1):
+        nxt = i + 1
+        mbarrier.wait(bars.index(nxt % STAGES), (nxt // STAGES) & 1)
+        sT_next = warpgroup_mma(k_smem, q_smem.index(nxt % STAGES).permute((1, 0)), t_zero, use_acc=False,
+                                is_async=True)
+        dpT_next = warpgroup_mma(v_smem, do_smem.index(nxt % STAGES).permute((1, 0)), t_zero, use_acc=False,
+                                 is_async=True)
+        dk, dv = _kv_step(sT, dpT, dk, dv, q_smem.index(i % STAGES), do_smem.index(i % STAGES), LSE, Delta, lo + i,
+                          offs_n, qk_scale, dtype, cols_t, a_layout, BLOCK_M, CAUSAL, lo + i < diag_end)
+        # in flight: S^T, dP^T of tile i + 1, then dV, dK of tile i: the first two are done
+        sT, dpT = warpgroup_mma_wait(2, deps=(sT_next, dpT_next))
+        # tile i - 1's products finished before tile i + 1's started: its slot takes tile i - 1 + STAGES
+        refill = i - 1 + STAGES
+        _load_rows(q_desc, do_desc, q_smem, do_smem, bars, head_row + (lo + refill) * BLOCK_M, refill, STAGES,
+                   (i >= 1) & (refill < n_tiles))
+    last = n_tiles - 1
+    dk, dv = _kv_step(sT, dpT, dk, dv, q_smem.index(last % STAGES), do_smem.index(last % STAGES), LSE, Delta,
+                      lo + last, offs_n, qk_scale, dtype, cols_t, a_layout, BLOCK_M, CAUSAL, lo + last < diag_end)
+    dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))
+
+    mbarrier.invalidate(kv_bar)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(i))
+    k_smem.store((dk * sm_scale).to(dtype))  # each warpgroup writes the key rows it alone read
+    v_smem.store(dv.to(dtype))
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dk_desc, [head_row + start_n * BLOCK_N, 0], k_smem)
+    tma.async_copy_shared_to_global(dv_desc, [head_row + start_n * BLOCK_N, 0], v_smem)
+    tma.store_wait(pendings=0)
+
+
+def attention_fwd(q, k, v, causal, block=128, stages=3, num_warps=8, costliest_first=True):
+    """(o, lse with base 2) for (B, H, N, D) contiguous q, k, v."""
+    B, H, N, D = q.shape
+    assert N % block == 0 and D in (64, 128) and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
+    o = torch.empty_like(q)
+    lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
+    dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    layout = gl.NVMMASharedLayout.get_default_for([block, D], dtype)
+    desc = [TensorDescriptor(t.view(B * H * N, D), [B * H * N, D], [D, 1], [block, D], layout) for t in (q, k, v, o)]
+    attn_fwd_hopper[(N // block, B * H)](*desc, lse, N, LOG2E / math.sqrt(D), HEAD_D=D, BLOCK_M=block,
+                                         BLOCK_N=block, CAUSAL=causal, STAGES=stages, COSTLIEST_FIRST=costliest_first,
+                                         num_warps=num_warps)
+    return o, lse
+
+
+def attention_bwd_kv(q, k, v, do, lse, delta, causal, block_m=64, block_n=128, stages=3, num_warps=8):
+    """(dk, dv) for (B, H, N, D) contiguous q, k, v, dO, the forward's lse (base 2) and delta = rowsum(dO * O)."""
+    B, H, N, D = q.shape
+    assert N % block_n == 0 and D == 64 and all(t.is_contiguous() for t in (q, k, v, do))
+    dk, dv = torch.empty_like(k), torch.empty_like(v)
+    dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    rows = gl.NVMMASharedLayout.get_default_for([block_m, D], dtype)
+    keys = gl.NVMMASharedLayout.get_default_for([block_n, D], dtype)
+
+    def desc(t, block, layout):
+        return TensorDescriptor(t.view(B * H * N, D), [B * H * N, D], [D, 1], [block, D], layout)
+
+    attn_bwd_kv_hopper[(N // block_n, B * H)](
+        desc(q, block_m, rows), desc(k, block_n, keys), desc(v, block_n, keys), desc(do, block_m, rows),
+        desc(dk, block_n, keys), desc(dv, block_n, keys), lse.contiguous(), delta.contiguous(), N,
+        LOG2E / math.sqrt(D), 1 / math.sqrt(D), HEAD_D=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
+        STAGES=stages, num_warps=num_warps)
+    return dk, dv
+
+
+def compile_only() -> None:
+    """Compile every variant for sm_90 on a machine without a GPU (docs/dev/host_time_cpu.py's faked driver)."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from host_time_cpu import FakeHopper
+    from triton.runtime.driver import driver
+
+    driver.set_active(FakeHopper())
+    for D in (64, 128):
+        for causal in (True, False):
+            for stages in (3, 4) if D == 64 else (3,):  # D = 128 with 4 stages needs 288 KB of shared memory
+                q, k, v = (torch.randn(1, 2, 1024, D, dtype=torch.bfloat16) for _ in range(3))
+                attention_fwd(q, k, v, causal, stages=stages)
+                print(f"compiled forward D={D} causal={causal} stages={stages}", flush=True)
+    for causal in (True, False):
+        for stages in (3, 4):
+            q, k, v, do = (torch.randn(1, 2, 1024, 64, dtype=torch.bfloat16) for _ in range(4))
+            lse, delta = torch.zeros(1, 2, 1024), torch.zeros(1, 2, 1024)
+            attention_bwd_kv(q, k, v, do, lse, delta, causal, stages=stages)
+            print(f"compiled dK/dV pass D=64 causal={causal} stages={stages}", flush=True)
+
+
+def check_and_time(D: int, N: int, causal: bool, stages: int, first: bool) -> str:
+    """Max error against an fp32 reference (ours beside it), and CUDA-graph times beside ours and cuDNN."""
+    from kernels import flash_attention
+
+    B, H = 16384 // N, 12
+    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
+    ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
+    o, _ = attention_fwd(q, k, v, causal, stages=stages, costliest_first=first)
+    err = (o.float() - ref).abs().max().item()
+    err_ours = (flash_attention(q, k, v, causal=causal).float() - ref).abs().max().item()
+    ms = triton.testing.do_bench_cudagraph(lambda: attention_fwd(q, k, v, causal, stages=stages,
+                                                                 costliest_first=first))
+    ms_ours = triton.testing.do_bench_cudagraph(lambda: flash_attention(q, k, v, causal=causal))
+    ms_cudnn = triton.testing.do_bench_cudagraph(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+    return (f"D={D} N={N} causal={causal} stages={stages} costliest first={first}: max error {err:.2e} "
+            f"(ours {err_ours:.2e}); {ms:.3f} ms, "
+            f"ours {ms_ours:.3f}, cuDNN {ms_cudnn:.3f} ({ms_cudnn / ms:.2f}x cuDNN, {ms_ours / ms:.2f}x ours)")
+
+
+def check_and_time_kv(N: int, causal: bool, stages: int) -> str:
+    """dK, dV at D = 64 against an fp32 reference (ours beside it); the pass's time beside our dK/dV kernel's
+    (torch.profiler over our whole backward)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from kernels import flash_attention
+    from kernels.attention import attention_fwd as ours_fwd
+
+    B, H, D = 16384 // N, 12, 64
+    q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
+    x = [t.float().requires_grad_() for t in (q, k, v)]
+    _, dk_ref, dv_ref = torch.autograd.grad(F.scaled_dot_product_attention(*x, is_causal=causal), x, do.float())
+    o, lse = ours_fwd(q, k, v, None, [], 0, causal, 0.0, 1 / math.sqrt(D), True)  # our forward: o, base-2 LSE
+    delta = (o.float() * do.float()).sum(-1)
+    dk, dv = attention_bwd_kv(q, k, v, do, lse, delta, causal, stages=stages)
+    y = [t.clone().requires_grad_() for t in (q, k, v)]
+    _, dk_ours, dv_ours = torch.autograd.grad(flash_attention(*y, causal=causal), y, do)
+    errors = [(a.float() - r).abs().max().item() for a, r in ((dk, dk_ref), (dv, dv_ref), (dk_ours, dk_ref),
+                                                             (dv_ours, dv_ref))]
+    ms = triton.testing.do_bench_cudagraph(lambda: attention_bwd_kv(q, k, v, do, lse, delta, causal, stages=stages))
+    with profile(activities=[ProfilerActivity.CUDA]) as prof:
+        for _ in range(10):
+            torch.autograd.grad(flash_attention(*y, causal=causal), y, do)
+        torch.cuda.synchronize()
+    ours = [e.device_time_total / e.count / 1000 for e in prof.key_averages() if e.key.startswith("attn_bwd_kv")]
+    return (f"dK/dV pass D=64 N={N} causal={causal} stages={stages}: max error dK {errors[0]:.2e} dV {errors[1]:.2e} "
+            f"(ours {errors[2]:.2e} / {errors[3]:.2e}); {ms:.3f} ms, our dK/dV kernel {ours[0] if ours else 0:.3f}")
+
+
+def main() -> None:
+    sys.path.insert(0, str(Path.cwd()))
+    for N, causal in [(4096, True), (16384, True), (4096, False)]:
+        for stages in (3, 4):
+            try:
+                print(check_and_time_kv(N, causal, stages), flush=True)
+            except Exception as e:  # report, go on
+                print(f"dK/dV pass N={N} causal={causal} stages={stages}: {type(e).__name__}: {str(e)[:300]}",
+                      flush=True)
+    for D, N, causal in [(64, 4096, True), (64, 16384, True), (128, 16384, True), (64, 4096, False)]:
+        for stages, first in [(3, True), (3, False)] + ([(4, True)] if D == 64 else []):
+            try:
+                print(check_and_time(D, N, causal, stages, first), flush=True)
+            except Exception as e:  # report, go on
+                print(f"D={D} N={N} causal={causal} stages={stages} costliest first={first}: {type(e).__name__}: "
+                      f"{str(e)[:300]}", flush=True)
+
+
+if __name__ == "__main__":
+    compile_only() if "--compile-only" in sys.argv else main()

@@ -1,15 +1,16 @@
-"""Prototype: the attention forward and the dK/dV pass in Gluon for Hopper, with the score products of the next tile
-in flight while the softmax (or the dS arithmetic) of the current one runs (FlashAttention-3's intra-warpgroup
-overlap), which Triton's tl.dot does not do on sm_90 (docs/dev/kernel-notes.md, fifth session). Experiment, not part
-of the library: it checks itself against an fp32 reference beside kernels.flash_attention and times itself beside
-our kernels and cuDNN.
+"""Prototype: the attention forward and both backward passes (dQ; dK, dV) in Gluon for Hopper, with the score
+products of the next tile in flight while the softmax (or the dS arithmetic) of the current one runs
+(FlashAttention-3's intra-warpgroup overlap), which Triton's tl.dot does not do on sm_90 (docs/dev/kernel-notes.md,
+fifth session). Experiment, not part of the library: it checks itself against an fp32 reference beside
+kernels.flash_attention and times itself beside our kernels and cuDNN.
 
     python docs/dev/gluon_attention_hopper.py                  # a Hopper GPU, triton 3.6 (triton.experimental.gluon)
     python docs/dev/gluon_attention_hopper.py --compile-only   # no GPU: compile every variant for sm_90 (faked driver)
 
 Compiled for sm_90 with triton 3.6, not yet run on a GPU. Forward, 8 warps: 251 registers at D = 64, 239 at D = 128,
 no spills, in grid order (the costliest-first order spills 168 bytes at D = 128; 4 warps spill). dK/dV pass (D = 64
-only: at 128 its two accumulators and four score tiles would not fit), 64 x 128 tiles, 8 warps: 242 registers.
+only: at 128 its two accumulators and four score tiles would not fit), 64 x 128 tiles, 8 warps: 242 registers. dQ
+pass, 128 x 64 tiles, 8 warps: 203 registers at D = 64, 244 at D = 128.
 Triton 3.9 renamed tma.async_copy_global_to_shared to async_load.
 
 Scope: bf16/fp16, (B, H, N, D) contiguous, D in {64, 128}, N a multiple of the tile, causal or not, no dropout or
@@ -261,6 +262,93 @@ def attn_bwd_kv_hopper(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, D
     tma.store_wait(pendings=0)
 
 
+@gluon.jit
+def attn_bwd_dq_hopper(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, Delta, N, qk_scale, sm_scale,
+                       HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
+                       STAGES: gl.constexpr, num_warps: gl.constexpr):
+    """dQ of one query tile (the deterministic backward's first pass), with S and dP of key tile j + 1 in flight
+    while tile j's dS arithmetic runs and its dQ product is issued."""
+    gl.static_assert(STAGES >= 3, "tile j + 1 is loaded one iteration ahead, into the slot tile j - 2 freed")
+    start_m = gl.program_id(0)
+    bh = gl.program_id(1)
+    head_row = bh * N
+    q_row = head_row + start_m * BLOCK_M
+    dtype: gl.constexpr = q_desc.dtype
+
+    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, BLOCK_N, 16])
+    g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
+                                                       instr_shape=[16, HEAD_D, 16])
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=g_layout, k_width=2)
+    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
+    offs_m = start_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=rows_s)
+    lse = gl.load(LSE + bh * N + offs_m)
+    delta = gl.load(Delta + bh * N + offs_m)
+
+    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_D], q_desc.layout)
+    do_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_D], do_desc.layout)
+    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for i in gl.static_range(STAGES):
+        mbarrier.init(k_bars.index(i), count=1)
+        mbarrier.init(v_bars.index(i), count=1)
+
+    if CAUSAL:  # key tiles up to the diagonal; the last BLOCK_M // BLOCK_N straddle it
+        n_tiles = (start_m + 1) * (BLOCK_M // BLOCK_N)
+    else:
+        n_tiles = N // BLOCK_N
+    first_masked = n_tiles - BLOCK_M // BLOCK_N
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
+    tma.async_copy_global_to_shared(do_desc, [q_row, 0], q_bar, do_smem)
+    for i in gl.static_range(STAGES):
+        _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, head_row + i * BLOCK_N, i, STAGES, i < n_tiles)
+
+    dq = warpgroup_mma_init(gl.zeros([BLOCK_M, HEAD_D], gl.float32, layout=g_layout))
+    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
+
+    mbarrier.wait(q_bar, 0)
+    mbarrier.wait(k_bars.index(0), 0)
+    mbarrier.wait(v_bars.index(0), 0)
+    s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    dp = warpgroup_mma(do_smem, v_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
+    s, dp = warpgroup_mma_wait(0, deps=(s, dp))
+    for j in range(0, n_tiles):
+        nxt = gl.minimum(j + 1, n_tiles - 1)  # the last iteration recomputes its own tile's products, unused
+        mbarrier.wait(k_bars.index(nxt % STAGES), (nxt // STAGES) & 1)
+        mbarrier.wait(v_bars.index(nxt % STAGES), (nxt // STAGES) & 1)
+        s_next = warpgroup_mma(q_smem, k_smem.index(nxt % STAGES).permute((1, 0)), s_zero, use_acc=False,
+                               is_async=True)
+        dp_next = warpgroup_mma(do_smem, v_smem.index(nxt % STAGES).permute((1, 0)), s_zero, use_acc=False,
+                                is_async=True)
+        p = gl.exp2(s * qk_scale - lse[:, None])
+        if CAUSAL:
+            if j >= first_masked:
+                offs_n = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+                p = gl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
+        ds = p * (dp - delta[:, None])
+        dq = warpgroup_mma(gl.convert_layout(ds.to(dtype), a_layout), k_smem.index(j % STAGES), dq, is_async=True)
+        # in flight: S, dP of tile j + 1, then dQ of tile j: the first two are done
+        s, dp = warpgroup_mma_wait(1, deps=(s_next, dp_next))
+        refill = j - 1 + STAGES  # tile j - 1's products finished before tile j + 1's started
+        _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, head_row + refill * BLOCK_N, refill, STAGES,
+                 (j >= 1) & (refill < n_tiles))
+    dq = warpgroup_mma_wait(0, deps=(dq, ))
+
+    mbarrier.invalidate(q_bar)
+    for i in gl.static_range(STAGES):
+        mbarrier.invalidate(k_bars.index(i))
+        mbarrier.invalidate(v_bars.index(i))
+    q_smem.store((dq * sm_scale).to(dtype))  # each warpgroup writes the query rows it alone read
+    fence_async_shared()
+    tma.async_copy_shared_to_global(dq_desc, [q_row, 0], q_smem)
+    tma.store_wait(pendings=0)
+
+
 def attention_fwd(q, k, v, causal, block=128, stages=3, num_warps=8, costliest_first=True):
     """(o, lse with base 2) for (B, H, N, D) contiguous q, k, v."""
     B, H, N, D = q.shape
@@ -296,6 +384,25 @@ def attention_bwd_kv(q, k, v, do, lse, delta, causal, block_m=64, block_n=128, s
     return dk, dv
 
 
+def attention_bwd_dq(q, k, v, do, lse, delta, causal, block_m=128, block_n=64, stages=3, num_warps=8):
+    """dQ for (B, H, N, D) contiguous q, k, v, dO, the forward's lse (base 2) and delta = rowsum(dO * O)."""
+    B, H, N, D = q.shape
+    assert N % block_m == 0 and D in (64, 128) and all(t.is_contiguous() for t in (q, k, v, do))
+    dq = torch.empty_like(q)
+    dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
+    rows = gl.NVMMASharedLayout.get_default_for([block_m, D], dtype)
+    keys = gl.NVMMASharedLayout.get_default_for([block_n, D], dtype)
+
+    def desc(t, block, layout):
+        return TensorDescriptor(t.view(B * H * N, D), [B * H * N, D], [D, 1], [block, D], layout)
+
+    attn_bwd_dq_hopper[(N // block_m, B * H)](
+        desc(q, block_m, rows), desc(k, block_n, keys), desc(v, block_n, keys), desc(do, block_m, rows),
+        desc(dq, block_m, rows), lse.contiguous(), delta.contiguous(), N, LOG2E / math.sqrt(D), 1 / math.sqrt(D),
+        HEAD_D=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal, STAGES=stages, num_warps=num_warps)
+    return dq
+
+
 def compile_only() -> None:
     """Compile every variant for sm_90 on a machine without a GPU (docs/dev/host_time_cpu.py's faked driver)."""
     sys.path.insert(0, str(Path(__file__).parent))
@@ -315,6 +422,11 @@ def compile_only() -> None:
             lse, delta = torch.zeros(1, 2, 1024), torch.zeros(1, 2, 1024)
             attention_bwd_kv(q, k, v, do, lse, delta, causal, stages=stages)
             print(f"compiled dK/dV pass D=64 causal={causal} stages={stages}", flush=True)
+    for D in (64, 128):
+        for causal in (True, False):
+            q, k, v, do = (torch.randn(1, 2, 1024, D, dtype=torch.bfloat16) for _ in range(4))
+            attention_bwd_dq(q, k, v, do, torch.zeros(1, 2, 1024), torch.zeros(1, 2, 1024), causal)
+            print(f"compiled dQ pass D={D} causal={causal}", flush=True)
 
 
 def check_and_time(D: int, N: int, causal: bool, stages: int, first: bool) -> str:
@@ -336,44 +448,51 @@ def check_and_time(D: int, N: int, causal: bool, stages: int, first: bool) -> st
             f"ours {ms_ours:.3f}, cuDNN {ms_cudnn:.3f} ({ms_cudnn / ms:.2f}x cuDNN, {ms_ours / ms:.2f}x ours)")
 
 
-def check_and_time_kv(N: int, causal: bool, stages: int) -> str:
-    """dK, dV at D = 64 against an fp32 reference (ours beside it); the pass's time beside our dK/dV kernel's
-    (torch.profiler over our whole backward)."""
+def check_and_time_bwd(D: int, N: int, causal: bool) -> str:
+    """dQ (and, at D = 64, dK and dV) against an fp32 reference, ours beside it; each pass's time beside our kernel
+    for it (torch.profiler over our whole backward). Uses our forward's O and LSE, so that only the pass is tested."""
     from torch.profiler import ProfilerActivity, profile
 
     from kernels import flash_attention
     from kernels.attention import attention_fwd as ours_fwd
 
-    B, H, D = 16384 // N, 12, 64
+    B, H = 16384 // N, 12
     q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
     x = [t.float().requires_grad_() for t in (q, k, v)]
-    _, dk_ref, dv_ref = torch.autograd.grad(F.scaled_dot_product_attention(*x, is_causal=causal), x, do.float())
-    o, lse = ours_fwd(q, k, v, None, [], 0, causal, 0.0, 1 / math.sqrt(D), True)  # our forward: o, base-2 LSE
-    delta = (o.float() * do.float()).sum(-1)
-    dk, dv = attention_bwd_kv(q, k, v, do, lse, delta, causal, stages=stages)
+    reference = torch.autograd.grad(F.scaled_dot_product_attention(*x, is_causal=causal), x, do.float())
     y = [t.clone().requires_grad_() for t in (q, k, v)]
-    _, dk_ours, dv_ours = torch.autograd.grad(flash_attention(*y, causal=causal), y, do)
-    errors = [(a.float() - r).abs().max().item() for a, r in ((dk, dk_ref), (dv, dv_ref), (dk_ours, dk_ref),
-                                                             (dv_ours, dv_ref))]
-    ms = triton.testing.do_bench_cudagraph(lambda: attention_bwd_kv(q, k, v, do, lse, delta, causal, stages=stages))
+    ours = torch.autograd.grad(flash_attention(*y, causal=causal), y, do)
+    o, lse = ours_fwd(q, k, v, None, [], 0, causal, 0.0, 1 / math.sqrt(D), True)
+    delta = (o.float() * do.float()).sum(-1)
+    passes = {"dq": lambda: (attention_bwd_dq(q, k, v, do, lse, delta, causal), )}
+    if D == 64:
+        passes["kv"] = lambda: attention_bwd_kv(q, k, v, do, lse, delta, causal)
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(10):
             torch.autograd.grad(flash_attention(*y, causal=causal), y, do)
         torch.cuda.synchronize()
-    ours = [e.device_time_total / e.count / 1000 for e in prof.key_averages() if e.key.startswith("attn_bwd_kv")]
-    return (f"dK/dV pass D=64 N={N} causal={causal} stages={stages}: max error dK {errors[0]:.2e} dV {errors[1]:.2e} "
-            f"(ours {errors[2]:.2e} / {errors[3]:.2e}); {ms:.3f} ms, our dK/dV kernel {ours[0] if ours else 0:.3f}")
+    kernel_ms = {e.key: e.device_time_total / e.count / 1000 for e in prof.key_averages() if e.count >= 10}
+    lines = []
+    for name, run in passes.items():
+        grads = run()
+        which = [0] if name == "dq" else [1, 2]
+        errors = ", ".join(f"d{'qkv'[w]} {(g.float() - reference[w]).abs().max().item():.2e} (ours "
+                           f"{(ours[w].float() - reference[w]).abs().max().item():.2e})"
+                           for g, w in zip(grads, which, strict=True))
+        ms = triton.testing.do_bench_cudagraph(run)
+        theirs = kernel_ms.get("attn_bwd_dq" if name == "dq" else "attn_bwd_kv", float("nan"))
+        lines.append(f"{name} pass D={D} N={N} causal={causal}: max error {errors}; {ms:.3f} ms, our kernel "
+                     f"{theirs:.3f} ({theirs / ms:.2f}x)")
+    return "\n".join(lines)
 
 
 def main() -> None:
     sys.path.insert(0, str(Path.cwd()))
-    for N, causal in [(4096, True), (16384, True), (4096, False)]:
-        for stages in (3, 4):
-            try:
-                print(check_and_time_kv(N, causal, stages), flush=True)
-            except Exception as e:  # report, go on
-                print(f"dK/dV pass N={N} causal={causal} stages={stages}: {type(e).__name__}: {str(e)[:300]}",
-                      flush=True)
+    for D, N, causal in [(64, 4096, True), (64, 16384, True), (128, 16384, True), (64, 4096, False)]:
+        try:
+            print(check_and_time_bwd(D, N, causal), flush=True)
+        except Exception as e:  # report, go on
+            print(f"backward passes D={D} N={N} causal={causal}: {type(e).__name__}: {str(e)[:300]}", flush=True)
     for D, N, causal in [(64, 4096, True), (64, 16384, True), (128, 16384, True), (64, 4096, False)]:
         for stages, first in [(3, True), (3, False)] + ([(4, True)] if D == 64 else []):
             try:

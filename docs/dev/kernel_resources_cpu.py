@@ -6,8 +6,9 @@ score product q k^T stays in flight while the softmax runs (it does not if its w
     python docs/dev/kernel_resources_cpu.py                          # from a checkout root; the configs below
     python docs/dev/kernel_resources_cpu.py kv:128:64,128,8,4 fwd:64:128,64,8,3
 
-A config is kernel:head_dim:BLOCK_M,BLOCK_N,warps,stages (kernel: fwd, kv, dq); causal, bf16, N = 4096. The
-codegen is the installed Triton's, which may differ from the GPU host's version.
+A config is kernel:head_dim:BLOCK_M,BLOCK_N,warps,stages[:dropout_p] (kernel: fwd, kv, dq); causal, bf16, N = 4096.
+Also printed: the integer instructions of the SASS (IMAD, LOP3, SHF, IADD3), where dropout's hash spends its time.
+The codegen is the installed Triton's, which may differ from the GPU host's version.
 """
 
 import os
@@ -30,7 +31,7 @@ DEFAULT = ["fwd:64:128,64,8,3", "fwd:128:128,64,8,3", "fwd:128:128,128,8,3", "kv
 REGISTERS_PER_SM = 65536
 
 
-def compile_config(A, kind: str, D: int, tile: tuple) -> None:
+def compile_config(A, kind: str, D: int, tile: tuple, dropout_p: float) -> None:
     """Compile one config of one kernel (the others keep their first fitting config) by a faked launch."""
     m, n, w, s = tile
     config = triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
@@ -40,12 +41,13 @@ def compile_config(A, kind: str, D: int, tile: tuple) -> None:
     B, H, N = 1, 2, 4096
     q, k, v, do = (torch.randn(B, H, N, D, dtype=torch.bfloat16) for _ in range(4))
     o, lse = torch.empty_like(q), torch.zeros(B, H, N)
+    keys = A.draw_dropout_keys(B, H, N, "cpu") if dropout_p else None
     try:
         with torch.no_grad(), set_wrap_triton_enabled(False):
             if kind == "fwd":
-                A._launch_fwd(q, k, v, None, None, True, 0.0, 0.125)
-            else:
-                A._launch_bwd(do, q, k, v, o, lse, None, None, True, 0.0, 0.125, True)
+                A._launch_fwd(q, k, v, keys, None, True, dropout_p, 0.125)
+            else:  # the dK/dV pass of the two-pass backward (deterministic)
+                A._launch_bwd(do, q, k, v, o, lse, keys, None, True, dropout_p, 0.125, True)
     finally:
         tuned.configs = every
 
@@ -55,6 +57,12 @@ def resources(cubin: Path) -> dict:
     text = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True,
                           text=True).stdout
     return {k: int(v) for k, v in re.findall(r"(REG|STACK|LOCAL):(\d+)", text)}
+
+
+def integer_instructions(sass: str) -> dict:
+    """Static counts of the integer instructions in the kernel's SASS."""
+    ops = re.findall(r"^\S+\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, flags=re.MULTILINE)
+    return {op: ops.count(op) for op in ("IMAD", "LOP3", "SHF", "IADD3")}
 
 
 def immediate_score_waits(ttgir: str) -> tuple[int, int]:
@@ -76,15 +84,16 @@ def report(spec: str) -> None:
     from kernels import attention as A  # noqa: E402 (after the fake driver)
 
     A.AUTOTUNE = False  # the other kernels take their first fitting config: nothing is timed
-    kind, D, tile = spec.split(":")
+    kind, D, tile, *dropout = spec.split(":")
     tile = tuple(int(x) for x in tile.split(","))
-    compile_config(A, kind, int(D), tile)
+    compile_config(A, kind, int(D), tile, float(dropout[0]) if dropout else 0.0)
     (cubin,) = dump.glob(f"*/{KERNELS[kind]}.cubin")
     use = resources(cubin)
     per_sm = REGISTERS_PER_SM // (use["REG"] * 32 * tile[2])
     immediate, dots = immediate_score_waits(cubin.with_suffix(".ttgir").read_text())
-    print(f"{spec:22s} registers {use['REG']:3d}  spill {use['STACK']:4d} B  programs/SM {per_sm}  "
-          f"waited at once {immediate}/{dots}", flush=True)
+    integer = integer_instructions(cubin.with_suffix(".sass").read_text())
+    print(f"{spec:26s} registers {use['REG']:3d}  spill {use['STACK']:4d} B  programs/SM {per_sm}  "
+          f"waited at once {immediate}/{dots}  {integer}", flush=True)
     shutil.rmtree(dump)
 
 

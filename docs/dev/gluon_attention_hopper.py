@@ -40,6 +40,44 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 LOG2E = 1.4426950408889634
 
 
+@triton.constexpr_function
+def mma_layout(num_warps, n):
+    """Accumulator layout of a wgmma over rows split across all warps, n columns per instruction."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1], instr_shape=[16, n, 16])
+
+
+@gluon.jit
+def _barriers(COUNT: gl.constexpr):
+    """COUNT mbarriers, each completed by one TMA transaction (its expected bytes)."""
+    bars = gl.allocate_shared_memory(gl.int64, [COUNT, 1], mbarrier.MBarrierLayout())
+    for i in gl.static_range(COUNT):
+        mbarrier.init(bars.index(i), count=1)
+    return bars
+
+
+@gluon.jit
+def _invalidate(bars, COUNT: gl.constexpr):
+    for i in gl.static_range(COUNT):
+        mbarrier.invalidate(bars.index(i))
+
+
+@gluon.jit
+def _store_tile(desc, row, smem, value):
+    """value -> smem -> TMA store at rows row .. of desc's tensor."""
+    smem.store(value)
+    fence_async_shared()
+    tma.async_copy_shared_to_global(desc, [row, 0], smem)
+    tma.store_wait(pendings=0)
+
+
+@gluon.jit
+def _kv_ring(k_desc, v_desc, STAGES: gl.constexpr):
+    """Shared-memory ring of STAGES key / value tiles and their barriers."""
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    return k_smem, v_smem, _barriers(STAGES), _barriers(STAGES)
+
+
 @gluon.jit
 def _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, row, tile, STAGES: gl.constexpr, pred):
     """TMA of key tile `tile` (rows row .. row + BLOCK_N of this head) into its ring slot."""
@@ -74,24 +112,15 @@ def attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE, N, qk_scale,
     q_row = head_row + start_m * BLOCK_M
     dtype: gl.constexpr = q_desc.dtype
 
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    o_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, HEAD_D, 16])
+    s_layout: gl.constexpr = mma_layout(num_warps, BLOCK_N)
+    o_layout: gl.constexpr = mma_layout(num_warps, HEAD_D)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     rows_o: gl.constexpr = gl.SliceLayout(1, o_layout)
 
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_D], q_desc.layout)
-    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], v_desc.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_bars.index(i), count=1)
-        mbarrier.init(v_bars.index(i), count=1)
+    q_bar = _barriers(1).index(0)
+    k_smem, v_smem, k_bars, v_bars = _kv_ring(k_desc, v_desc, STAGES)
 
     if CAUSAL:
         n_tiles = start_m + 1
@@ -142,15 +171,11 @@ def attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE, N, qk_scale,
     acc = warpgroup_mma_wait(0, deps=(acc, ))
 
     mbarrier.invalidate(q_bar)
-    for i in gl.static_range(STAGES):
-        mbarrier.invalidate(k_bars.index(i))
-        mbarrier.invalidate(v_bars.index(i))
+    _invalidate(k_bars, STAGES)
+    _invalidate(v_bars, STAGES)
     acc = acc / gl.convert_layout(l_i, rows_o)[:, None]
     gl.store(LSE + bh * N + start_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=rows_s), m_i + gl.log2(l_i))
-    q_smem.store(acc.to(dtype))  # the output leaves through Q's buffer, whose last reader is done
-    fence_async_shared()
-    tma.async_copy_shared_to_global(o_desc, [q_row, 0], q_smem)
-    tma.store_wait(pendings=0)
+    _store_tile(o_desc, q_row, q_smem, acc.to(dtype))  # through Q's buffer: each warpgroup's rows, only it read them
 
 
 @gluon.jit
@@ -192,10 +217,8 @@ def attn_bwd_kv_hopper(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, D
     LSE += bh * N
     Delta += bh * N
 
-    t_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_M, 16])
-    g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, HEAD_D, 16])
+    t_layout: gl.constexpr = mma_layout(num_warps, BLOCK_M)
+    g_layout: gl.constexpr = mma_layout(num_warps, HEAD_D)
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=g_layout, k_width=2)
     cols_t: gl.constexpr = gl.SliceLayout(0, t_layout)
     offs_n = start_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, t_layout))
@@ -204,11 +227,8 @@ def attn_bwd_kv_hopper(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, D
     v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_D], v_desc.layout)
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_D], q_desc.layout)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_D], do_desc.layout)
-    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(kv_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(bars.index(i), count=1)
+    kv_bar = _barriers(1).index(0)
+    bars = _barriers(STAGES)
 
     if CAUSAL:  # query tiles from the diagonal on; the first BLOCK_N // BLOCK_M straddle it
         lo = start_n * (BLOCK_N // BLOCK_M)
@@ -252,14 +272,9 @@ def attn_bwd_kv_hopper(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, D
     dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))
 
     mbarrier.invalidate(kv_bar)
-    for i in gl.static_range(STAGES):
-        mbarrier.invalidate(bars.index(i))
-    k_smem.store((dk * sm_scale).to(dtype))  # each warpgroup writes the key rows it alone read
-    v_smem.store(dv.to(dtype))
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dk_desc, [head_row + start_n * BLOCK_N, 0], k_smem)
-    tma.async_copy_shared_to_global(dv_desc, [head_row + start_n * BLOCK_N, 0], v_smem)
-    tma.store_wait(pendings=0)
+    _invalidate(bars, STAGES)
+    _store_tile(dk_desc, head_row + start_n * BLOCK_N, k_smem, (dk * sm_scale).to(dtype))  # rows only it read
+    _store_tile(dv_desc, head_row + start_n * BLOCK_N, v_smem, dv.to(dtype))
 
 
 @gluon.jit
@@ -275,10 +290,8 @@ def attn_bwd_dq_hopper(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, Delta, N, 
     q_row = head_row + start_m * BLOCK_M
     dtype: gl.constexpr = q_desc.dtype
 
-    s_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, BLOCK_N, 16])
-    g_layout: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[num_warps, 1],
-                                                       instr_shape=[16, HEAD_D, 16])
+    s_layout: gl.constexpr = mma_layout(num_warps, BLOCK_N)
+    g_layout: gl.constexpr = mma_layout(num_warps, HEAD_D)
     a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=g_layout, k_width=2)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
     offs_m = start_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=rows_s)
@@ -287,15 +300,8 @@ def attn_bwd_dq_hopper(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, Delta, N, 
 
     q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_D], q_desc.layout)
     do_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_D], do_desc.layout)
-    k_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], v_desc.layout)
-    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    k_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    v_bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(q_bar, count=1)
-    for i in gl.static_range(STAGES):
-        mbarrier.init(k_bars.index(i), count=1)
-        mbarrier.init(v_bars.index(i), count=1)
+    q_bar = _barriers(1).index(0)
+    k_smem, v_smem, k_bars, v_bars = _kv_ring(k_desc, v_desc, STAGES)
 
     if CAUSAL:  # key tiles up to the diagonal; the last BLOCK_M // BLOCK_N straddle it
         n_tiles = (start_m + 1) * (BLOCK_M // BLOCK_N)
@@ -340,13 +346,16 @@ def attn_bwd_dq_hopper(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, Delta, N, 
     dq = warpgroup_mma_wait(0, deps=(dq, ))
 
     mbarrier.invalidate(q_bar)
-    for i in gl.static_range(STAGES):
-        mbarrier.invalidate(k_bars.index(i))
-        mbarrier.invalidate(v_bars.index(i))
-    q_smem.store((dq * sm_scale).to(dtype))  # each warpgroup writes the query rows it alone read
-    fence_async_shared()
-    tma.async_copy_shared_to_global(dq_desc, [q_row, 0], q_smem)
-    tma.store_wait(pendings=0)
+    _invalidate(k_bars, STAGES)
+    _invalidate(v_bars, STAGES)
+    _store_tile(dq_desc, q_row, q_smem, (dq * sm_scale).to(dtype))  # each warpgroup's rows: only it read them
+
+
+def _descriptor(t: torch.Tensor, block: int) -> TensorDescriptor:
+    """TMA descriptor of a contiguous (B, H, N, D) tensor seen as (B*H*N, D) rows, moved `block` rows at a time."""
+    B, H, N, D = t.shape
+    layout = gl.NVMMASharedLayout.get_default_for([block, D], gl.bfloat16 if t.dtype == torch.bfloat16 else gl.float16)
+    return TensorDescriptor(t.view(B * H * N, D), [B * H * N, D], [D, 1], [block, D], layout)
 
 
 def attention_fwd(q, k, v, causal, block=128, stages=3, num_warps=8, costliest_first=True):
@@ -355,12 +364,9 @@ def attention_fwd(q, k, v, causal, block=128, stages=3, num_warps=8, costliest_f
     assert N % block == 0 and D in (64, 128) and q.is_contiguous() and k.is_contiguous() and v.is_contiguous()
     o = torch.empty_like(q)
     lse = torch.empty(B, H, N, device=q.device, dtype=torch.float32)
-    dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-    layout = gl.NVMMASharedLayout.get_default_for([block, D], dtype)
-    desc = [TensorDescriptor(t.view(B * H * N, D), [B * H * N, D], [D, 1], [block, D], layout) for t in (q, k, v, o)]
-    attn_fwd_hopper[(N // block, B * H)](*desc, lse, N, LOG2E / math.sqrt(D), HEAD_D=D, BLOCK_M=block,
-                                         BLOCK_N=block, CAUSAL=causal, STAGES=stages, COSTLIEST_FIRST=costliest_first,
-                                         num_warps=num_warps)
+    attn_fwd_hopper[(N // block, B * H)](*(_descriptor(t, block) for t in (q, k, v, o)), lse, N, LOG2E / math.sqrt(D),
+                                         HEAD_D=D, BLOCK_M=block, BLOCK_N=block, CAUSAL=causal, STAGES=stages,
+                                         COSTLIEST_FIRST=costliest_first, num_warps=num_warps)
     return o, lse
 
 
@@ -369,16 +375,9 @@ def attention_bwd_kv(q, k, v, do, lse, delta, causal, block_m=64, block_n=128, s
     B, H, N, D = q.shape
     assert N % block_n == 0 and D == 64 and all(t.is_contiguous() for t in (q, k, v, do))
     dk, dv = torch.empty_like(k), torch.empty_like(v)
-    dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-    rows = gl.NVMMASharedLayout.get_default_for([block_m, D], dtype)
-    keys = gl.NVMMASharedLayout.get_default_for([block_n, D], dtype)
-
-    def desc(t, block, layout):
-        return TensorDescriptor(t.view(B * H * N, D), [B * H * N, D], [D, 1], [block, D], layout)
-
     attn_bwd_kv_hopper[(N // block_n, B * H)](
-        desc(q, block_m, rows), desc(k, block_n, keys), desc(v, block_n, keys), desc(do, block_m, rows),
-        desc(dk, block_n, keys), desc(dv, block_n, keys), lse.contiguous(), delta.contiguous(), N,
+        _descriptor(q, block_m), _descriptor(k, block_n), _descriptor(v, block_n), _descriptor(do, block_m),
+        _descriptor(dk, block_n), _descriptor(dv, block_n), lse.contiguous(), delta.contiguous(), N,
         LOG2E / math.sqrt(D), 1 / math.sqrt(D), HEAD_D=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
         STAGES=stages, num_warps=num_warps)
     return dk, dv
@@ -389,16 +388,9 @@ def attention_bwd_dq(q, k, v, do, lse, delta, causal, block_m=128, block_n=64, s
     B, H, N, D = q.shape
     assert N % block_m == 0 and D in (64, 128) and all(t.is_contiguous() for t in (q, k, v, do))
     dq = torch.empty_like(q)
-    dtype = gl.bfloat16 if q.dtype == torch.bfloat16 else gl.float16
-    rows = gl.NVMMASharedLayout.get_default_for([block_m, D], dtype)
-    keys = gl.NVMMASharedLayout.get_default_for([block_n, D], dtype)
-
-    def desc(t, block, layout):
-        return TensorDescriptor(t.view(B * H * N, D), [B * H * N, D], [D, 1], [block, D], layout)
-
     attn_bwd_dq_hopper[(N // block_m, B * H)](
-        desc(q, block_m, rows), desc(k, block_n, keys), desc(v, block_n, keys), desc(do, block_m, rows),
-        desc(dq, block_m, rows), lse.contiguous(), delta.contiguous(), N, LOG2E / math.sqrt(D), 1 / math.sqrt(D),
+        _descriptor(q, block_m), _descriptor(k, block_n), _descriptor(v, block_n), _descriptor(do, block_m),
+        _descriptor(dq, block_m), lse.contiguous(), delta.contiguous(), N, LOG2E / math.sqrt(D), 1 / math.sqrt(D),
         HEAD_D=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal, STAGES=stages, num_warps=num_warps)
     return dq
 

@@ -8,18 +8,23 @@ kernels.flash_attention and times itself beside our kernels and cuDNN.
     python docs/dev/gluon_attention_hopper.py --compile-only   # no GPU: compile every variant for sm_90 (faked driver)
 
 Compiled for sm_90 with triton 3.6, not yet run on a GPU. Forward, 8 warps: 251 registers at D = 64, 239 at D = 128,
-no spills, in grid order (the costliest-first order spills 168 bytes at D = 128; 4 warps spill). dK/dV pass (D = 64
-only: at 128 its two accumulators and four score tiles would not fit), 64 x 128 tiles, 8 warps: 242 registers. dQ
-pass, 128 x 64 tiles, 8 warps: 203 registers at D = 64, 244 at D = 128.
+no spills (4 warps spill; N // BLOCK_M - 1 - pid instead of num_programs - 1 - pid spilled 168 bytes at D = 128).
+dK/dV pass (D = 64 only: at 128 its two accumulators and four score tiles would not fit), 64 x 128 tiles, 8 warps:
+242 registers. dQ pass, 128 x 64 tiles, 8 warps: 203 registers at D = 64, 244 at D = 128.
 Triton 3.9 renamed tma.async_copy_global_to_shared to async_load.
 
 Scope: bf16/fp16, (B, H, N, D) contiguous, D in {64, 128}, N a multiple of the tile, causal or not, no dropout or
-block mask. K and V stream through a ring of STAGES shared-memory slots filled by TMA; 128 x 128 tiles, two
-warpgroups (8 warps) of 64 query rows each.
+block mask. The streamed operands go through a ring of STAGES shared-memory slots filled by TMA; two warpgroups
+(8 warps) split each tile's rows.
 """
 
 import math
+import os
+import re
+import shutil
 import sys
+import tempfile
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -103,8 +108,8 @@ def attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE, N, qk_scale,
                     STAGES: gl.constexpr, COSTLIEST_FIRST: gl.constexpr, num_warps: gl.constexpr):
     gl.static_assert(BLOCK_M == BLOCK_N, "causal tiles: one diagonal tile per query tile")
     gl.static_assert(STAGES >= 3, "tile j + 1 is loaded one iteration ahead, into the slot tile j - 2 freed")
-    if COSTLIEST_FIRST:  # the last query tiles of a causal head first (costs D = 128 some spills: measure both)
-        start_m = N // BLOCK_M - 1 - gl.program_id(0)
+    if COSTLIEST_FIRST:  # the last query tiles of a causal head first (the grid order may share K, V in L2 better)
+        start_m = gl.num_programs(0) - 1 - gl.program_id(0)
     else:
         start_m = gl.program_id(0)
     bh = gl.program_id(1)
@@ -396,29 +401,44 @@ def attention_bwd_dq(q, k, v, do, lse, delta, causal, block_m=128, block_n=64, s
 
 
 def compile_only() -> None:
-    """Compile every variant for sm_90 on a machine without a GPU (docs/dev/host_time_cpu.py's faked driver)."""
+    """Compile every variant for sm_90 on a machine without a GPU (docs/dev/host_time_cpu.py's faked driver); print
+    each kernel's registers and spill bytes (ptxas, via kernel_resources_cpu.py) and its wgmma waits (PTX)."""
+    dump = Path(tempfile.mkdtemp(prefix="gluon_dump_"))
+    os.environ.update(TRITON_KERNEL_DUMP="1", TRITON_DUMP_DIR=str(dump), TRITON_ALWAYS_COMPILE="1")
     sys.path.insert(0, str(Path(__file__).parent))
     from host_time_cpu import FakeHopper
+    from kernel_resources_cpu import resources
     from triton.runtime.driver import driver
 
     driver.set_active(FakeHopper())
+
+    def compiled(name: str, what: str, launch) -> None:
+        shutil.rmtree(dump, ignore_errors=True)
+        launch()
+        (cubin,) = dump.glob(f"*/{name}.cubin")
+        use = resources(cubin)
+        waits = re.findall(r"wgmma\.wait_group\.sync\.aligned (\d)", cubin.with_suffix(".ptx").read_text())
+        print(f"{what}: registers {use['REG']}, spill {use['STACK']} B, wgmma waits {' '.join(waits)}", flush=True)
+
+    def inputs(D):
+        return [torch.randn(1, 2, 1024, D, dtype=torch.bfloat16) for _ in range(4)] + [torch.zeros(1, 2, 1024)] * 2
+
     for D in (64, 128):
         for causal in (True, False):
             for stages in (3, 4) if D == 64 else (3,):  # D = 128 with 4 stages needs 288 KB of shared memory
-                q, k, v = (torch.randn(1, 2, 1024, D, dtype=torch.bfloat16) for _ in range(3))
-                attention_fwd(q, k, v, causal, stages=stages)
-                print(f"compiled forward D={D} causal={causal} stages={stages}", flush=True)
+                q, k, v, _, _, _ = inputs(D)
+                compiled("attn_fwd_hopper", f"forward D={D} causal={causal} stages={stages}",
+                         partial(attention_fwd, q, k, v, causal, stages=stages))
     for causal in (True, False):
         for stages in (3, 4):
-            q, k, v, do = (torch.randn(1, 2, 1024, 64, dtype=torch.bfloat16) for _ in range(4))
-            lse, delta = torch.zeros(1, 2, 1024), torch.zeros(1, 2, 1024)
-            attention_bwd_kv(q, k, v, do, lse, delta, causal, stages=stages)
-            print(f"compiled dK/dV pass D=64 causal={causal} stages={stages}", flush=True)
+            q, k, v, do, lse, delta = inputs(64)
+            compiled("attn_bwd_kv_hopper", f"dK/dV pass D=64 causal={causal} stages={stages}",
+                     partial(attention_bwd_kv, q, k, v, do, lse, delta, causal, stages=stages))
     for D in (64, 128):
         for causal in (True, False):
-            q, k, v, do = (torch.randn(1, 2, 1024, D, dtype=torch.bfloat16) for _ in range(4))
-            attention_bwd_dq(q, k, v, do, torch.zeros(1, 2, 1024), torch.zeros(1, 2, 1024), causal)
-            print(f"compiled dQ pass D={D} causal={causal}", flush=True)
+            q, k, v, do, lse, delta = inputs(D)
+            compiled("attn_bwd_dq_hopper", f"dQ pass D={D} causal={causal}",
+                     partial(attention_bwd_dq, q, k, v, do, lse, delta, causal))
 
 
 def check_and_time(D: int, N: int, causal: bool, stages: int, first: bool) -> str:

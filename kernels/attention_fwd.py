@@ -11,7 +11,7 @@ Features
 - Dropout inside the kernel (the paper's Algorithm 2) without storing a mask and without shuffling random bits
   into the tile's layout: every row and every column of a head has two random 32-bit keys (a (B*H, 4, N) tensor
   drawn from torch's generator per call, so torch.manual_seed reproduces a run), and element (row, col) is kept
-  iff a 32-bit hash of its row's and column's keys is >= p * 2^32 (p at 2^-24 resolution). The hash is a few
+  iff a 32-bit hash of its row's and column's keys is >= p * 2^32 (p at 2^-24 resolution). The hash is four
   integer operations per element, computed in whatever layout the tile already has, in either orientation, so the
   backward regenerates the same mask on transposed tiles; kept values are scaled by 1 / (1 - p).
 
@@ -56,14 +56,13 @@ def own_dropout_keys(KEYS, bh, offs, N, COLUMNS: tl.constexpr, DROPOUT: tl.const
 @triton.jit
 def dropout_keep(row_a, row_b, col_a, col_b, threshold):
     """Keep mask of the elements whose row and column keys are broadcast against each other here (rows x columns or
-    columns x rows alike), kernels/reference.py mirrors it in torch. Two multiply-xorshift rounds of row_a ^ col_a
-    (the rounds of the lowbias32 hash, C. Wellons' hash prospector, whose outer xorshifts change nothing here: the
-    keys are already uniform, and the comparison reads the top bits), then XOR row_b ^ col_b, so that two elements
-    whose first keys collide still draw differently. About eight integer operations per element."""
-    x = (row_a ^ col_a) * 0x7FEB352D
-    x ^= x >> 15
-    x *= 0x846CA68B
-    return (x ^ row_b ^ col_b) >= threshold
+    columns x rows alike), kernels/reference.py mirrors it in torch: one odd multiply of row_a ^ col_a (its top
+    bits, which the comparison reads, depend on every bit of the product's input), then XOR row_b ^ col_b, so that
+    two elements whose first keys collide still draw differently. Four integer operations per element, where
+    integer throughput (half the fp32 rate on Hopper) bounds the cost of dropout. The keys are uniform, so one round
+    suffices: elements of a row, of a column and of any 2 x 2 rectangle (where the row_a ^ col_a are linearly
+    related) come out independent (tests/test_flash_attention.py; 10^8 rectangles in docs/dev/kernel-notes.md)."""
+    return (((row_a ^ col_a) * 0x7FEB352D) ^ row_b ^ col_b) >= threshold
 
 
 @triton.jit

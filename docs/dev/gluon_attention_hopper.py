@@ -1,21 +1,20 @@
-"""Prototype: the attention forward and both backward passes (dQ; dK, dV) in Gluon for Hopper, with the score
-products of the next tile in flight while the softmax (or the dS arithmetic) of the current one runs
-(FlashAttention-3's intra-warpgroup overlap), which Triton's tl.dot does not do on sm_90 (docs/dev/kernel-notes.md,
-fifth session). Experiment, not part of the library: it checks itself against an fp32 reference beside
-kernels.flash_attention and times itself beside our kernels and cuDNN.
+"""Prototype: the attention forward and both backward passes (dQ; dK, dV) in Gluon for Hopper, in
+FlashAttention-3's structure: a load partition streams tiles by TMA into a ring of shared-memory slots, two
+consumer warpgroups own half a tile's rows each (registers reallocated 24 / 240 / 240); in the forward each consumer
+also overlaps the softmax of S_j with P_{j-1} V_{j-1} (docs/dev/kernel-notes.md, sixth session). Experiment: it
+checks itself against an fp32 reference beside kernels.flash_attention and times itself beside our kernels and
+cuDNN. The forward's specialised build is the library's kernels/attention_fwd_hopper.py (branch candidate-gluon).
 
-    python docs/dev/gluon_attention_hopper.py                  # a Hopper GPU, triton 3.6 (triton.experimental.gluon)
+    python docs/dev/gluon_attention_hopper.py [--backward]     # a Hopper GPU, triton 3.6 (triton.experimental.gluon)
     python docs/dev/gluon_attention_hopper.py --compile-only   # no GPU: compile every variant for sm_90 (faked driver)
 
-Compiled for sm_90 with triton 3.6, not yet run on a GPU. Forward, 8 warps: 251 registers at D = 64, 239 at D = 128,
-no spills (4 warps spill; N // BLOCK_M - 1 - pid instead of num_programs - 1 - pid spilled 168 bytes at D = 128).
-dK/dV pass (D = 64 only: at 128 its two accumulators and four score tiles would not fit), 64 x 128 tiles, 8 warps:
-242 registers. dQ pass, 128 x 64 tiles, 8 warps: 203 registers at D = 64, 244 at D = 128.
-Triton 3.9 renamed tma.async_copy_global_to_shared to async_load.
+Measured on the H200 (sixth session): the forward, specialised, 3 slots, causal 16K: D = 128 1.26 ms (cuDNN 1.46),
+D = 64 0.97 (cuDNN 0.97). The backward passes here are the specialised rewrite, compiled (triton 3.6, sm_90a,
+pipelined; the dK/dV pass spills 8 bytes at D = 128), not yet run; the first, unspecialised versions ran at
+0.54-0.84x our Triton passes' speed. Triton 3.9 renamed tma.async_copy_global_to_shared to async_load.
 
 Scope: bf16/fp16, (B, H, N, D) contiguous, D in {64, 128}, N a multiple of the tile, causal or not, no dropout or
-block mask. The streamed operands go through a ring of STAGES shared-memory slots filled by TMA; two warpgroups
-(8 warps) split each tile's rows.
+block mask.
 """
 
 import math
@@ -45,6 +44,8 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 LOG2E = 1.4426950408889634
 # (specialised, ring slots) per head dim. D = 128: Q and 3 slots of K and V fill 224 KB of shared memory.
+# The dK/dV pass's query tile per head dim (key tile 128, a warpgroup on each half).
+KV_BLOCK_M = {64: (64,), 128: (64,)}  # 128 x 128 at D = 64: ptxas serialises it
 FWD_VARIANTS = {64: [(False, 3), (True, 2), (True, 3), (True, 4)], 128: [(False, 3), (True, 2), (True, 3)]}
 
 
@@ -253,176 +254,217 @@ def attn_fwd_hopper_ws(q_desc, k_desc, v_desc, o_desc, LSE, N, qk_scale, HEAD_D:
 
 
 @gluon.jit
-def _load_rows(q_desc, do_desc, q_smem, do_smem, bars, row, tile, STAGES: gl.constexpr, pred):
-    """TMA of query tile `tile` of Q and dO (rows row .. row + BLOCK_M of this head) into its ring slot."""
-    slot = tile % STAGES
-    mbarrier.expect(bars.index(slot), q_desc.block_type.nbytes + do_desc.block_type.nbytes, pred=pred)
-    tma.async_copy_global_to_shared(q_desc, [row, 0], bars.index(slot), q_smem.index(slot), pred=pred)
-    tma.async_copy_global_to_shared(do_desc, [row, 0], bars.index(slot), do_smem.index(slot), pred=pred)
+def _kv_program(N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """(key tile, batch*head, first query tile, query tiles, of which the first n_masked straddle the diagonal)."""
+    start_n = gl.program_id(0)  # causal: the first key tiles see the most query tiles, so they start first
+    lo = 0
+    n_masked = 0
+    if CAUSAL:
+        lo = start_n * (BLOCK_N // BLOCK_M)
+        n_masked = BLOCK_N // BLOCK_M
+    return start_n, gl.program_id(1), lo, N // BLOCK_M - lo, n_masked
 
 
 @gluon.jit
-def _kv_step(sT, dpT, dk, dv, q_tile, do_tile, LSE, Delta, m, offs_n, qk_scale, dtype: gl.constexpr,
-             cols_t: gl.constexpr, a_layout: gl.constexpr, BLOCK_M: gl.constexpr, CAUSAL: gl.constexpr, masked):
-    """One query tile's share of dV += P^T dO and dK += dS^T Q, on transposed tiles (keys x queries); issues the
-    two products asynchronously."""
-    offs_m = m * BLOCK_M + gl.arange(0, BLOCK_M, layout=cols_t)
+def _bwd_kv_loads(q_desc, k_desc, v_desc, do_desc, k_smem, v_smem, kv_bar, ring, N, CAUSAL: gl.constexpr):
+    """The dK/dV pass's load partition: the key tile's K and V once, then Q and dO of every query tile it meets."""
+    q_smem, do_smem, ready, empty = ring
+    STAGES: gl.constexpr = q_smem.shape[0]
+    BLOCK_M: gl.constexpr = q_smem.shape[1]
+    BLOCK_N: gl.constexpr = k_smem.shape[0]
+    start_n, bh, lo, n_tiles, n_masked = _kv_program(N, BLOCK_M, BLOCK_N, CAUSAL)
+    mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [bh * N + start_n * BLOCK_N, 0], kv_bar, k_smem)
+    tma.async_copy_global_to_shared(v_desc, [bh * N + start_n * BLOCK_N, 0], kv_bar, v_smem)
+    for i in range(n_tiles):
+        slot = i % STAGES
+        mbarrier.wait(empty.index(slot), ((i // STAGES) & 1) ^ 1)
+        mbarrier.expect(ready.index(slot), q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+        row = bh * N + (lo + i) * BLOCK_M
+        tma.async_copy_global_to_shared(q_desc, [row, 0], ready.index(slot), q_smem.index(slot))
+        tma.async_copy_global_to_shared(do_desc, [row, 0], ready.index(slot), do_smem.index(slot))
+
+
+@gluon.jit
+def _kv_tile(i, dk, dv, k_rows, v_rows, ring, LSE, Delta, m, offs_n, qk_scale, t_layout: gl.constexpr,
+             a_layout: gl.constexpr, MASK: gl.constexpr):
+    """Query tile i (m within the head): S^T and dP^T, then dV += P^T dO and dK += dS^T Q issued asynchronously;
+    they run while this warpgroup waits for the next tile's S^T (the other warpgroup's elementwise work fills the
+    gap). Frees query tile i - 1's slot, whose products the wait retired."""
+    q_smem, do_smem, ready, empty = ring
+    STAGES: gl.constexpr = q_smem.shape[0]
+    BLOCK_M: gl.constexpr = q_smem.shape[1]
+    ROWS: gl.constexpr = k_rows.shape[0]
+    slot = i % STAGES
+    mbarrier.wait(ready.index(slot), (i // STAGES) & 1)
+    zero = gl.zeros([ROWS, BLOCK_M], gl.float32, layout=t_layout)
+    sT = warpgroup_mma(k_rows, q_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
+    dpT = warpgroup_mma(v_rows, do_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
+    sT, dpT, dk, dv = warpgroup_mma_wait(0, deps=(sT, dpT, dk, dv))
+    mbarrier.arrive(empty.index((i + STAGES - 1) % STAGES), count=1, pred=i > 0)
+    offs_m = m * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, t_layout))
     pT = gl.exp2(sT * qk_scale - gl.load(LSE + offs_m)[None, :])
-    if CAUSAL:
-        if masked:
-            pT = gl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
+    if MASK:
+        pT = gl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
     dsT = pT * (dpT - gl.load(Delta + offs_m)[None, :])
-    dv = warpgroup_mma(gl.convert_layout(pT.to(dtype), a_layout), do_tile, dv, is_async=True)
-    dk = warpgroup_mma(gl.convert_layout(dsT.to(dtype), a_layout), q_tile, dk, is_async=True)
+    dv = warpgroup_mma(gl.convert_layout(pT.to(k_rows.dtype), a_layout), do_smem.index(slot), dv, is_async=True)
+    dk = warpgroup_mma(gl.convert_layout(dsT.to(k_rows.dtype), a_layout), q_smem.index(slot), dk, is_async=True)
     return dk, dv
+
+
+@gluon.jit
+def _bwd_kv_consumer(dk_desc, dv_desc, k_smem, v_smem, kv_bar, ring, LSE, Delta, N, qk_scale, sm_scale,
+                     HEAD_D: gl.constexpr, CAUSAL: gl.constexpr, WG: gl.constexpr):
+    """dK, dV of rows WG * BLOCK_N / 2 .. of the key tile, over every query tile from the diagonal on."""
+    q_smem, do_smem, ready, empty = ring
+    BLOCK_M: gl.constexpr = q_smem.shape[1]
+    BLOCK_N: gl.constexpr = k_smem.shape[0]
+    ROWS: gl.constexpr = BLOCK_N // 2
+    t_layout: gl.constexpr = mma_layout(4, BLOCK_M)
+    g_layout: gl.constexpr = mma_layout(4, HEAD_D)
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=g_layout, k_width=2)
+    start_n, bh, lo, n_tiles, n_masked = _kv_program(N, BLOCK_M, BLOCK_N, CAUSAL)
+    k_rows, v_rows = k_smem.slice(WG * ROWS, ROWS), v_smem.slice(WG * ROWS, ROWS)
+    offs_n = start_n * BLOCK_N + WG * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, t_layout))
+    LSE += bh * N
+    Delta += bh * N
+    dk = warpgroup_mma_init(gl.zeros([ROWS, HEAD_D], gl.float32, layout=g_layout))  # in flight across tiles
+    dv = warpgroup_mma_init(gl.zeros([ROWS, HEAD_D], gl.float32, layout=g_layout))
+    mbarrier.wait(kv_bar, 0)
+    for i in range(0, n_masked):
+        dk, dv = _kv_tile(i, dk, dv, k_rows, v_rows, ring, LSE, Delta, lo + i, offs_n, qk_scale, t_layout, a_layout,
+                          True)
+    for i in range(n_masked, n_tiles):
+        dk, dv = _kv_tile(i, dk, dv, k_rows, v_rows, ring, LSE, Delta, lo + i, offs_n, qk_scale, t_layout, a_layout,
+                          False)
+    dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))
+    row = bh * N + start_n * BLOCK_N + WG * ROWS
+    _store_tile(dk_desc, row, k_rows, (dk * sm_scale).to(k_smem.dtype))  # through its own K rows: only it read them
+    _store_tile(dv_desc, row, v_rows, dv.to(v_smem.dtype))
 
 
 @gluon.jit
 def attn_bwd_kv_hopper(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, Delta, N, qk_scale, sm_scale,
                        HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
-                       STAGES: gl.constexpr, num_warps: gl.constexpr):
-    """dK, dV of one key tile (FlashAttention-2's key-tile pass), with S^T and dP^T of query tile i + 1 in flight
-    while tile i's elementwise work runs. LSE, Delta: (B*H*N,) fp32 (base-2 log-sum-exp, rowsum(dO * O))."""
-    gl.static_assert(STAGES >= 3, "tile i + 1 is loaded one iteration ahead, into the slot tile i - 2 freed")
-    start_n = gl.program_id(0)  # causal: the first key tiles see the most query tiles, so they start first
-    bh = gl.program_id(1)
-    head_row = bh * N
+                       STAGES: gl.constexpr):
+    """dK, dV of one key tile (FlashAttention-2's key-tile pass), warp-specialised as the forward: a load partition
+    streams Q and dO, two consumer warpgroups own half the key rows each. LSE, Delta: (B*H*N,) fp32 (base-2
+    log-sum-exp, rowsum(dO * O))."""
+    gl.static_assert(BLOCK_N % BLOCK_M == 0, "causal: the key tile's diagonal on query tile edges")
     dtype: gl.constexpr = q_desc.dtype
-    LSE += bh * N
-    Delta += bh * N
-
-    t_layout: gl.constexpr = mma_layout(num_warps, BLOCK_M)
-    g_layout: gl.constexpr = mma_layout(num_warps, HEAD_D)
-    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=g_layout, k_width=2)
-    cols_t: gl.constexpr = gl.SliceLayout(0, t_layout)
-    offs_n = start_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, t_layout))
-
     k_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_D], k_desc.layout)
     v_smem = gl.allocate_shared_memory(dtype, [BLOCK_N, HEAD_D], v_desc.layout)
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_D], q_desc.layout)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_D], do_desc.layout)
     kv_bar = _barriers(1).index(0)
-    bars = _barriers(STAGES)
-
-    if CAUSAL:  # query tiles from the diagonal on; the first BLOCK_N // BLOCK_M straddle it
-        lo = start_n * (BLOCK_N // BLOCK_M)
-    else:
-        lo = 0
-    diag_end = lo + BLOCK_N // BLOCK_M
-    n_tiles = N // BLOCK_M - lo
-    mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(k_desc, [head_row + start_n * BLOCK_N, 0], kv_bar, k_smem)
-    tma.async_copy_global_to_shared(v_desc, [head_row + start_n * BLOCK_N, 0], kv_bar, v_smem)
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
-        _load_rows(q_desc, do_desc, q_smem, do_smem, bars, head_row + (lo + i) * BLOCK_M, i, STAGES, i < n_tiles)
+        mbarrier.init(empty.index(i), count=2)  # one arrival per consumer warpgroup
+    ring = (q_smem, do_smem, _barriers(STAGES), empty)
+    gl.warp_specialize([(_bwd_kv_loads, (q_desc, k_desc, v_desc, do_desc, k_smem, v_smem, kv_bar, ring, N, CAUSAL)),
+                        (_bwd_kv_consumer, (dk_desc, dv_desc, k_smem, v_smem, kv_bar, ring, LSE, Delta, N, qk_scale,
+                                            sm_scale, HEAD_D, CAUSAL, 0)),
+                        (_bwd_kv_consumer, (dk_desc, dv_desc, k_smem, v_smem, kv_bar, ring, LSE, Delta, N, qk_scale,
+                                            sm_scale, HEAD_D, CAUSAL, 1))], [4, 4], [240, 240])
 
-    dk = warpgroup_mma_init(gl.zeros([BLOCK_N, HEAD_D], gl.float32, layout=g_layout))
-    dv = warpgroup_mma_init(gl.zeros([BLOCK_N, HEAD_D], gl.float32, layout=g_layout))
-    t_zero = gl.zeros([BLOCK_N, BLOCK_M], gl.float32, layout=t_layout)
 
-    mbarrier.wait(kv_bar, 0)
-    mbarrier.wait(bars.index(0), 0)
-    sT = warpgroup_mma(k_smem, q_smem.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
-    dpT = warpgroup_mma(v_smem, do_smem.index(0).permute((1, 0)), t_zero, use_acc=False, is_async=True)
-    sT, dpT = warpgroup_mma_wait(0, deps=(sT, dpT))
-    for i in range(0, n_tiles - 1):
-        nxt = i + 1
-        mbarrier.wait(bars.index(nxt % STAGES), (nxt // STAGES) & 1)
-        sT_next = warpgroup_mma(k_smem, q_smem.index(nxt % STAGES).permute((1, 0)), t_zero, use_acc=False,
-                                is_async=True)
-        dpT_next = warpgroup_mma(v_smem, do_smem.index(nxt % STAGES).permute((1, 0)), t_zero, use_acc=False,
-                                 is_async=True)
-        dk, dv = _kv_step(sT, dpT, dk, dv, q_smem.index(i % STAGES), do_smem.index(i % STAGES), LSE, Delta, lo + i,
-                          offs_n, qk_scale, dtype, cols_t, a_layout, BLOCK_M, CAUSAL, lo + i < diag_end)
-        # in flight: S^T, dP^T of tile i + 1, then dV, dK of tile i: the first two are done
-        sT, dpT = warpgroup_mma_wait(2, deps=(sT_next, dpT_next))
-        # tile i - 1's products finished before tile i + 1's started: its slot takes tile i - 1 + STAGES
-        refill = i - 1 + STAGES
-        _load_rows(q_desc, do_desc, q_smem, do_smem, bars, head_row + (lo + refill) * BLOCK_M, refill, STAGES,
-                   (i >= 1) & (refill < n_tiles))
-    last = n_tiles - 1
-    dk, dv = _kv_step(sT, dpT, dk, dv, q_smem.index(last % STAGES), do_smem.index(last % STAGES), LSE, Delta,
-                      lo + last, offs_n, qk_scale, dtype, cols_t, a_layout, BLOCK_M, CAUSAL, lo + last < diag_end)
-    dk, dv = warpgroup_mma_wait(0, deps=(dk, dv))
+@gluon.jit
+def _dq_program(N, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr):
+    """(query tile, batch*head, key tiles, of which the last n_masked straddle the diagonal)."""
+    start_m = gl.num_programs(0) - 1 - gl.program_id(0)  # causal: the longest rows first
+    n_tiles = N // BLOCK_N
+    n_masked = 0
+    if CAUSAL:
+        n_tiles = (start_m + 1) * (BLOCK_M // BLOCK_N)
+        n_masked = BLOCK_M // BLOCK_N
+    return start_m, gl.program_id(1), n_tiles, n_masked
 
-    mbarrier.invalidate(kv_bar)
-    _invalidate(bars, STAGES)
-    _store_tile(dk_desc, head_row + start_n * BLOCK_N, k_smem, (dk * sm_scale).to(dtype))  # rows only it read
-    _store_tile(dv_desc, head_row + start_n * BLOCK_N, v_smem, dv.to(dtype))
+
+@gluon.jit
+def _bwd_dq_loads(q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, q_bar, ring, N, CAUSAL: gl.constexpr):
+    """The dQ pass's load partition: the query tile's Q and dO once, then K and V of every key tile it meets."""
+    k_smem, v_smem, k_ready, v_ready, empty = ring
+    STAGES: gl.constexpr = k_smem.shape[0]
+    BLOCK_N: gl.constexpr = k_smem.shape[1]
+    BLOCK_M: gl.constexpr = q_smem.shape[0]
+    start_m, bh, n_tiles, n_masked = _dq_program(N, BLOCK_M, BLOCK_N, CAUSAL)
+    mbarrier.expect(q_bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [bh * N + start_m * BLOCK_M, 0], q_bar, q_smem)
+    tma.async_copy_global_to_shared(do_desc, [bh * N + start_m * BLOCK_M, 0], q_bar, do_smem)
+    for j in range(n_tiles):
+        mbarrier.wait(empty.index(j % STAGES), ((j // STAGES) & 1) ^ 1)
+        _load_kv(k_desc, v_desc, k_smem, v_smem, k_ready, v_ready, bh * N + j * BLOCK_N, j, STAGES, True)
+
+
+@gluon.jit
+def _dq_tile(j, dq, q_rows, do_rows, ring, lse, delta, offs_m, qk_scale, s_layout: gl.constexpr,
+             a_layout: gl.constexpr, MASK: gl.constexpr):
+    """Key tile j: S and dP, then dQ += dS K issued asynchronously (it runs while the next tile's S waits). Frees
+    key tile j - 1's slot, whose products the wait retired."""
+    k_smem, v_smem, k_ready, v_ready, empty = ring
+    STAGES: gl.constexpr = k_smem.shape[0]
+    BLOCK_N: gl.constexpr = k_smem.shape[1]
+    ROWS: gl.constexpr = q_rows.shape[0]
+    slot = j % STAGES
+    mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
+    mbarrier.wait(v_ready.index(slot), (j // STAGES) & 1)
+    zero = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout)
+    s = warpgroup_mma(q_rows, k_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
+    dp = warpgroup_mma(do_rows, v_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
+    s, dp, dq = warpgroup_mma_wait(0, deps=(s, dp, dq))
+    mbarrier.arrive(empty.index((j + STAGES - 1) % STAGES), count=1, pred=j > 0)
+    p = gl.exp2(s * qk_scale - lse[:, None])
+    if MASK:
+        offs_n = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
+        p = gl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
+    ds = p * (dp - delta[:, None])
+    return warpgroup_mma(gl.convert_layout(ds.to(q_rows.dtype), a_layout), k_smem.index(slot), dq, is_async=True)
+
+
+@gluon.jit
+def _bwd_dq_consumer(dq_desc, q_smem, do_smem, q_bar, ring, LSE, Delta, N, qk_scale, sm_scale, HEAD_D: gl.constexpr,
+                     CAUSAL: gl.constexpr, WG: gl.constexpr):
+    """dQ of rows WG * BLOCK_M / 2 .. of the query tile, over every key tile up to the diagonal (the last masked)."""
+    BLOCK_M: gl.constexpr = q_smem.shape[0]
+    BLOCK_N: gl.constexpr = ring[0].shape[1]
+    ROWS: gl.constexpr = BLOCK_M // 2
+    s_layout: gl.constexpr = mma_layout(4, BLOCK_N)
+    g_layout: gl.constexpr = mma_layout(4, HEAD_D)
+    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=g_layout, k_width=2)
+    start_m, bh, n_tiles, n_masked = _dq_program(N, BLOCK_M, BLOCK_N, CAUSAL)
+    q_rows, do_rows = q_smem.slice(WG * ROWS, ROWS), do_smem.slice(WG * ROWS, ROWS)
+    offs_m = start_m * BLOCK_M + WG * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
+    lse = gl.load(LSE + bh * N + offs_m)
+    delta = gl.load(Delta + bh * N + offs_m)
+    dq = warpgroup_mma_init(gl.zeros([ROWS, HEAD_D], gl.float32, layout=g_layout))  # in flight across tiles
+    mbarrier.wait(q_bar, 0)
+    for j in range(0, n_tiles - n_masked):
+        dq = _dq_tile(j, dq, q_rows, do_rows, ring, lse, delta, offs_m, qk_scale, s_layout, a_layout, False)
+    for j in range(n_tiles - n_masked, n_tiles):
+        dq = _dq_tile(j, dq, q_rows, do_rows, ring, lse, delta, offs_m, qk_scale, s_layout, a_layout, True)
+    dq = warpgroup_mma_wait(0, deps=(dq, ))
+    _store_tile(dq_desc, bh * N + start_m * BLOCK_M + WG * ROWS, q_rows, (dq * sm_scale).to(q_smem.dtype))
 
 
 @gluon.jit
 def attn_bwd_dq_hopper(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, Delta, N, qk_scale, sm_scale,
                        HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, CAUSAL: gl.constexpr,
-                       STAGES: gl.constexpr, num_warps: gl.constexpr):
-    """dQ of one query tile (the deterministic backward's first pass), with S and dP of key tile j + 1 in flight
-    while tile j's dS arithmetic runs and its dQ product is issued."""
-    gl.static_assert(STAGES >= 3, "tile j + 1 is loaded one iteration ahead, into the slot tile j - 2 freed")
-    start_m = gl.program_id(0)
-    bh = gl.program_id(1)
-    head_row = bh * N
-    q_row = head_row + start_m * BLOCK_M
-    dtype: gl.constexpr = q_desc.dtype
-
-    s_layout: gl.constexpr = mma_layout(num_warps, BLOCK_N)
-    g_layout: gl.constexpr = mma_layout(num_warps, HEAD_D)
-    a_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=g_layout, k_width=2)
-    rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    offs_m = start_m * BLOCK_M + gl.arange(0, BLOCK_M, layout=rows_s)
-    lse = gl.load(LSE + bh * N + offs_m)
-    delta = gl.load(Delta + bh * N + offs_m)
-
-    q_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_D], q_desc.layout)
-    do_smem = gl.allocate_shared_memory(dtype, [BLOCK_M, HEAD_D], do_desc.layout)
+                       STAGES: gl.constexpr):
+    """dQ of one query tile (the two-pass backward's first pass), warp-specialised as the forward."""
+    gl.static_assert(BLOCK_M % BLOCK_N == 0, "causal: the query tile's diagonal on key tile edges")
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M, HEAD_D], q_desc.layout)
+    do_smem = gl.allocate_shared_memory(do_desc.dtype, [BLOCK_M, HEAD_D], do_desc.layout)
     q_bar = _barriers(1).index(0)
-    k_smem, v_smem, k_bars, v_bars = _kv_ring(k_desc, v_desc, STAGES)
-
-    if CAUSAL:  # key tiles up to the diagonal; the last BLOCK_M // BLOCK_N straddle it
-        n_tiles = (start_m + 1) * (BLOCK_M // BLOCK_N)
-    else:
-        n_tiles = N // BLOCK_N
-    first_masked = n_tiles - BLOCK_M // BLOCK_N
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(q_desc, [q_row, 0], q_bar, q_smem)
-    tma.async_copy_global_to_shared(do_desc, [q_row, 0], q_bar, do_smem)
+    k_smem, v_smem, k_ready, v_ready = _kv_ring(k_desc, v_desc, STAGES)
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(STAGES):
-        _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, head_row + i * BLOCK_N, i, STAGES, i < n_tiles)
-
-    dq = warpgroup_mma_init(gl.zeros([BLOCK_M, HEAD_D], gl.float32, layout=g_layout))
-    s_zero = gl.zeros([BLOCK_M, BLOCK_N], gl.float32, layout=s_layout)
-
-    mbarrier.wait(q_bar, 0)
-    mbarrier.wait(k_bars.index(0), 0)
-    mbarrier.wait(v_bars.index(0), 0)
-    s = warpgroup_mma(q_smem, k_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    dp = warpgroup_mma(do_smem, v_smem.index(0).permute((1, 0)), s_zero, use_acc=False, is_async=True)
-    s, dp = warpgroup_mma_wait(0, deps=(s, dp))
-    for j in range(0, n_tiles):
-        nxt = gl.minimum(j + 1, n_tiles - 1)  # the last iteration recomputes its own tile's products, unused
-        mbarrier.wait(k_bars.index(nxt % STAGES), (nxt // STAGES) & 1)
-        mbarrier.wait(v_bars.index(nxt % STAGES), (nxt // STAGES) & 1)
-        s_next = warpgroup_mma(q_smem, k_smem.index(nxt % STAGES).permute((1, 0)), s_zero, use_acc=False,
-                               is_async=True)
-        dp_next = warpgroup_mma(do_smem, v_smem.index(nxt % STAGES).permute((1, 0)), s_zero, use_acc=False,
-                                is_async=True)
-        p = gl.exp2(s * qk_scale - lse[:, None])
-        if CAUSAL:
-            if j >= first_masked:
-                offs_n = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, s_layout))
-                p = gl.where(offs_m[:, None] >= offs_n[None, :], p, 0.0)
-        ds = p * (dp - delta[:, None])
-        dq = warpgroup_mma(gl.convert_layout(ds.to(dtype), a_layout), k_smem.index(j % STAGES), dq, is_async=True)
-        # in flight: S, dP of tile j + 1, then dQ of tile j: the first two are done
-        s, dp = warpgroup_mma_wait(1, deps=(s_next, dp_next))
-        refill = j - 1 + STAGES  # tile j - 1's products finished before tile j + 1's started
-        _load_kv(k_desc, v_desc, k_smem, v_smem, k_bars, v_bars, head_row + refill * BLOCK_N, refill, STAGES,
-                 (j >= 1) & (refill < n_tiles))
-    dq = warpgroup_mma_wait(0, deps=(dq, ))
-
-    mbarrier.invalidate(q_bar)
-    _invalidate(k_bars, STAGES)
-    _invalidate(v_bars, STAGES)
-    _store_tile(dq_desc, q_row, q_smem, (dq * sm_scale).to(dtype))  # each warpgroup's rows: only it read them
+        mbarrier.init(empty.index(i), count=2)  # one arrival per consumer warpgroup
+    ring = (k_smem, v_smem, k_ready, v_ready, empty)
+    gl.warp_specialize([(_bwd_dq_loads, (q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, q_bar, ring, N, CAUSAL)),
+                        (_bwd_dq_consumer, (dq_desc, q_smem, do_smem, q_bar, ring, LSE, Delta, N, qk_scale, sm_scale,
+                                            HEAD_D, CAUSAL, 0)),
+                        (_bwd_dq_consumer, (dq_desc, q_smem, do_smem, q_bar, ring, LSE, Delta, N, qk_scale, sm_scale,
+                                            HEAD_D, CAUSAL, 1))], [4, 4], [240, 240])
 
 
 def _descriptor(t: torch.Tensor, block: int) -> TensorDescriptor:
@@ -449,28 +491,29 @@ def attention_fwd(q, k, v, causal, block=128, stages=3, specialised=True):
     return o, lse
 
 
-def attention_bwd_kv(q, k, v, do, lse, delta, causal, block_m=64, block_n=128, stages=3, num_warps=8):
+def attention_bwd_kv(q, k, v, do, lse, delta, causal, block_m=64, block_n=128, stages=3):
     """(dk, dv) for (B, H, N, D) contiguous q, k, v, dO, the forward's lse (base 2) and delta = rowsum(dO * O)."""
     B, H, N, D = q.shape
-    assert N % block_n == 0 and D == 64 and all(t.is_contiguous() for t in (q, k, v, do))
+    assert N % block_n == 0 and D in (64, 128) and all(t.is_contiguous() for t in (q, k, v, do))
     dk, dv = torch.empty_like(k), torch.empty_like(v)
     attn_bwd_kv_hopper[(N // block_n, B * H)](
         _descriptor(q, block_m), _descriptor(k, block_n), _descriptor(v, block_n), _descriptor(do, block_m),
-        _descriptor(dk, block_n), _descriptor(dv, block_n), lse.contiguous(), delta.contiguous(), N,
+        _descriptor(dk, block_n // 2), _descriptor(dv, block_n // 2), lse.contiguous(), delta.contiguous(), N,
         LOG2E / math.sqrt(D), 1 / math.sqrt(D), HEAD_D=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal,
-        STAGES=stages, num_warps=num_warps)
+        STAGES=stages, num_warps=4, maxnreg=168)
     return dk, dv
 
 
-def attention_bwd_dq(q, k, v, do, lse, delta, causal, block_m=128, block_n=64, stages=3, num_warps=8):
+def attention_bwd_dq(q, k, v, do, lse, delta, causal, block_m=128, block_n=64, stages=3):
     """dQ for (B, H, N, D) contiguous q, k, v, dO, the forward's lse (base 2) and delta = rowsum(dO * O)."""
     B, H, N, D = q.shape
     assert N % block_m == 0 and D in (64, 128) and all(t.is_contiguous() for t in (q, k, v, do))
     dq = torch.empty_like(q)
     attn_bwd_dq_hopper[(N // block_m, B * H)](
         _descriptor(q, block_m), _descriptor(k, block_n), _descriptor(v, block_n), _descriptor(do, block_m),
-        _descriptor(dq, block_m), lse.contiguous(), delta.contiguous(), N, LOG2E / math.sqrt(D), 1 / math.sqrt(D),
-        HEAD_D=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal, STAGES=stages, num_warps=num_warps)
+        _descriptor(dq, block_m // 2), lse.contiguous(), delta.contiguous(), N, LOG2E / math.sqrt(D),
+        1 / math.sqrt(D), HEAD_D=D, BLOCK_M=block_m, BLOCK_N=block_n, CAUSAL=causal, STAGES=stages, num_warps=4,
+        maxnreg=168)
     return dq
 
 
@@ -512,15 +555,14 @@ def compile_only() -> None:
                 compiled("attn_fwd_hopper_ws" if specialised else "attn_fwd_hopper",
                          f"forward D={D} causal={causal} specialised={specialised} stages={stages}",
                          partial(attention_fwd, q, k, v, causal, stages=stages, specialised=specialised))
-    for causal in (True, False):
-        for stages in (3, 4):
-            q, k, v, do, lse, delta = inputs(64)
-            compiled("attn_bwd_kv_hopper", f"dK/dV pass D=64 causal={causal} stages={stages}",
-                     partial(attention_bwd_kv, q, k, v, do, lse, delta, causal, stages=stages))
     for D in (64, 128):
         for causal in (True, False):
+            for block_m in KV_BLOCK_M[D]:
+                q, k, v, do, lse, delta = inputs(D)
+                compiled("attn_bwd_kv_hopper", f"dK/dV pass D={D} causal={causal} tiles {block_m}x128",
+                         partial(attention_bwd_kv, q, k, v, do, lse, delta, causal, block_m=block_m))
             q, k, v, do, lse, delta = inputs(D)
-            compiled("attn_bwd_dq_hopper", f"dQ pass D={D} causal={causal}",
+            compiled("attn_bwd_dq_hopper", f"dQ pass D={D} causal={causal} tiles 128x64",
                      partial(attention_bwd_dq, q, k, v, do, lse, delta, causal))
 
 
@@ -544,7 +586,7 @@ def check_and_time(D: int, N: int, causal: bool, stages: int, specialised: bool)
 
 
 def check_and_time_bwd(D: int, N: int, causal: bool) -> str:
-    """dQ (and, at D = 64, dK and dV) against an fp32 reference, ours beside it; each pass's time beside our kernel
+    """dQ, dK and dV against an fp32 reference, ours beside it; each pass's time beside our kernel
     for it (torch.profiler over our whole backward). Uses our forward's O and LSE, so that only the pass is tested."""
     from torch.profiler import ProfilerActivity, profile
 
@@ -559,9 +601,8 @@ def check_and_time_bwd(D: int, N: int, causal: bool) -> str:
     ours = torch.autograd.grad(flash_attention(*y, causal=causal), y, do)
     o, lse = ours_fwd(q, k, v, None, [], 0, causal, 0.0, 1 / math.sqrt(D), True)
     delta = (o.float() * do.float()).sum(-1)
-    passes = {"dq": lambda: (attention_bwd_dq(q, k, v, do, lse, delta, causal), )}
-    if D == 64:
-        passes["kv"] = lambda: attention_bwd_kv(q, k, v, do, lse, delta, causal)
+    passes = {"dq": lambda: (attention_bwd_dq(q, k, v, do, lse, delta, causal), ),
+              "kv": lambda: attention_bwd_kv(q, k, v, do, lse, delta, causal)}
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(10):
             torch.autograd.grad(flash_attention(*y, causal=causal), y, do)

@@ -56,11 +56,11 @@ def mma_layout(num_warps, n):
 
 
 @gluon.jit
-def _barriers(COUNT: gl.constexpr):
-    """COUNT mbarriers, each completed by one TMA transaction (its expected bytes)."""
+def _barriers(COUNT: gl.constexpr, ARRIVALS: gl.constexpr = 1):
+    """COUNT mbarriers, each completed by ARRIVALS arrivals (a TMA transaction counts as one)."""
     bars = gl.allocate_shared_memory(gl.int64, [COUNT, 1], mbarrier.MBarrierLayout())
     for i in gl.static_range(COUNT):
-        mbarrier.init(bars.index(i), count=1)
+        mbarrier.init(bars.index(i), count=ARRIVALS)
     return bars
 
 
@@ -239,9 +239,7 @@ def attn_fwd_hopper_ws(q_desc, k_desc, v_desc, o_desc, LSE, N, qk_scale, HEAD_D:
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK_M, HEAD_D], q_desc.layout)
     q_bar = _barriers(1).index(0)
     k_smem, v_smem, k_ready, v_ready = _kv_ring(k_desc, v_desc, STAGES)
-    kv_empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(kv_empty.index(i), count=2)  # one arrival per consumer warpgroup
+    kv_empty = _barriers(STAGES, 2)  # one arrival per consumer warpgroup
     ring = (k_smem, v_smem, k_ready, v_ready, kv_empty)
     unused = (k_desc, v_desc, 0, 0)  # the producer refills
     ROWS: gl.constexpr = BLOCK_M // 2
@@ -357,9 +355,7 @@ def attn_bwd_kv_hopper(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, D
     q_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_D], q_desc.layout)
     do_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_M, HEAD_D], do_desc.layout)
     kv_bar = _barriers(1).index(0)
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(empty.index(i), count=2)  # one arrival per consumer warpgroup
+    empty = _barriers(STAGES, 2)  # one arrival per consumer warpgroup
     ring = (q_smem, do_smem, _barriers(STAGES), empty)
     gl.warp_specialize([(_bwd_kv_loads, (q_desc, k_desc, v_desc, do_desc, k_smem, v_smem, kv_bar, ring, N, CAUSAL)),
                         (_bwd_kv_consumer, (dk_desc, dv_desc, k_smem, v_smem, kv_bar, ring, LSE, Delta, N, qk_scale,
@@ -456,9 +452,7 @@ def attn_bwd_dq_hopper(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, Delta, N, 
     do_smem = gl.allocate_shared_memory(do_desc.dtype, [BLOCK_M, HEAD_D], do_desc.layout)
     q_bar = _barriers(1).index(0)
     k_smem, v_smem, k_ready, v_ready = _kv_ring(k_desc, v_desc, STAGES)
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    for i in gl.static_range(STAGES):
-        mbarrier.init(empty.index(i), count=2)  # one arrival per consumer warpgroup
+    empty = _barriers(STAGES, 2)  # one arrival per consumer warpgroup
     ring = (k_smem, v_smem, k_ready, v_ready, empty)
     gl.warp_specialize([(_bwd_dq_loads, (q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, q_bar, ring, N, CAUSAL)),
                         (_bwd_dq_consumer, (dq_desc, q_smem, do_smem, q_bar, ring, LSE, Delta, N, qk_scale, sm_scale,

@@ -270,10 +270,11 @@ def run_host(providers=DENSE_PROVIDERS, causals=(True,), dropouts=(0.0,), device
 
 def run_sparse(seqs=(1024, 4096, 16384, 65536), patterns=("local", "butterfly"), density_seq=8192,
                windows=(256, 512, 1024, 2048, 4096), providers=SPARSE_PROVIDERS, D=64, heads=12, tokens=16384,
-               block_size=128, dtype=torch.bfloat16, log=print, on_row=None) -> list[dict]:
-    """Causal block-sparse vs N for each pattern, then vs density (local window sweep at density_seq)."""
-    cases = [(pat, N, 256) for pat in patterns for N in seqs]
-    cases += [("local", density_seq, w) for w in windows if density_seq]
+               block_size=128, dtype=torch.bfloat16, log=print, on_row=None, seq_windows=(256,)) -> list[dict]:
+    """Causal block-sparse vs N for each pattern (the local pattern at each of seq_windows), then vs density (local
+    window sweep at density_seq)."""
+    cases = [(pat, N, w) for pat in patterns for N in seqs for w in (seq_windows if pat == "local" else (256,))]
+    cases += [("local", density_seq, w) for w in windows if density_seq and ("local", density_seq, w) not in cases]
     rows = []
     for pat, N, window in cases:
         B = max(1, tokens // N)
@@ -310,12 +311,16 @@ def one_line(row: dict) -> str:
     return f"{head}  {times} mem={row['extra_mib']:.0f}MiB"
 
 
-def plan(quick: bool, seqs=None, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0.1)) -> dict:
-    """The sizes to measure: --quick's few (causal D=64 at 1K/4K/16K; sparse at 4K/16K), else what was asked."""
+def plan(quick: bool, seqs=None, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0.1),
+         windows=(256,)) -> dict:
+    """The sizes to measure: --quick's few (causal D=64 at 1K/4K/16K; sparse at 4K/16K), else what was asked.
+    seqs, where given, are the block-sparse sweep's too; windows: the local pattern's in that sweep."""
+    base = QUICK if quick else FULL
+    sizes = {**base, "seqs": tuple(seqs or base["seqs"]), "sparse_seqs": tuple(seqs or base["sparse_seqs"]),
+             "windows": tuple(windows)}
     if quick:
-        return {**QUICK, "seqs": tuple(seqs or QUICK["seqs"])}
-    return {**FULL, "seqs": tuple(seqs or FULL["seqs"]), "head_dims": tuple(head_dims), "causals": tuple(causals),
-            "dropouts": tuple(dropouts)}
+        return sizes
+    return {**sizes, "head_dims": tuple(head_dims), "causals": tuple(causals), "dropouts": tuple(dropouts)}
 
 
 def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_PROVIDERS, append: bool = False,
@@ -341,7 +346,8 @@ def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_P
         run_dense(sizes["seqs"], sizes["head_dims"], sizes["causals"], sizes["dropouts"], tuple(providers),
                   on_row=keep)
     if part in ("sparse", "all"):
-        run_sparse(sizes["sparse_seqs"], density_seq=sizes["density_seq"], providers=sparse_providers, on_row=keep)
+        run_sparse(sizes["sparse_seqs"], density_seq=sizes["density_seq"], providers=sparse_providers, on_row=keep,
+                   seq_windows=sizes.get("windows", (256,)))
     if part == "host" or (part == "all" and sizes["host"]):
         run_host(tuple(providers), sizes["causals"], sizes["dropouts"], on_row=keep)
     rows = merge_rows(earlier, rows)

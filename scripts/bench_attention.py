@@ -37,7 +37,11 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--quick", action="store_true", help="a few sizes: causal D=64 N in 1K, 4K, 16K; sparse at 4K, 16K")
     ap.add_argument("--part", choices=("dense", "sparse", "host", "all"), default="all",
                     help="host: host time per eager call of each provider (all: included unless --quick)")
-    ap.add_argument("--seqs", type=int, nargs="+", help="sequence lengths (default 512 ... 16K, plus 32K, 64K)")
+    ap.add_argument("--seqs", type=int, nargs="+",
+                    help="sequence lengths, dense and block-sparse (default 512 ... 16K, plus 32K, 64K; sparse 1K, 4K, "
+                    "16K, 64K)")
+    ap.add_argument("--windows", type=int, nargs="+", default=[256],
+                    help="local windows of the block-sparse sweep over N (default 256; a density sweep at 8K follows)")
     ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--causal", choices=("yes", "no", "both"), default="both")
     ap.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1])
@@ -50,7 +54,7 @@ def main(argv=None) -> list[dict]:
     if not torch.cuda.is_available():
         sys.exit("bench_attention.py needs a CUDA GPU (the kernels' CPU path is the slow Triton interpreter)")
     causals = {"yes": (True,), "no": (False,), "both": (True, False)}[args.causal]
-    sizes = attention_bench.plan(args.quick, args.seqs, args.head_dims, causals, args.dropout)
+    sizes = attention_bench.plan(args.quick, args.seqs, args.head_dims, causals, args.dropout, args.windows)
     rows = attention_bench.sweep(args.out, sizes, args.part, args.providers, args.append, baseline=args.baseline)
     print((Path(args.out) / "results.md").read_text())
     return rows

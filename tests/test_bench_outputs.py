@@ -57,9 +57,21 @@ def test_quick_plan_and_flop_count():
     quick = attention_bench.plan(True, head_dims=(128,), dropouts=(0.1,))
     assert quick["seqs"] == (1024, 4096, 16384) and quick["head_dims"] == (64,) and quick["dropouts"] == (0.0,)
     assert attention_bench.plan(False, [512])["seqs"] == (512,)
+    asked = attention_bench.plan(False, [4096, 16384], windows=(256, 1024))
+    assert asked["sparse_seqs"] == (4096, 16384) and asked["windows"] == (256, 1024)
     row = attention_bench.add_rates({"fwd": 1.0, "fwd_bwd": 3.5}, attention_bench.fwd_flops(1, 1, 1024, 64, 0.5))
     assert row["fwd_tflops"] == pytest.approx(4 * 1024 * 1024 * 64 * 0.5 / 1e-3 / 1e12)
     assert row["fwd_bwd_tflops"] == pytest.approx(row["fwd_tflops"])
+
+
+def test_sparse_sweep_over_n_takes_each_local_window(monkeypatch):
+    monkeypatch.setattr(attention_bench, "guarded", lambda *args: {"fwd": 1.0, "fwd_bwd": 3.0, "extra_mib": 0.0})
+    rows = attention_bench.run_sparse(seqs=(1024, 2048), patterns=("local", "butterfly"), density_seq=1024,
+                                      windows=(256, 512), providers=("block_sparse",), log=lambda *_: None,
+                                      seq_windows=(256, 512))
+    cases = [(r["pattern"], r["N"], r["window"]) for r in rows]
+    assert cases == [("local", 1024, 256), ("local", 1024, 512), ("local", 2048, 256), ("local", 2048, 512),
+                     ("butterfly", 1024, 256), ("butterfly", 2048, 256)]  # the density sweep's are already there
 
 
 def test_results_json_grows_row_by_row(tmp_path, monkeypatch):

@@ -32,9 +32,9 @@ from .environment import environment
 
 FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5, "fwd_bwd_graph": 3.5}
 QUICK = dict(seqs=(1024, 4096, 16384), head_dims=(64,), causals=(True,), dropouts=(0.0,),
-             sparse_seqs=(4096, 16384), density_seq=0, host=False)
+             sparse_seqs=(4096, 16384), windows=(256,), density_seq=0, host=False)
 FULL = dict(seqs=(512, 1024, 2048, 4096, 8192, 16384, 32768, 65536), head_dims=(64, 128), causals=(True, False),
-            dropouts=(0.0, 0.1), sparse_seqs=(1024, 4096, 16384, 65536), density_seq=8192, host=True)
+            dropouts=(0.0, 0.1), sparse_seqs=(1024, 4096, 16384, 65536), windows=(256,), density_seq=8192, host=True)
 HOST_SHAPE = dict(B=1, H=1, N=128, D=64)  # GPU work of a few microseconds: a call's time is its host time
 
 
@@ -268,13 +268,14 @@ def run_host(providers=DENSE_PROVIDERS, causals=(True,), dropouts=(0.0,), device
     return rows
 
 
-def run_sparse(seqs=(1024, 4096, 16384, 65536), patterns=("local", "butterfly"), density_seq=8192,
-               windows=(256, 512, 1024, 2048, 4096), providers=SPARSE_PROVIDERS, D=64, heads=12, tokens=16384,
-               block_size=128, dtype=torch.bfloat16, log=print, on_row=None, seq_windows=(256,)) -> list[dict]:
-    """Causal block-sparse vs N for each pattern (the local pattern at each of seq_windows), then vs density (local
-    window sweep at density_seq)."""
-    cases = [(pat, N, w) for pat in patterns for N in seqs for w in (seq_windows if pat == "local" else (256,))]
-    cases += [("local", density_seq, w) for w in windows if density_seq and ("local", density_seq, w) not in cases]
+def run_sparse(seqs=(1024, 4096, 16384, 65536), patterns=("local", "butterfly"), windows=(256,), density_seq=8192,
+               density_windows=(256, 512, 1024, 2048, 4096), providers=SPARSE_PROVIDERS, D=64, heads=12,
+               tokens=16384, block_size=128, dtype=torch.bfloat16, log=print, on_row=None) -> list[dict]:
+    """Causal block-sparse vs N for each pattern (the local one at each of windows), then vs density (a local window
+    sweep at density_seq)."""
+    cases = [(pat, N, w) for pat in patterns for N in seqs for w in (windows if pat == "local" else (256,))]
+    cases += [("local", density_seq, w) for w in density_windows
+              if density_seq and ("local", density_seq, w) not in cases]
     rows = []
     for pat, N, window in cases:
         B = max(1, tokens // N)
@@ -312,12 +313,12 @@ def one_line(row: dict) -> str:
 
 
 def plan(quick: bool, seqs=None, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0.1),
-         windows=(256,)) -> dict:
+         windows=None) -> dict:
     """The sizes to measure: --quick's few (causal D=64 at 1K/4K/16K; sparse at 4K/16K), else what was asked.
     seqs, where given, are the block-sparse sweep's too; windows: the local pattern's in that sweep."""
     base = QUICK if quick else FULL
     sizes = {**base, "seqs": tuple(seqs or base["seqs"]), "sparse_seqs": tuple(seqs or base["sparse_seqs"]),
-             "windows": tuple(windows)}
+             "windows": tuple(windows or base["windows"])}
     if quick:
         return sizes
     return {**sizes, "head_dims": tuple(head_dims), "causals": tuple(causals), "dropouts": tuple(dropouts)}
@@ -346,8 +347,8 @@ def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_P
         run_dense(sizes["seqs"], sizes["head_dims"], sizes["causals"], sizes["dropouts"], tuple(providers),
                   on_row=keep)
     if part in ("sparse", "all"):
-        run_sparse(sizes["sparse_seqs"], density_seq=sizes["density_seq"], providers=sparse_providers, on_row=keep,
-                   seq_windows=sizes.get("windows", (256,)))
+        run_sparse(sizes["sparse_seqs"], windows=sizes["windows"], density_seq=sizes["density_seq"],
+                   providers=sparse_providers, on_row=keep)
     if part == "host" or (part == "all" and sizes["host"]):
         run_host(tuple(providers), sizes["causals"], sizes["dropouts"], on_row=keep)
     rows = merge_rows(earlier, rows)

@@ -40,7 +40,7 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--seqs", type=int, nargs="+",
                     help="sequence lengths, dense and block-sparse (default 512 ... 16K, plus 32K, 64K; sparse 1K, 4K, "
                     "16K, 64K)")
-    ap.add_argument("--windows", type=int, nargs="+", default=[256],
+    ap.add_argument("--windows", type=int, nargs="+",
                     help="local windows of the block-sparse sweep over N (default 256; a density sweep at 8K follows)")
     ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     ap.add_argument("--causal", choices=("yes", "no", "both"), default="both")

@@ -66,9 +66,9 @@ def test_quick_plan_and_flop_count():
 
 def test_sparse_sweep_over_n_takes_each_local_window(monkeypatch):
     monkeypatch.setattr(attention_bench, "guarded", lambda *args: {"fwd": 1.0, "fwd_bwd": 3.0, "extra_mib": 0.0})
-    rows = attention_bench.run_sparse(seqs=(1024, 2048), patterns=("local", "butterfly"), density_seq=1024,
-                                      windows=(256, 512), providers=("block_sparse",), log=lambda *_: None,
-                                      seq_windows=(256, 512))
+    rows = attention_bench.run_sparse(seqs=(1024, 2048), patterns=("local", "butterfly"), windows=(256, 512),
+                                      density_seq=1024, density_windows=(256, 512), providers=("block_sparse",),
+                                      log=lambda *_: None)
     cases = [(r["pattern"], r["N"], r["window"]) for r in rows]
     assert cases == [("local", 1024, 256), ("local", 1024, 512), ("local", 2048, 256), ("local", 2048, 512),
                      ("butterfly", 1024, 256), ("butterfly", 2048, 256)]  # the density sweep's are already there

@@ -13,6 +13,9 @@ Features
   torch.autograd.Function, called the same way eagerly and under torch.compile (no graph break). Host launch cost
   is left to CUDA graphs (torch.compile(mode="reduce-overhead"), train.compile_mode in train.py).
 - Causal launches of long rows start the costliest tiles first (program_tile in kernels/attention_fwd.py).
+- On Hopper (sm_90) the dense forward without dropout at head dim 128 runs FlashAttention-3's warp-specialised
+  pipeline, written in Gluon (kernels/attention_fwd_hopper.py, an opaque custom op under torch.compile); every
+  other call, and its backward, run the Triton kernels. FLASHGPT_HOPPER_FWD=0 turns it off.
 - Tiles, warps and pipeline stages are autotuned per (N rounded up to a power of two, head dim, causal, dropout,
   layout block size, dtype). The timings are cached on disk (Triton's cache directory, keyed by the kernel source,
   the GPU architecture and the tuning key), so a new process, e.g. every train.py run, reuses them instead of
@@ -41,6 +44,11 @@ from . import block_mask as block_masks
 from .attention_bwd import attn_bwd_dq, attn_bwd_kv, attn_bwd_preprocess
 from .attention_fwd import attn_fwd
 from .block_mask import BlockMask
+
+try:  # the Hopper forward needs triton.experimental.gluon (triton >= 3.6)
+    from . import attention_fwd_hopper as hopper
+except ImportError:
+    hopper = None
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 AUTOTUNE = os.environ.get("FLASHGPT_AUTOTUNE", "1") != "0"  # 0: first fitting config, no tuning (quick GPU tests)
@@ -169,6 +177,8 @@ def _common(q, causal, dropout_p, mask):
 def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):
     B, H, N, D = q.shape
     q, k, v = _shared_strides(q, k, v)
+    if hopper is not None and hopper.supports(q, k, v, dropout_p=dropout_p, sparse=mask is not None):
+        return attention_fwd_hopper(q, k, v, causal, scale)
     o, lse = _empty_bhnd(q), q.new_empty((B, H, N), dtype=torch.float32)
     common = _common(q, causal, dropout_p, mask)
     wrap_triton(_fwd)[_grid(N, B * H, common["LPT"], "BLOCK_M")](
@@ -223,6 +233,21 @@ def _block_mask(tensors: list[torch.Tensor], block_size: int, N: int, causal: bo
 # The ops' namespace follows the package's name: a copy of this package imported under another name (a baseline
 # checkout in scripts/bench_attention.py --baseline) registers its own ops beside these.
 OPS_NAMESPACE = f"flashgpt_{__package__}"
+
+
+@torch.library.custom_op(f"{OPS_NAMESPACE}::attention_fwd_hopper", mutates_args=())
+def attention_fwd_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool,
+                         scale: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o, lse) from the Gluon forward for Hopper (kernels/attention_fwd_hopper.py). An opaque op: torch.compile
+    calls it as it is (Inductor takes Triton kernels only), from inside attention_fwd's traced body."""
+    o, lse = _empty_bhnd(q), q.new_empty(q.shape[:3], dtype=torch.float32)
+    hopper.forward(q, k, v, o, lse, causal=causal, scale=scale)
+    return o, lse
+
+
+@attention_fwd_hopper.register_fake
+def _(q, k, v, causal, scale):
+    return _empty_bhnd(q), q.new_empty(q.shape[:3], dtype=torch.float32)
 
 
 @triton_op(f"{OPS_NAMESPACE}::attention_fwd", mutates_args=())

@@ -6,7 +6,9 @@ that do not compile or do not fit before any GPU time is spent. Run from a check
 
 Variants: causal D = 64; causal D = 128 with dropout (single pass and two passes); causal D = 64 block-sparse;
 non-causal D = 80 with dropout. N = 4096 (causal launches there use the costliest-first order, if the kernels have
-it). Each of the forward, dQ-pass and dK/dV-pass configs is compiled once per variant.
+it). Each of the forward, dQ-pass and dK/dV-pass configs is compiled once per variant. Then the Gluon forward for
+Hopper (kernels/attention_fwd_hopper.py), where the installed Triton has Gluon: D = 64 and 128, causal or not, q
+with heads in rows and in columns.
 """
 
 import sys
@@ -55,6 +57,27 @@ def compile_variant(A, D: int, causal: bool, p: float, sparse: bool) -> tuple[in
     return compiled, failed
 
 
+def compile_hopper(A) -> int:
+    """Compile the Gluon forward's variants; the number that failed."""
+    failed = 0
+    for D in A.hopper.HEAD_DIMS:
+        for causal in (True, False):
+            for heads_in_rows in (True, False):
+                shape = (1, 2, 1024, D) if heads_in_rows else (1, 1024, 2, D)
+                q, k, v = (torch.randn(shape, dtype=torch.bfloat16) for _ in range(3))
+                if not heads_in_rows:
+                    q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)
+                o, lse = A._empty_bhnd(q), torch.empty(1, 2, 1024)
+                what = f"Gluon forward D={D} causal={causal} heads in {'rows' if heads_in_rows else 'columns'}"
+                try:
+                    A.hopper.forward(q, k, v, o, lse, causal=causal, scale=D**-0.5)
+                    print(f"{what}: compiled", flush=True)
+                except Exception as e:  # report and go on
+                    failed += 1
+                    print(f"FAIL {what}: {type(e).__name__}: {str(e)[-300:]}", flush=True)
+    return failed
+
+
 def main() -> int:
     driver.set_active(FakeHopper())
     sys.path.insert(0, str(Path.cwd()))
@@ -67,6 +90,8 @@ def main() -> int:
         failed += bad
         print(f"D={D} causal={causal} dropout={p} sparse={sparse}: {compiled} configs compiled, {bad} failed "
               f"({time.time() - start:.0f} s so far)", flush=True)
+    if A.hopper is not None:
+        failed += compile_hopper(A)
     print(f"{failed} failed")
     return 1 if failed else 0
 

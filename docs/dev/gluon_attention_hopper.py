@@ -306,12 +306,12 @@ def _descriptor(t: torch.Tensor, block: int) -> TensorDescriptor:
     return TensorDescriptor(t.view(B * H * N, D), [B * H * N, D], [D, 1], [block, D], layout)
 
 
-def attention_fwd(q, k, v, causal):
+def attention_fwd(q, k, v, causal, pingpong=False):
     """(o, lse with base 2) from the library's Gluon forward (kernels/attention_fwd_hopper.py)."""
     from kernels import attention_fwd_hopper as hopper
 
     o, lse = torch.empty_like(q), q.new_empty(q.shape[:3], dtype=torch.float32)
-    hopper.forward(q, k, v, o, lse, causal=causal, scale=q.shape[-1] ** -0.5)
+    hopper.forward(q, k, v, o, lse, causal=causal, scale=q.shape[-1] ** -0.5, pingpong=pingpong)
     return o, lse
 
 
@@ -375,7 +375,9 @@ def compile_only() -> None:
     for D in (64, 128):
         for causal in (True, False):
             q, k, v, _, _, _ = inputs(D)
-            compiled("attn_fwd_hopper", f"forward D={D} causal={causal}", partial(attention_fwd, q, k, v, causal))
+            for pingpong in (False, True):
+                compiled("attn_fwd_hopper", f"forward D={D} causal={causal} ping-pong={pingpong}",
+                         partial(attention_fwd, q, k, v, causal, pingpong))
     for D in (64, 128):
         for causal in (True, False):
             for block_m in KV_BLOCK_M[D]:
@@ -387,20 +389,20 @@ def compile_only() -> None:
                      partial(attention_bwd_dq, q, k, v, do, lse, delta, causal))
 
 
-def check_and_time(D: int, N: int, causal: bool) -> str:
+def check_and_time(D: int, N: int, causal: bool, pingpong: bool = False) -> str:
     """Max error against an fp32 reference (ours beside it), and CUDA-graph times beside ours and cuDNN."""
     from kernels import flash_attention
 
     B, H = 16384 // N, 12
     q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(3))
     ref = F.scaled_dot_product_attention(q.float(), k.float(), v.float(), is_causal=causal)
-    o, _ = attention_fwd(q, k, v, causal)
+    o, _ = attention_fwd(q, k, v, causal, pingpong)
     err = (o.float() - ref).abs().max().item()
     err_ours = (flash_attention(q, k, v, causal=causal).float() - ref).abs().max().item()
-    ms = triton.testing.do_bench_cudagraph(lambda: attention_fwd(q, k, v, causal))
+    ms = triton.testing.do_bench_cudagraph(lambda: attention_fwd(q, k, v, causal, pingpong))
     ms_ours = triton.testing.do_bench_cudagraph(lambda: flash_attention(q, k, v, causal=causal))
     ms_cudnn = triton.testing.do_bench_cudagraph(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
-    return (f"forward D={D} N={N} causal={causal}: max error {err:.2e} "
+    return (f"forward D={D} N={N} causal={causal} ping-pong={pingpong}: max error {err:.2e} "
             f"(ours {err_ours:.2e}); {ms:.3f} ms, "
             f"ours {ms_ours:.3f}, cuDNN {ms_cudnn:.3f} ({ms_cudnn / ms:.2f}x cuDNN, {ms_ours / ms:.2f}x ours)")
 
@@ -446,13 +448,14 @@ def main() -> None:
     """The forward, then with --backward the two backward passes."""
     sys.path.insert(0, str(Path.cwd()))
     shapes = [(64, 4096, True), (64, 16384, True), (128, 16384, True), (128, 16384, False), (64, 4096, False)]
-    runs = [check_and_time] + ([check_and_time_bwd] if "--backward" in sys.argv else [])
+    runs = [check_and_time, partial(check_and_time, pingpong=True)]
+    runs += [check_and_time_bwd] if "--backward" in sys.argv else []
     for run in runs:
         for D, N, causal in shapes:
             try:
                 print(run(D, N, causal), flush=True)
             except Exception as e:  # report, go on
-                print(f"{run.__name__} D={D} N={N} causal={causal}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+                print(f"{run} D={D} N={N} causal={causal}: {type(e).__name__}: {str(e)[:300]}", flush=True)
 
 
 if __name__ == "__main__":

@@ -265,13 +265,14 @@ def _rows_view(t: torch.Tensor) -> tuple[list[int], int, bool] | None:
     return None
 
 
-def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float, sparse: bool) -> bool:
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float, sparse: bool,
+             head_dims: tuple[int, ...] = ROUTED_HEAD_DIMS) -> bool:
     """Whether this kernel serves the call: a Hopper GPU, dense, no dropout, and the limits in the docstring. (The
     output is allocated heads-in-columns, (B, N, H, D) storage, which always fits.)"""
     if not ENABLED or sparse or dropout_p > 0 or q.device.type != "cuda":
         return False
     B, H, N, D = q.shape
-    if (D not in ROUTED_HEAD_DIMS or N % BLOCK or q.dtype not in (torch.bfloat16, torch.float16)
+    if (D not in head_dims or N % BLOCK or q.dtype not in (torch.bfloat16, torch.float16)
             or torch.cuda.get_device_capability(q.device) != (9, 0)):
         return False
     views = [_rows_view(t) for t in (q, k, v)]

@@ -16,7 +16,7 @@ Features
 - On Hopper (sm_90), dense attention without dropout runs FlashAttention-3's warp-specialised pipeline, written
   in Gluon: the forward at head dim 128 (kernels/attention_fwd_hopper.py), the backward's two passes at 64 and 128
   (kernels/attention_bwd_hopper.py), each an opaque custom op under torch.compile; every other call runs the
-  Triton kernels. FLASHGPT_HOPPER_FWD=0 turns both off.
+  Triton kernels. FLASHGPT_GLUON=0 turns both off.
 - Tiles, warps and pipeline stages are autotuned per (N rounded up to a power of two, head dim, causal, dropout,
   layout block size, dtype). The timings are cached on disk (Triton's cache directory, keyed by the kernel source,
   the GPU architecture and the tuning key), so a new process, e.g. every train.py run, reuses them instead of

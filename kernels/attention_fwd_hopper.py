@@ -43,7 +43,10 @@ HEAD_DIMS = (64, 128)
 # Head dims the library routes here. At D = 64 the Triton forward measured faster on the H200 (causal 16K: 0.91 ms
 # against 0.97; at D = 128 1.59 against 1.26): docs/dev/kernel-notes.md, sixth session.
 ROUTED_HEAD_DIMS = (128,)
-ENABLED = os.environ.get("FLASHGPT_GLUON", "1") != "0"  # 0: the Triton forward everywhere (comparisons)
+# 0: the Triton kernels everywhere (comparisons). Gluon's API moves between releases: 3.6 is the first this code
+# compiles with (warp_specialize's argument list changed there).
+TRITON_VERSION = tuple(int(part) for part in triton.__version__.split(".")[:2])
+ENABLED = os.environ.get("FLASHGPT_GLUON", "1") != "0" and TRITON_VERSION >= (3, 6)
 
 _tma_load = getattr(tma, "async_load", None) or tma.async_copy_global_to_shared  # triton >= 3.7 / 3.6
 _tma_store = getattr(tma, "async_store", None) or tma.async_copy_shared_to_global

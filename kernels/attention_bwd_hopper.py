@@ -8,7 +8,8 @@ Features
   products, and the other warpgroup's elementwise work fills the tensor cores' gaps.
 - dQ pass, one program per 128-row query tile: the same with K and V streamed and dQ held (64 rows a consumer).
 - No atomics: gradients are bitwise repeatable. The diagonal-straddling tiles are peeled into their own (masked)
-  loops. Inputs: the forward's LSE (base 2 of the scaled scores) and delta = rowsum(dO * O).
+  loops. The forward's LSE (base 2 of the scaled scores) comes in; the dQ pass, which runs first, computes delta =
+  rowsum(dO * O) and writes it for the dK/dV pass.
 
 Limits: those of kernels/attention_fwd_hopper.py (dense, no dropout, bf16 / fp16, D 64 or 128, N a multiple of 128,
 heads in rows or in columns); dO in either layout.
@@ -217,6 +218,19 @@ def _dq_loads(q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, q_bar, ring, N, 
 
 
 @gluon.jit
+def _row_delta(O, o_strides, do_rows, bh, H, row0, layout: gl.constexpr):
+    """rowsum(dO * O) in fp32 of rows row0 .. of one head: dO from shared memory, O from global memory."""
+    stride_ob, stride_oh, stride_on = o_strides
+    ROWS: gl.constexpr = do_rows.shape[0]
+    HEAD_D: gl.constexpr = do_rows.shape[1]
+    rows = row0 + gl.arange(0, ROWS, layout=gl.SliceLayout(1, layout))
+    cols = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, layout))
+    O += (bh // H).to(gl.int64) * stride_ob + (bh % H).to(gl.int64) * stride_oh
+    o = gl.load(O + rows[:, None].to(gl.int64) * stride_on + cols[None, :])
+    return gl.sum(o.to(gl.float32) * do_rows.load(layout).to(gl.float32), 1)
+
+
+@gluon.jit
 def _dq_tile(j, dq, q_rows, do_rows, ring, lse, delta, offs_m, qk_scale, s_layout: gl.constexpr,
              a_layout: gl.constexpr, MASK: gl.constexpr):
     """Key tile j against this warpgroup's query rows: S and dP, then dQ += dS K issued asynchronously."""
@@ -240,9 +254,10 @@ def _dq_tile(j, dq, q_rows, do_rows, ring, lse, delta, offs_m, qk_scale, s_layou
 
 
 @gluon.jit
-def _dq_consumer(dq_desc, q_smem, do_smem, q_bar, ring, LSE, Delta, N, H, qk_scale, sm_scale, HEAD_D: gl.constexpr,
-                 CAUSAL: gl.constexpr, OUT_ROWS: gl.constexpr, WG: gl.constexpr):
-    """dQ of query rows WG * BLOCK_M / 2 .. of the tile, over every key tile up to the diagonal (the last masked)."""
+def _dq_consumer(dq_desc, q_smem, do_smem, q_bar, ring, O, o_strides, LSE, Delta, N, H, qk_scale, sm_scale,
+                 HEAD_D: gl.constexpr, CAUSAL: gl.constexpr, OUT_ROWS: gl.constexpr, WG: gl.constexpr):
+    """dQ of query rows WG * BLOCK_M / 2 .. of the tile, over every key tile up to the diagonal (the last masked);
+    first delta = rowsum(dO * O) of those rows, which it also writes for the dK/dV pass."""
     BLOCK_M: gl.constexpr = q_smem.shape[0]
     BLOCK_N: gl.constexpr = ring[0].shape[1]
     ROWS: gl.constexpr = BLOCK_M // 2
@@ -253,9 +268,11 @@ def _dq_consumer(dq_desc, q_smem, do_smem, q_bar, ring, LSE, Delta, N, H, qk_sca
     q_rows, do_rows = q_smem.slice(WG * ROWS, ROWS), do_smem.slice(WG * ROWS, ROWS)
     offs_m = start_m * BLOCK_M + WG * ROWS + gl.arange(0, ROWS, layout=gl.SliceLayout(1, s_layout))
     lse = gl.load(LSE + bh * N + offs_m)
-    delta = gl.load(Delta + bh * N + offs_m)
-    dq = warpgroup_mma_init(gl.zeros([ROWS, HEAD_D], gl.float32, layout=g_layout))  # in flight across tiles
     mbarrier.wait(q_bar, 0)
+    delta = _row_delta(O, o_strides, do_rows, bh, H, start_m * BLOCK_M + WG * ROWS, g_layout)
+    delta = gl.convert_layout(delta, gl.SliceLayout(1, s_layout))
+    gl.store(Delta + bh * N + offs_m, delta)
+    dq = warpgroup_mma_init(gl.zeros([ROWS, HEAD_D], gl.float32, layout=g_layout))  # in flight across tiles
     for j in range(0, n_tiles - n_masked):
         dq = _dq_tile(j, dq, q_rows, do_rows, ring, lse, delta, offs_m, qk_scale, s_layout, a_layout, False)
     for j in range(n_tiles - n_masked, n_tiles):
@@ -266,7 +283,8 @@ def _dq_consumer(dq_desc, q_smem, do_smem, q_bar, ring, LSE, Delta, N, H, qk_sca
 
 
 @gluon.jit
-def attn_bwd_dq_hopper(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, Delta, N, H, qk_scale, sm_scale,
+def attn_bwd_dq_hopper(q_desc, k_desc, v_desc, do_desc, dq_desc, O, stride_ob, stride_oh, stride_on, LSE, Delta, N, H,
+                       qk_scale, sm_scale,
                        HEAD_D: gl.constexpr, BLOCK_M: gl.constexpr, BLOCK_N: gl.constexpr, STAGES: gl.constexpr,
                        CAUSAL: gl.constexpr, IN_ROWS: gl.constexpr, DO_ROWS: gl.constexpr, OUT_ROWS: gl.constexpr):
     gl.static_assert(BLOCK_M % BLOCK_N == 0, "causal: the query tile's diagonal on key tile edges")
@@ -277,12 +295,13 @@ def attn_bwd_dq_hopper(q_desc, k_desc, v_desc, do_desc, dq_desc, LSE, Delta, N, 
     v_smem = gl.allocate_shared_memory(dtype, [STAGES, BLOCK_N, HEAD_D], v_desc.layout)
     q_bar = _barriers(1, 1).index(0)
     ring = (k_smem, v_smem, _barriers(STAGES, 1), _barriers(STAGES, 2))  # empty: one arrival per consumer
+    o_strides = (stride_ob, stride_oh, stride_on)
     gl.warp_specialize([(_dq_loads, (q_desc, k_desc, v_desc, do_desc, q_smem, do_smem, q_bar, ring, N, H, HEAD_D,
                                      CAUSAL, IN_ROWS, DO_ROWS)),
-                        (_dq_consumer, (dq_desc, q_smem, do_smem, q_bar, ring, LSE, Delta, N, H, qk_scale, sm_scale,
-                                        HEAD_D, CAUSAL, OUT_ROWS, 0)),
-                        (_dq_consumer, (dq_desc, q_smem, do_smem, q_bar, ring, LSE, Delta, N, H, qk_scale, sm_scale,
-                                        HEAD_D, CAUSAL, OUT_ROWS, 1))], [4, 4], [240, 240])
+                        (_dq_consumer, (dq_desc, q_smem, do_smem, q_bar, ring, O, o_strides, LSE, Delta, N, H,
+                                        qk_scale, sm_scale, HEAD_D, CAUSAL, OUT_ROWS, 0)),
+                        (_dq_consumer, (dq_desc, q_smem, do_smem, q_bar, ring, O, o_strides, LSE, Delta, N, H,
+                                        qk_scale, sm_scale, HEAD_D, CAUSAL, OUT_ROWS, 1))], [4, 4], [240, 240])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -301,20 +320,21 @@ def supports(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
              lse: torch.Tensor, dq: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *, causal: bool,
              scale: float) -> None:
-    """dQ, dK, dV into dq, dk, dv (one layout: heads in rows or in columns). lse: the forward's (B, H, N)."""
+    """dQ, dK, dV into dq, dk, dv (one layout: heads in rows or in columns). lse: the forward's (B, H, N). The dQ
+    pass runs first: it writes delta = rowsum(dO * O), which the dK/dV pass reads."""
     B, H, N, D = q.shape
-    delta = torch.linalg.vecdot(o.float(), do.float())  # rowsum(dO * O), (B, H, N) fp32
-    lse, delta = lse.contiguous(), delta.contiguous()
+    lse = lse.contiguous()
+    delta = torch.empty_like(lse)
     layouts = dict(IN_ROWS=_rows_view(q)[2], DO_ROWS=_rows_view(do)[2], OUT_ROWS=_rows_view(dq)[2])
     scales = (scale * LOG2E, scale)
     # 4 launch warps load; 168 registers x 12 warps is the register file, reallocated 24 / 240 / 240
+    attn_bwd_dq_hopper[(N // BLOCK_KEYS, B * H)](
+        _descriptor(q, BLOCK_KEYS), _descriptor(k, BLOCK_STREAMED), _descriptor(v, BLOCK_STREAMED),
+        _descriptor(do, BLOCK_KEYS), _descriptor(dq, BLOCK_KEYS // 2), o, *o.stride()[:3], lse, delta, N, H, *scales,
+        HEAD_D=D, BLOCK_M=BLOCK_KEYS, BLOCK_N=BLOCK_STREAMED, STAGES=STAGES, CAUSAL=causal, **layouts, num_warps=4,
+        maxnreg=168)
     attn_bwd_kv_hopper[(N // BLOCK_KEYS, B * H)](
         _descriptor(q, BLOCK_STREAMED), _descriptor(k, BLOCK_KEYS), _descriptor(v, BLOCK_KEYS),
         _descriptor(do, BLOCK_STREAMED), _descriptor(dk, BLOCK_KEYS // 2), _descriptor(dv, BLOCK_KEYS // 2), lse,
         delta, N, H, *scales, HEAD_D=D, BLOCK_M=BLOCK_STREAMED, BLOCK_N=BLOCK_KEYS, STAGES=STAGES, CAUSAL=causal,
         **layouts, num_warps=4, maxnreg=168)
-    attn_bwd_dq_hopper[(N // BLOCK_KEYS, B * H)](
-        _descriptor(q, BLOCK_KEYS), _descriptor(k, BLOCK_STREAMED), _descriptor(v, BLOCK_STREAMED),
-        _descriptor(do, BLOCK_KEYS), _descriptor(dq, BLOCK_KEYS // 2), lse, delta, N, H, *scales, HEAD_D=D,
-        BLOCK_M=BLOCK_KEYS, BLOCK_N=BLOCK_STREAMED, STAGES=STAGES, CAUSAL=causal, **layouts, num_warps=4,
-        maxnreg=168)

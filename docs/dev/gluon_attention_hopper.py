@@ -97,14 +97,35 @@ def _max_errors(outs, reference) -> str:
     return " ".join(f"{(x.float() - r).abs().max().item():.1e}" for x, r in zip(outs, reference, strict=True))
 
 
-def check_and_time(D: int, N: int, causal: bool) -> str:
-    """Errors against fp32 and times: the forward (Gluon plain, ping-pong; Triton; cuDNN), forward+backward (the
-    routed library; Triton only; cuDNN), and the backward kernels (profiler, ms)."""
+def _inputs(D: int, N: int, causal: bool):
+    """q, k, v, dO (16K tokens, 12 heads) and the fp32 reference's o, dq, dk, dv."""
     B, H = 16384 // N, 12
     q, k, v, do = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16) for _ in range(4))
     x = [t.float().requires_grad_() for t in (q, k, v)]
     ref_o = F.scaled_dot_product_attention(*x, is_causal=causal)
-    ref = [ref_o, *torch.autograd.grad(ref_o, x, do.float())]
+    return q, k, v, do, [ref_o, *torch.autograd.grad(ref_o, x, do.float())]
+
+
+def check_forward(D: int, N: int, causal: bool) -> str:
+    """The forward's error against fp32 and its time: Gluon plain and ping-pong, Triton, cuDNN."""
+    q, k, v, _, ref = _inputs(D, N, causal)
+    bench = triton.testing.do_bench_cudagraph
+    errors = {name: _max_errors([gluon_forward(q, k, v, causal, pingpong)], ref[:1])
+              for name, pingpong in (("gluon", False), ("ping-pong", True))}
+    times = {name: bench(partial(gluon_forward, q, k, v, causal, pingpong))
+             for name, pingpong in (("gluon", False), ("ping-pong", True))}
+    with triton_only():
+        errors["triton"] = _max_errors([flash_attention(q, k, v, causal=causal)], ref[:1])
+        times["triton"] = bench(lambda: flash_attention(q, k, v, causal=causal))
+    times["cudnn"] = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
+    return (f"forward D={D} N={N} causal={causal}: max error " + ", ".join(f"{k} {v}" for k, v in errors.items()) +
+            "; ms " + ", ".join(f"{k} {v:.3f}" for k, v in times.items()))
+
+
+def check_backward(D: int, N: int, causal: bool) -> str:
+    """Forward+backward: errors of o, dq, dk, dv against fp32 and times, the routed library (Gluon where it routes)
+    against Triton only and cuDNN; each backward kernel's time."""
+    q, k, v, do, ref = _inputs(D, N, causal)
     y = [t.clone().requires_grad_() for t in (q, k, v)]
 
     def fwd_bwd():
@@ -116,21 +137,18 @@ def check_and_time(D: int, N: int, causal: bool) -> str:
         return [o, *torch.autograd.grad(o, y, do)]
 
     bench = triton.testing.do_bench_cudagraph
-    fwd = {name: bench(partial(gluon_forward, q, k, v, causal, pingpong))
-           for name, pingpong in (("gluon", False), ("ping-pong", True))}
-    errors = {"gluon": _max_errors([gluon_forward(q, k, v, causal), *gluon_backward(q, k, v, do, causal)], ref)}
+    errors = {"gluon passes": _max_errors([gluon_forward(q, k, v, causal), *gluon_backward(q, k, v, do, causal)],
+                                          ref)}
     with triton_only():
-        fwd["triton"] = bench(lambda: flash_attention(q, k, v, causal=causal))
         errors["triton"] = _max_errors(fwd_bwd(), ref)
-        both = {"triton": bench(fwd_bwd)}
+        times = {"triton": bench(fwd_bwd)}
         kernels = _kernel_ms(fwd_bwd)
-    fwd["cudnn"] = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
-    both.update(routed=bench(fwd_bwd), cudnn=bench(cudnn))
+    times.update(routed=bench(fwd_bwd), cudnn=bench(cudnn))
     kernels.update(_kernel_ms(fwd_bwd))
-    return (f"D={D} N={N} causal={causal}: max error o dq dk dv: Gluon {errors['gluon']}, Triton "
-            f"{errors['triton']}\n  forward ms: " + ", ".join(f"{k} {v:.3f}" for k, v in fwd.items()) +
-            "\n  fwd+bwd ms: " + ", ".join(f"{k} {v:.3f}" for k, v in both.items()) +
-            "\n  backward kernels ms: " + ", ".join(f"{k} {v:.3f}" for k, v in kernels.items()))
+    return (f"fwd+bwd D={D} N={N} causal={causal}: max error o dq dk dv: " +
+            ", ".join(f"{k} {v}" for k, v in errors.items()) + "; ms " +
+            ", ".join(f"{k} {v:.3f}" for k, v in times.items()) + "; backward kernels ms " +
+            ", ".join(f"{k} {v:.3f}" for k, v in kernels.items()))
 
 
 def _kernel_ms(run) -> dict[str, float]:
@@ -146,12 +164,14 @@ def _kernel_ms(run) -> dict[str, float]:
 
 
 def main() -> None:
-    for D, N, causal in [(64, 4096, True), (64, 16384, True), (128, 16384, True), (128, 16384, False),
-                         (64, 4096, False)]:
-        try:
-            print(check_and_time(D, N, causal), flush=True)
-        except Exception as e:  # report, go on
-            print(f"D={D} N={N} causal={causal}: {type(e).__name__}: {str(e)[:300]}", flush=True)
+    """Every forward first, then the backwards (a hang in a new kernel then costs only what follows it)."""
+    shapes = [(64, 4096, True), (64, 16384, True), (128, 16384, True), (128, 16384, False), (64, 4096, False)]
+    for check in (check_forward, check_backward):
+        for D, N, causal in shapes:
+            try:
+                print(check(D, N, causal), flush=True)
+            except Exception as e:  # report, go on
+                print(f"{check.__name__} D={D} N={N} causal={causal}: {type(e).__name__}: {str(e)[:300]}", flush=True)
 
 
 if __name__ == "__main__":

@@ -33,7 +33,8 @@ def triton_unavailable(device_type: str) -> str | None:
 register(AttentionBackend(
     name="flash",
     attend=flash_attend,
-    description="FlashAttention in Triton: tiled online softmax, recomputing backward, in-kernel dropout",
+    description="FlashAttention in Triton: tiled online softmax, recomputing backward, in-kernel dropout; on Hopper "
+                "GPUs dense attention without dropout runs FlashAttention-3-style Gluon kernels",
     options=("deterministic",),  # True: the two-pass backward, bitwise repeatable (default: single pass, faster)
     devices=("cuda", "cpu"),
     dtypes=(torch.float16, torch.bfloat16, torch.float32),

@@ -46,7 +46,7 @@ from .attention_fwd_hopper import supports as forward_supports
 BLOCK_KEYS = 128  # the dK/dV pass's key tile (64 rows a consumer) and the dQ pass's query tile
 BLOCK_STREAMED = 64  # the tiles streamed past them
 STAGES = 3
-ROUTED_HEAD_DIMS = (64, 128)  # not yet measured against the Triton passes: the branch's benchmark decides
+ROUTED_HEAD_DIMS: tuple[int, ...] = ()  # measured slower than the Triton passes at 64 and 128 (H200, seventh session)
 
 # ----------------------------------------------------------------------------------------------------------------
 # jit helpers

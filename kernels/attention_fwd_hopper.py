@@ -105,20 +105,6 @@ def _causal_mask(s, row0, col0, s_layout: gl.constexpr):
     return gl.where(rows[:, None] >= cols[None, :], s, float("-inf"))
 
 
-@gluon.jit
-def _wait_turn(turns, k, WG: gl.constexpr, PINGPONG: gl.constexpr):
-    """Ping-pong (FlashAttention-3's scheduler barrier): before its k-th product issue a consumer waits until the
-    other has issued its own (warpgroup 0 goes first), so one's softmax runs while the other's products do."""
-    if PINGPONG:
-        mbarrier.wait(turns.index(WG), (k & 1) ^ (1 - WG))
-
-
-@gluon.jit
-def _pass_turn(turns, WG: gl.constexpr, PINGPONG: gl.constexpr):
-    if PINGPONG:
-        mbarrier.arrive(turns.index(1 - WG), count=1)
-
-
 # ----------------------------------------------------------------------------------------------------------------
 # forward
 # ----------------------------------------------------------------------------------------------------------------
@@ -145,9 +131,8 @@ def _load_partition(q_desc, k_desc, v_desc, q_smem, ring, q_bar, N, H, HEAD_D: g
 
 
 @gluon.jit
-def _key_tile(j, p_op, acc, m_i, l_i, q_rows, ring, pin, turns, qk_scale, row0, s_layout: gl.constexpr,
-              o_layout: gl.constexpr, p_layout: gl.constexpr, MASK: gl.constexpr, WG: gl.constexpr,
-              PINGPONG: gl.constexpr):
+def _key_tile(j, p_op, acc, m_i, l_i, q_rows, ring, pin, qk_scale, row0, s_layout: gl.constexpr,
+              o_layout: gl.constexpr, p_layout: gl.constexpr, MASK: gl.constexpr):
     """Key tile j: S_j and P_{j-1} V_{j-1} in flight together, the softmax of S_j while the second finishes; then
     tile j - 1's slot goes back to the load partition."""
     k_smem, v_smem, k_ready, v_ready, kv_empty = ring
@@ -157,11 +142,9 @@ def _key_tile(j, p_op, acc, m_i, l_i, q_rows, ring, pin, turns, qk_scale, row0, 
     slot, prev = j % STAGES, (j - 1) % STAGES
     mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
     mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
-    _wait_turn(turns, j, WG, PINGPONG)
     s = warpgroup_mma(q_rows, k_smem.index(slot).permute((1, 0)),
                       gl.zeros([ROWS, BLOCK], gl.float32, layout=s_layout), use_acc=False, is_async=True)
     acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
-    _pass_turn(turns, WG, PINGPONG)
     s = warpgroup_mma_wait(1, deps=(s, ))
     if MASK:
         s = _causal_mask(s, row0, j * BLOCK, s_layout)
@@ -175,8 +158,8 @@ def _key_tile(j, p_op, acc, m_i, l_i, q_rows, ring, pin, turns, qk_scale, row0, 
 
 
 @gluon.jit
-def _consumer_partition(o_desc, LSE, q_smem, ring, turns, q_bar, N, H, qk_scale, HEAD_D: gl.constexpr,
-                        CAUSAL: gl.constexpr, O_HEADS_IN_ROWS: gl.constexpr, WG: gl.constexpr, PINGPONG: gl.constexpr):
+def _consumer_partition(o_desc, LSE, q_smem, ring, q_bar, N, H, qk_scale, HEAD_D: gl.constexpr, CAUSAL: gl.constexpr,
+                        O_HEADS_IN_ROWS: gl.constexpr, WG: gl.constexpr):
     """Rows WG * BLOCK / 2 .. of the query tile against every key tile (the causal diagonal last, masked); O, LSE."""
     k_smem, v_smem, k_ready, v_ready, kv_empty = ring
     STAGES: gl.constexpr = k_smem.shape[0]
@@ -193,10 +176,8 @@ def _consumer_partition(o_desc, LSE, q_smem, ring, turns, q_bar, N, H, qk_scale,
 
     mbarrier.wait(q_bar, 0)
     mbarrier.wait(k_ready.index(0), 0)
-    _wait_turn(turns, 0, WG, PINGPONG)
     s = warpgroup_mma(q_rows, k_smem.index(0).permute((1, 0)), gl.zeros([ROWS, BLOCK], gl.float32, layout=s_layout),
                       use_acc=False, is_async=True)
-    _pass_turn(turns, WG, PINGPONG)
     s = warpgroup_mma_wait(0, deps=(s, ))
     if CAUSAL:
         if n_tiles == 1:
@@ -206,17 +187,15 @@ def _consumer_partition(o_desc, LSE, q_smem, ring, turns, q_bar, N, H, qk_scale,
     p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
     acc = gl.zeros([ROWS, HEAD_D], gl.float32, layout=o_layout)
     for j in range(1, n_tiles - CAUSAL):
-        p_op, acc, m_i, l_i = _key_tile(j, p_op, acc, m_i, l_i, q_rows, ring, pin, turns, qk_scale, row0, s_layout,
-                                        o_layout, p_layout, False, WG, PINGPONG)
+        p_op, acc, m_i, l_i = _key_tile(j, p_op, acc, m_i, l_i, q_rows, ring, pin, qk_scale, row0, s_layout,
+                                        o_layout, p_layout, False)
     if CAUSAL:
         if n_tiles > 1:
-            p_op, acc, m_i, l_i = _key_tile(n_tiles - 1, p_op, acc, m_i, l_i, q_rows, ring, pin, turns, qk_scale,
-                                            row0, s_layout, o_layout, p_layout, True, WG, PINGPONG)
+            p_op, acc, m_i, l_i = _key_tile(n_tiles - 1, p_op, acc, m_i, l_i, q_rows, ring, pin, qk_scale, row0,
+                                            s_layout, o_layout, p_layout, True)
     last = (n_tiles - 1) % STAGES
     mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
-    _wait_turn(turns, n_tiles, WG, PINGPONG)
     acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
-    _pass_turn(turns, WG, PINGPONG)
     acc = warpgroup_mma_wait(0, deps=(acc, ))
     mbarrier.arrive(kv_empty.index(last), count=1)
 
@@ -232,19 +211,18 @@ def _consumer_partition(o_desc, LSE, q_smem, ring, turns, q_bar, N, H, qk_scale,
 @gluon.jit
 def attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE, N, H, qk_scale, HEAD_D: gl.constexpr, BLOCK: gl.constexpr,
                     STAGES: gl.constexpr, CAUSAL: gl.constexpr, HEADS_IN_ROWS: gl.constexpr,
-                    O_HEADS_IN_ROWS: gl.constexpr, PINGPONG: gl.constexpr):
+                    O_HEADS_IN_ROWS: gl.constexpr):
     q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK, HEAD_D], q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK, HEAD_D], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK, HEAD_D], v_desc.layout)
     q_bar = _barriers(1, 1).index(0)
     ring = (k_smem, v_smem, _barriers(STAGES, 1), _barriers(STAGES, 1), _barriers(STAGES, 2))  # empty: both consumers
-    turns = _barriers(2, 1)  # ping-pong: warpgroup w waits on turns[w], the other arrives
     gl.warp_specialize([(_load_partition, (q_desc, k_desc, v_desc, q_smem, ring, q_bar, N, H, HEAD_D, CAUSAL,
                                            HEADS_IN_ROWS)),
-                        (_consumer_partition, (o_desc, LSE, q_smem, ring, turns, q_bar, N, H, qk_scale, HEAD_D,
-                                               CAUSAL, O_HEADS_IN_ROWS, 0, PINGPONG)),
-                        (_consumer_partition, (o_desc, LSE, q_smem, ring, turns, q_bar, N, H, qk_scale, HEAD_D,
-                                               CAUSAL, O_HEADS_IN_ROWS, 1, PINGPONG))], [4, 4], [240, 240])
+                        (_consumer_partition, (o_desc, LSE, q_smem, ring, q_bar, N, H, qk_scale, HEAD_D, CAUSAL,
+                                               O_HEADS_IN_ROWS, 0)),
+                        (_consumer_partition, (o_desc, LSE, q_smem, ring, q_bar, N, H, qk_scale, HEAD_D, CAUSAL,
+                                               O_HEADS_IN_ROWS, 1))], [4, 4], [240, 240])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -290,13 +268,11 @@ def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, *, causal: bool,
-            scale: float, pingpong: bool = False) -> None:
-    """O and LSE ((B, H, N) fp32) of q, k, v into o and lse; supports(...) must hold, and o fit _rows_view.
-    pingpong: the consumers issue their products in turns (not yet measured; docs/dev/gluon_attention_hopper.py
-    times both)."""
+            scale: float) -> None:
+    """O and LSE ((B, H, N) fp32) of q, k, v into o and lse; supports(...) must hold, and o fit _rows_view."""
     B, H, N, D = q.shape
     descriptors = [_descriptor(t, BLOCK) for t in (q, k, v)] + [_descriptor(o, BLOCK // 2)]
     # 4 launch warps load; 168 registers x 12 warps is the register file, reallocated 24 / 240 / 240
     attn_fwd_hopper[(N // BLOCK, B * H)](*descriptors, lse, N, H, scale * LOG2E, HEAD_D=D, BLOCK=BLOCK, STAGES=STAGES,
                                          CAUSAL=causal, HEADS_IN_ROWS=_rows_view(q)[2],
-                                         O_HEADS_IN_ROWS=_rows_view(o)[2], PINGPONG=pingpong, num_warps=4, maxnreg=168)
+                                         O_HEADS_IN_ROWS=_rows_view(o)[2], num_warps=4, maxnreg=168)

@@ -13,10 +13,9 @@ Features
   torch.autograd.Function, called the same way eagerly and under torch.compile (no graph break). Host launch cost
   is left to CUDA graphs (torch.compile(mode="reduce-overhead"), train.compile_mode in train.py).
 - Causal launches of long rows start the costliest tiles first (program_tile in kernels/attention_fwd.py).
-- On Hopper (sm_90), dense attention without dropout runs FlashAttention-3's warp-specialised pipeline, written
-  in Gluon: the forward at head dim 128 (kernels/attention_fwd_hopper.py), the backward's two passes at 64 and 128
-  (kernels/attention_bwd_hopper.py), each an opaque custom op under torch.compile; every other call runs the
-  Triton kernels. FLASHGPT_GLUON=0 turns both off.
+- On Hopper (sm_90), the dense forward without dropout at head dim 128 runs FlashAttention-3's warp-specialised
+  pipeline, written in Gluon (kernels/attention_fwd_hopper.py), an opaque custom op under torch.compile; every
+  other call runs the Triton kernels. FLASHGPT_GLUON=0 turns it off.
 - Tiles, warps and pipeline stages are autotuned per (N rounded up to a power of two, head dim, causal, dropout,
   layout block size, dtype). The timings are cached on disk (Triton's cache directory, keyed by the kernel source,
   the GPU architecture and the tuning key), so a new process, e.g. every train.py run, reuses them instead of
@@ -47,10 +46,9 @@ from .attention_fwd import attn_fwd
 from .block_mask import BlockMask
 
 try:  # the Hopper kernels need triton.experimental.gluon (triton >= 3.6)
-    from . import attention_bwd_hopper as hopper_bwd
     from . import attention_fwd_hopper as hopper
 except ImportError:
-    hopper = hopper_bwd = None
+    hopper = None
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 AUTOTUNE = os.environ.get("FLASHGPT_AUTOTUNE", "1") != "0"  # 0: first fitting config, no tuning (quick GPU tests)
@@ -202,8 +200,6 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
     if do.stride(-1) != 1:
         do = do.contiguous()
     q, k, v = _shared_strides(q, k, v)
-    if hopper_bwd is not None and hopper_bwd.supports(do, q, k, v, dropout_p=dropout_p, sparse=mask is not None):
-        return attention_bwd_hopper(do, q, k, v, o, lse, causal, scale)
     delta, dk, dv = torch.empty_like(lse), _empty_bhnd(q), _empty_bhnd(q)
     o = _strided_like(o, dk)  # the forward's output already is, unless a caller passes another o
     common = dict(qk_scale=scale * LOG2E, sm_scale=scale, **_common(q, causal, dropout_p, mask))
@@ -252,21 +248,6 @@ def attention_fwd_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, caus
 @attention_fwd_hopper.register_fake
 def _(q, k, v, causal, scale):
     return _empty_bhnd(q), q.new_empty(q.shape[:3], dtype=torch.float32)
-
-
-@torch.library.custom_op(f"{OPS_NAMESPACE}::attention_bwd_hopper", mutates_args=())
-def attention_bwd_hopper(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-                         lse: torch.Tensor, causal: bool,
-                         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) from the Gluon backward for Hopper (kernels/attention_bwd_hopper.py), opaque as the forward."""
-    dq, dk, dv = _empty_bhnd(q), _empty_bhnd(q), _empty_bhnd(q)
-    hopper_bwd.backward(do, q, k, v, o, lse, dq, dk, dv, causal=causal, scale=scale)
-    return dq, dk, dv
-
-
-@attention_bwd_hopper.register_fake
-def _(do, q, k, v, o, lse, causal, scale):
-    return _empty_bhnd(q), _empty_bhnd(q), _empty_bhnd(q)
 
 
 @triton_op(f"{OPS_NAMESPACE}::attention_fwd", mutates_args=())

@@ -1,14 +1,15 @@
-"""The Gluon kernels for Hopper (kernels/attention_fwd_hopper.py, kernels/attention_bwd_hopper.py) beside the Triton
-kernels and cuDNN, on the same inputs: max error against fp32, CUDA-graph times of the forward (with and without
-ping-pong between the consumer warpgroups) and of forward+backward, and each backward kernel's time
-(torch.profiler). The Triton side runs with the Gluon routing turned off (attention_fwd_hopper.ENABLED).
+"""The Gluon forward for Hopper (kernels/attention_fwd_hopper.py) beside the Triton kernels and cuDNN, on the same
+inputs: max error against fp32, CUDA-graph times of the forward and of forward+backward. The Triton side runs with
+the Gluon routing turned off (attention_fwd_hopper.ENABLED).
 
     python docs/dev/gluon_attention_hopper.py                  # a Hopper GPU, triton 3.6 (triton.experimental.gluon)
     python docs/dev/gluon_attention_hopper.py --compile-only   # no GPU: compile every kernel for sm_90 (faked
                                                                # driver): registers, spills, waits, serialisation
 
-History in docs/dev/kernel-notes.md (sixth session): the first prototypes (no warp specialisation) ran at 0.53x
-cuDNN; the warp-specialised forward at 1.15x cuDNN at D = 128.
+History in docs/dev/kernel-notes.md (sixth and seventh sessions): the first prototypes (no warp specialisation) ran
+at 0.53x cuDNN; the warp-specialised forward at 1.03-1.15x cuDNN at D = 128. A ping-pong schedule between the
+consumer warpgroups and warp-specialised backward passes measured slower (seventh session; the backward is in the
+git history, commit b85d986).
 """
 
 import contextlib
@@ -39,24 +40,15 @@ def triton_only():
         attention.hopper.ENABLED = True
 
 
-def gluon_forward(q, k, v, causal, pingpong=False):
+def gluon_forward(q, k, v, causal):
     o, lse = attention._empty_bhnd(q), q.new_empty(q.shape[:3], dtype=torch.float32)
-    attention.hopper.forward(q, k, v, o, lse, causal=causal, scale=q.shape[-1] ** -0.5, pingpong=pingpong)
+    attention.hopper.forward(q, k, v, o, lse, causal=causal, scale=q.shape[-1] ** -0.5)
     return o
-
-
-def gluon_backward(q, k, v, do, causal, o=None, lse=None):
-    """dq, dk, dv from the Gluon passes; o and lse from the library's forward unless given."""
-    if o is None:
-        o, lse = attention.attention_fwd(q, k, v, None, [], 0, causal, 0.0, q.shape[-1] ** -0.5, False)
-    grads = [attention._empty_bhnd(q) for _ in range(3)]
-    attention.hopper_bwd.backward(do, q, k, v, o, lse, *grads, causal=causal, scale=q.shape[-1] ** -0.5)
-    return grads
 
 
 def compile_only() -> None:
     """Compile every variant for sm_90 on a machine without a GPU (docs/dev/host_time_cpu.py's faked driver); print
-    each kernel's registers and spill bytes (ptxas, via kernel_resources_cpu.py) and its wgmma waits (PTX)."""
+    the kernel's registers and spill bytes (ptxas, via kernel_resources_cpu.py) and its wgmma waits (PTX)."""
     dump = Path(tempfile.mkdtemp(prefix="gluon_dump_"))
     os.environ.update(TRITON_KERNEL_DUMP="1", TRITON_DUMP_DIR=str(dump), TRITON_ALWAYS_COMPILE="1")
     sys.path.insert(0, str(Path(__file__).parent))
@@ -68,11 +60,12 @@ def compile_only() -> None:
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
-    def compiled(names: list[str], what: str, launch) -> None:
-        shutil.rmtree(dump, ignore_errors=True)
-        launch()
-        for name in names:
-            (cubin,) = dump.glob(f"*/{name}.cubin")
+    for D in (64, 128):
+        for causal in (True, False):
+            q, k, v = (torch.randn(1, 2, 1024, D, dtype=torch.bfloat16) for _ in range(3))
+            shutil.rmtree(dump, ignore_errors=True)
+            gluon_forward(q, k, v, causal)
+            (cubin,) = dump.glob("*/attn_fwd_hopper.cubin")
             use = resources(cubin)
             ptx = cubin.with_suffix(".ptx")
             waits = re.findall(r"wgmma\.wait_group\.sync\.aligned (\d)", ptx.read_text())
@@ -80,17 +73,8 @@ def compile_only() -> None:
             log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", str(dump / "check.cubin")],
                                  capture_output=True, text=True).stderr
             serial = "SERIALISED by ptxas" if "C7511" in log else "pipelined"
-            print(f"{what}, {name}: registers {use['REG']}, spill {use['STACK']} B, wgmma waits {' '.join(waits)}, "
-                  f"{serial}", flush=True)
-
-    for D in (64, 128):
-        for causal in (True, False):
-            q, k, v, do = (torch.randn(1, 2, 1024, D, dtype=torch.bfloat16) for _ in range(4))
-            for pingpong in (False, True):
-                compiled(["attn_fwd_hopper"], f"forward D={D} causal={causal} ping-pong={pingpong}",
-                         partial(gluon_forward, q, k, v, causal, pingpong))
-            compiled(["attn_bwd_kv_hopper", "attn_bwd_dq_hopper"], f"backward D={D} causal={causal}",
-                     partial(gluon_backward, q, k, v, do, causal, q, torch.zeros(1, 2, 1024)))
+            print(f"forward D={D} causal={causal}: registers {use['REG']}, spill {use['STACK']} B, wgmma waits "
+                  f"{' '.join(waits)}, {serial}", flush=True)
 
 
 def _max_errors(outs, reference) -> str:
@@ -107,13 +91,11 @@ def _inputs(D: int, N: int, causal: bool):
 
 
 def check_forward(D: int, N: int, causal: bool) -> str:
-    """The forward's error against fp32 and its time: Gluon plain and ping-pong, Triton, cuDNN."""
+    """The forward's error against fp32 and its time: Gluon, Triton, cuDNN."""
     q, k, v, _, ref = _inputs(D, N, causal)
     bench = triton.testing.do_bench_cudagraph
-    errors = {name: _max_errors([gluon_forward(q, k, v, causal, pingpong)], ref[:1])
-              for name, pingpong in (("gluon", False), ("ping-pong", True))}
-    times = {name: bench(partial(gluon_forward, q, k, v, causal, pingpong))
-             for name, pingpong in (("gluon", False), ("ping-pong", True))}
+    errors = {"gluon": _max_errors([gluon_forward(q, k, v, causal)], ref[:1])}
+    times = {"gluon": bench(partial(gluon_forward, q, k, v, causal))}
     with triton_only():
         errors["triton"] = _max_errors([flash_attention(q, k, v, causal=causal)], ref[:1])
         times["triton"] = bench(lambda: flash_attention(q, k, v, causal=causal))
@@ -124,7 +106,7 @@ def check_forward(D: int, N: int, causal: bool) -> str:
 
 def check_backward(D: int, N: int, causal: bool) -> str:
     """Forward+backward: errors of o, dq, dk, dv against fp32 and times, the routed library (Gluon where it routes)
-    against Triton only and cuDNN; each backward kernel's time."""
+    against Triton only and cuDNN."""
     q, k, v, do, ref = _inputs(D, N, causal)
     y = [t.clone().requires_grad_() for t in (q, k, v)]
 
@@ -137,34 +119,18 @@ def check_backward(D: int, N: int, causal: bool) -> str:
         return [o, *torch.autograd.grad(o, y, do)]
 
     bench = triton.testing.do_bench_cudagraph
-    errors = {"gluon passes": _max_errors([gluon_forward(q, k, v, causal), *gluon_backward(q, k, v, do, causal)],
-                                          ref)}
+    errors = {"routed": _max_errors(fwd_bwd(), ref)}
     with triton_only():
         errors["triton"] = _max_errors(fwd_bwd(), ref)
         times = {"triton": bench(fwd_bwd)}
-        kernels = _kernel_ms(fwd_bwd)
     times.update(routed=bench(fwd_bwd), cudnn=bench(cudnn))
-    kernels.update(_kernel_ms(fwd_bwd))
     return (f"fwd+bwd D={D} N={N} causal={causal}: max error o dq dk dv: " +
             ", ".join(f"{k} {v}" for k, v in errors.items()) + "; ms " +
-            ", ".join(f"{k} {v:.3f}" for k, v in times.items()) + "; backward kernels ms " +
-            ", ".join(f"{k} {v:.3f}" for k, v in kernels.items()))
-
-
-def _kernel_ms(run) -> dict[str, float]:
-    """Per-call device time of each backward kernel over 10 calls of run."""
-    from torch.profiler import ProfilerActivity, profile
-
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            run()
-        torch.cuda.synchronize()
-    return {e.key: e.device_time_total / e.count / 1000 for e in prof.key_averages()
-            if e.count >= 10 and e.key.startswith("attn_bwd")}
+            ", ".join(f"{k} {v:.3f}" for k, v in times.items()))
 
 
 def main() -> None:
-    """Every forward first, then the backwards (a hang in a new kernel then costs only what follows it)."""
+    """Every forward first, then forward+backward (a hang in a new kernel then costs only what follows it)."""
     shapes = [(64, 4096, True), (64, 16384, True), (128, 16384, True), (128, 16384, False), (64, 4096, False)]
     for check in (check_forward, check_backward):
         for D, N, causal in shapes:

@@ -4,8 +4,8 @@ Features
 - Exact attention over (B, H, N, D) without the N x N matrix in memory: the forward (kernels/attention_fwd.py)
   saves the row log-sum-exp; the backward (kernels/attention_bwd.py) recomputes P from it.
 - Backward: FlashAttention-2's single pass (dQ accumulated in fp32 with atomics across key tiles) when dropout is
-  on, the two-pass backward (bitwise repeatable) otherwise, whichever measured faster on the H200 (_single_pass);
-  `deterministic=True` always takes the two passes.
+  on and the head dim at most 64, the two-pass backward (bitwise repeatable) otherwise, whichever measured faster
+  on the H200 (_single_pass); `deterministic=True` always takes the two passes.
 - Causal, block-sparse (a layout of kept blocks, turned into a kernels.block_mask.BlockMask), and dropout inside
   the kernels, reproducible under torch.manual_seed: each call draws random keys per row and column, and the
   kernels hash them per element (kernels/attention_fwd.py); p applies at 2^-24 resolution.
@@ -187,16 +187,17 @@ def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):
     return o, lse
 
 
-def _single_pass(dropout_p: float, deterministic: bool) -> bool:
+def _single_pass(dropout_p: float, deterministic: bool, head_dim: int) -> bool:
     """The single pass saves two of seven matrix products and a dropout-mask regeneration, but adds N^2 D / BLOCK_N
-    fp32 atomics per head. Measured on the H200 (docs/dev/kernel-notes.md): faster with dropout (the mask is the
-    larger cost), slower without, where the two passes win."""
-    return dropout_p > 0 and not deterministic
+    fp32 atomics per head. Measured on the H200 (docs/dev/kernel-notes.md): with dropout at D = 64 faster (the mask
+    is the larger cost); without dropout, and with dropout at D = 128 (products and atomics grow with D, the mask
+    does not), the two passes win."""
+    return dropout_p > 0 and not deterministic and head_dim <= 64
 
 
 def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deterministic):
     B, H, N, D = q.shape
-    single_pass = _single_pass(dropout_p, deterministic)
+    single_pass = _single_pass(dropout_p, deterministic, D)
     if do.stride(-1) != 1:
         do = do.contiguous()
     q, k, v = _shared_strides(q, k, v)
@@ -346,7 +347,8 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     """softmax(q k^T * scale [causal mask]) [dropout] v over (B, H, N, D) tensors, without the N x N matrix.
 
     deterministic=True: always the two-pass backward, whose gradients are bitwise repeatable; by default dropout
-    runs take the faster single pass, which accumulates dQ with atomics whose order varies in the last bits."""
+    runs at head dims up to 64 take the faster single pass, which accumulates dQ with atomics whose order varies
+    in the last bits."""
     return _attention(q, k, v, None, causal, dropout_p, scale, deterministic)
 
 

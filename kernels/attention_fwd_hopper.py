@@ -15,8 +15,8 @@ with heads in rows ((B, H, N, D) contiguous) or heads in columns ((B, N, H, D) s
 projection), rows 16-byte aligned. `supports()` says whether a call fits; kernels/attention.py routes the others,
 and every other GPU, to the Triton kernels.
 
-Tested: triton 3.6 with torch 2.11 on an H200 (docs/dev/kernel-notes.md, sixth and seventh sessions); compiles for sm_90 with
-triton 3.9 (the TMA load and store were renamed there: both names are resolved below).
+Tested: triton 3.6 with torch 2.11 on an H200 (docs/dev/kernel-notes.md, sixth and seventh sessions); compiles for
+sm_90 with triton 3.9 (the TMA load and store were renamed there: both names are resolved below).
 """
 
 from __future__ import annotations

@@ -103,7 +103,8 @@ def single_pass_vs_two(D: int, N: int) -> None:
     q, k, v, do = inputs(D, N)
     for kind, tile in FIXED.items():
         install(kind, tile)
-    chooser, A._single_pass = A._single_pass, lambda dropout_p, deterministic: not deterministic  # no dropout too
+    chooser = A._single_pass
+    A._single_pass = lambda dropout_p, deterministic, head_dim: not deterministic  # without dropout too
     two, one = (timed(step("bwd", q, k, v, do, deterministic)) for deterministic in (True, False))
     A._single_pass = chooser
     print(f"D={D} N={N} fwd+bwd, tiles {FIXED}: two passes {two:.3f} ms, single pass {one:.3f} ms", flush=True)

@@ -35,7 +35,7 @@ register(AttentionBackend(
     attend=flash_attend,
     description="FlashAttention in Triton: tiled online softmax, recomputing backward, in-kernel dropout; on Hopper "
                 "GPUs the dense forward without dropout at head dim 128 runs a FlashAttention-3-style Gluon kernel",
-    options=("deterministic",),  # True: the two-pass backward, bitwise repeatable (default: single pass, faster)
+    options=("deterministic",),  # True: the two-pass backward, bitwise repeatable (default: the faster)
     devices=("cuda", "cpu"),
     dtypes=(torch.float16, torch.bfloat16, torch.float32),
     head_dims=HEAD_DIMS,

@@ -45,7 +45,7 @@ from .attention_bwd import attn_bwd_dq, attn_bwd_kv, attn_bwd_preprocess
 from .attention_fwd import attn_fwd
 from .block_mask import BlockMask
 
-try:  # the Hopper kernels need triton.experimental.gluon (triton >= 3.6)
+try:  # the Hopper forward needs triton.experimental.gluon (triton >= 3.6)
     from . import attention_fwd_hopper as hopper
 except ImportError:
     hopper = None

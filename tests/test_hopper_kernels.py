@@ -61,7 +61,7 @@ def test_hopper_forward_matches_reference(D, N, causal, packed):
 @needs_hopper
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("causal", [True, False])
-def test_routed_head_dims_run_the_hopper_kernels(D, causal):
+def test_routed_head_dims_run_the_hopper_forward(D, causal):
     from torch.profiler import ProfilerActivity, profile
 
     qkv, (q, k, v) = packed_qkv(2, 2, 256, D, "cuda")
@@ -75,7 +75,7 @@ def test_routed_head_dims_run_the_hopper_kernels(D, causal):
 
 
 @needs_hopper
-def test_compiled_hopper_kernels_match_eager_without_graph_breaks():
+def test_compiled_hopper_forward_matches_eager_without_graph_breaks():
     qkv, (q, k, v) = packed_qkv(2, 2, 256, 128, "cuda")
     compiled = torch.compile(lambda q, k, v: flash_attention(q, k, v, causal=True), fullgraph=True)
     eager = flash_attention(q, k, v, causal=True)

@@ -71,6 +71,24 @@ def test_dropout_reproducible_and_matches_reference_with_same_mask(kernel_device
     assert_matches_reference(o1, qkv, q, k, v, causal=causal, keep=keep, dropout_p=kernel_dropout_p(p))
 
 
+@pytest.mark.parametrize("D,deterministic,single_pass", [(64, False, True), (64, True, False), (128, False, False)])
+def test_dropout_backward_takes_the_pass_measured_faster(kernel_device, monkeypatch, D, deterministic, single_pass):
+    """With dropout the single pass (a preprocess kernel, then dK/dV adding dQ) runs at D <= 64 unless
+    deterministic; at D = 128 the two passes (dQ pass, then dK/dV) measured faster on the H200."""
+    from kernels import attention
+
+    launched = []
+    real_wrap = attention.wrap_triton
+    monkeypatch.setattr(attention, "wrap_triton", lambda kernel: launched.append(kernel) or real_wrap(kernel))
+    qkv, (q, k, v) = packed_qkv(1, 1, 32, D, kernel_device)
+    o = flash_attention(q, k, v, causal=True, dropout_p=0.2, deterministic=deterministic)
+    launched.clear()
+    o.backward(torch.randn_like(o))
+    assert (attention.attn_bwd_preprocess in launched) == single_pass
+    assert (attention._bwd_dq in launched) == (not single_pass)
+    assert attention._bwd_kv in launched
+
+
 def test_inputs_of_different_layouts(kernel_device):
     """The kernels take one stride set for q, k and v, and one for o and the gradients: q, k, v laid out apart are
     copied to one layout, and an o laid out apart is copied to the gradients' layout, with the same results."""

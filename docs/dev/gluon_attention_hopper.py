@@ -69,10 +69,11 @@ def compile_only() -> None:
             use = resources(cubin)
             ptx = cubin.with_suffix(".ptx")
             waits = re.findall(r"wgmma\.wait_group\.sync\.aligned (\d)", ptx.read_text())
-            # ptxas warns (C7511) when it serialises the wgmma pipeline: every product then waits out its latency
+            # ptxas says when it serialises the wgmma pipeline (C7511, C7512, ...: "wgmma.mma_async instructions are
+            # serialized due to ..."): every product then waits out its latency
             log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", str(dump / "check.cubin")],
                                  capture_output=True, text=True).stderr
-            serial = "SERIALISED by ptxas" if "C7511" in log else "pipelined"
+            serial = "SERIALISED by ptxas" if "serialized" in log else "pipelined"
             print(f"forward D={D} causal={causal}: registers {use['REG']}, spill {use['STACK']} B, wgmma waits "
                   f"{' '.join(waits)}, {serial}", flush=True)
 

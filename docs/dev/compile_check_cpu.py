@@ -1,26 +1,47 @@
 """Compile every tile config the autotuner would try, for sm_90, on a machine without a GPU: Triton's real code
 generation, ptxas and shared-memory check run; the launch is a no-op (host_time_cpu.FakeHopper). Catches kernels
-that do not compile or do not fit before any GPU time is spent. Run from a checkout's root:
+that do not compile or do not fit before any GPU time is spent, and names each config whose wgmma pipeline ptxas
+serialises (C7511, C7512, C7515, ...: every product then waits out its latency; the autotuner times such configs
+like any other). Run from a checkout's root:
 
-    python docs/dev/compile_check_cpu.py        # ~3 minutes; prints one line per variant and every failure
+    python docs/dev/compile_check_cpu.py        # ~4 minutes; one line per variant, every failure and serialisation
 
-Variants: causal D = 64; causal D = 128 with dropout (single pass and two passes); causal D = 64 block-sparse;
-non-causal D = 80 with dropout. N = 4096 (causal launches there use the costliest-first order, if the kernels have
-it). Each of the forward, dQ-pass and dK/dV-pass configs is compiled once per variant. Then the Gluon forward for
-Hopper (kernels/attention_fwd_hopper.py), where the installed Triton has Gluon: D = 64 and 128, causal or not, heads
-in rows and in columns.
+Variants: causal D = 64; causal D = 128 with dropout (two passes: the dropout backward's choice at D = 128);
+causal D = 64 block-sparse; non-causal D = 48 with dropout (the single pass). N = 4096 (causal launches there use
+the costliest-first order, if the kernels have it). Each of the forward, dQ-pass and dK/dV-pass configs is compiled
+once per variant. Then the Gluon forward for Hopper (kernels/attention_fwd_hopper.py), where the installed Triton
+has Gluon: D = 64 and 128, causal or not, heads in rows and in columns.
 """
 
+import os
+import re
+import shutil
+import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
 import torch
+import triton
 from host_time_cpu import FakeHopper
 from torch._library.triton import set_wrap_triton_enabled
 from triton.runtime.driver import driver
 
-VARIANTS = [(64, True, 0.0, False), (128, True, 0.1, False), (64, True, 0.0, True), (80, False, 0.1, False)]
+VARIANTS = [(64, True, 0.0, False), (128, True, 0.1, False), (64, True, 0.0, True), (48, False, 0.1, False)]
+DUMP = Path(tempfile.mkdtemp(prefix="compile_check_"))  # each compiled kernel's PTX, for ptxas' verdict
+KERNELS = {"fwd": "attn_fwd", "dq": "attn_bwd_dq", "kv": "attn_bwd_kv"}
+
+
+def serialised(kernel: str) -> str | None:
+    """ptxas' code if it serialises the wgmma pipeline of the kernel just compiled (its PTX in DUMP)."""
+    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
+    for ptx in DUMP.glob(f"*/{kernel}.ptx"):
+        log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", str(DUMP / "check.cubin")],
+                             capture_output=True, text=True).stderr
+        if "serialized" in log:
+            return re.search(r"C75\d\d", log).group(0)
+    return None
 
 
 def compile_variant(A, D: int, causal: bool, p: float, sparse: bool) -> tuple[int, int]:
@@ -44,10 +65,15 @@ def compile_variant(A, D: int, causal: bool, p: float, sparse: bool) -> tuple[in
         for config in fitting[tuned]:
             for other in every:  # one config per kernel, so that nothing is timed
                 other.configs = [config] if other is tuned else fitting[other][:1]
+            shutil.rmtree(DUMP, ignore_errors=True)
             try:
                 with torch.no_grad(), set_wrap_triton_enabled(False):
                     launch()
                 compiled += 1
+                code = serialised(KERNELS[name])
+                if code:
+                    print(f"SERIALISED ({code}) {name} D={D} causal={causal} p={p} sparse={sparse} {config}",
+                          flush=True)
             except Exception as e:  # report and go on: every failure is worth seeing
                 failed += 1
                 print(f"FAIL {name} D={D} causal={causal} p={p} sparse={sparse} {config}: {type(e).__name__}: "
@@ -80,6 +106,7 @@ def compile_hopper(A) -> int:
 
 
 def main() -> int:
+    os.environ.update(TRITON_KERNEL_DUMP="1", TRITON_DUMP_DIR=str(DUMP), TRITON_ALWAYS_COMPILE="1")
     driver.set_active(FakeHopper())
     sys.path.insert(0, str(Path.cwd()))
     from kernels import attention as A  # noqa: E402 (after the fake driver)

@@ -40,7 +40,8 @@ def serialised(kernel: str) -> str | None:
         log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", str(DUMP / "check.cubin")],
                              capture_output=True, text=True).stderr
         if "serialized" in log:
-            return re.search(r"C75\d\d", log).group(0)
+            code = re.search(r"C75\d\d", log)
+            return code.group(0) if code else "serialized"
     return None
 
 

@@ -9,11 +9,11 @@ Features
 - Causal query tiles start costliest first. Outputs: O, and the row log-sum-exp in base 2 of the scaled scores,
   the same as kernels/attention_fwd.py's (kernels/attention_bwd.py reads either).
 
-Limits: dense attention without dropout; bf16 / fp16; head dim 64 or 128 (the library routes 128 here: at 64 the
-Triton forward is faster); N a multiple of 128; q, k, v (and o)
-with heads in rows ((B, H, N, D) contiguous) or heads in columns ((B, N, H, D) storage, e.g. views of one packed
-projection), rows 16-byte aligned. `supports()` says whether a call fits; kernels/attention.py routes the others,
-and every other GPU, to the Triton kernels.
+Limits: dense attention without dropout; bf16 / fp16; head dim 64 or 128 (the library routes 128 here: at 64 it
+measured no faster than the Triton forward); N a multiple of 128; q, k, v (and o) with heads in rows ((B, H, N, D)
+contiguous) or heads in columns ((B, N, H, D) storage, e.g. views of one packed projection), rows 16-byte aligned.
+`supports()` says whether a call fits; kernels/attention.py routes the others, and every other GPU, to the Triton
+kernels.
 
 Tested: triton 3.6 with torch 2.11 on an H200 (docs/dev/kernel-notes.md, sixth and seventh sessions); compiles for
 sm_90 with triton 3.9 (the TMA load and store were renamed there: both names are resolved below).

@@ -29,6 +29,8 @@ def test_tma_views_of_the_layouts_the_library_sees():
     assert hopper._rows_view(contiguous.transpose(2, 3).contiguous().transpose(2, 3)) is None  # D not unit stride
     assert hopper._rows_view(torch.randn(B * H * N * D + 1)[1:].view(B, H, N, D)) is None  # 4 bytes off
     assert not hopper.supports(contiguous, contiguous, contiguous, dropout_p=0.0, sparse=False)  # a CPU tensor
+    assert not attention.hopper_bwd.supports(contiguous, contiguous, contiguous, contiguous, dropout_p=0.0,
+                                             sparse=False)
 
 
 def _lse_reference(q, k, causal):
@@ -90,7 +92,7 @@ def test_hopper_backward_matches_reference(D, N, causal, packed, overlap):
 @needs_hopper
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("causal", [True, False])
-def test_routed_head_dims_run_the_hopper_forward(D, causal):
+def test_routed_head_dims_run_the_hopper_kernels(D, causal):
     from torch.profiler import ProfilerActivity, profile
 
     qkv, (q, k, v) = packed_qkv(2, 2, 256, D, "cuda")
@@ -100,6 +102,7 @@ def test_routed_head_dims_run_the_hopper_forward(D, causal):
         torch.cuda.synchronize()
     names = " ".join(e.key for e in prof.key_averages())
     assert ("attn_fwd_hopper" in names) == (D in hopper.ROUTED_HEAD_DIMS)
+    assert ("attn_bwd_kv_hopper" in names) == (D in attention.hopper_bwd.ROUTED_HEAD_DIMS)
     assert_matches_reference(flash_attention(q, k, v, causal=causal), qkv, q, k, v, causal=causal)
 
 

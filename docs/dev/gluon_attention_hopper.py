@@ -171,9 +171,11 @@ def check_backward_passes(D: int, N: int, causal: bool) -> str:
     for overlap in (False, True):
         for name, ms in _kernel_ms(partial(gluon_backward, q, k, v, do, causal, overlap)).items():
             kernels[f"{name} overlap={overlap}"] = ms
+    tuned = {name: getattr(kernel, "best_config", None)  # the autotuner's choices (compile_check_cpu.py lists the
+             for name, kernel in (("dq", attention._bwd_dq), ("kv", attention._bwd_kv))}  # serialised configs)
     return (f"backward passes D={D} N={N} causal={causal}: max error dq dk dv: " +
             ", ".join(f"{k} {v}" for k, v in errors.items()) + "; kernel ms " +
-            ", ".join(f"{k} {v:.3f}" for k, v in kernels.items()))
+            ", ".join(f"{k} {v:.3f}" for k, v in kernels.items()) + f"; Triton configs {tuned}")
 
 
 def _kernel_ms(run) -> dict[str, float]:

@@ -45,11 +45,10 @@ from .attention_bwd import attn_bwd_dq, attn_bwd_kv, attn_bwd_preprocess
 from .attention_fwd import attn_fwd
 from .block_mask import BlockMask
 
-try:  # the Hopper kernels need triton.experimental.gluon (triton >= 3.6)
-    from . import attention_bwd_hopper as hopper_bwd
+try:  # the Hopper forward needs triton.experimental.gluon (triton >= 3.6)
     from . import attention_fwd_hopper as hopper
 except ImportError:
-    hopper = hopper_bwd = None
+    hopper = None
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 AUTOTUNE = os.environ.get("FLASHGPT_AUTOTUNE", "1") != "0"  # 0: first fitting config, no tuning (quick GPU tests)
@@ -202,8 +201,6 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
     if do.stride(-1) != 1:
         do = do.contiguous()
     q, k, v = _shared_strides(q, k, v)
-    if hopper_bwd is not None and hopper_bwd.supports(do, q, k, v, dropout_p=dropout_p, sparse=mask is not None):
-        return attention_bwd_hopper(do, q, k, v, o, lse, causal, scale)
     delta, dk, dv = torch.empty_like(lse), _empty_bhnd(q), _empty_bhnd(q)
     o = _strided_like(o, dk)  # the forward's output already is, unless a caller passes another o
     common = dict(qk_scale=scale * LOG2E, sm_scale=scale, **_common(q, causal, dropout_p, mask))
@@ -252,21 +249,6 @@ def attention_fwd_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, caus
 @attention_fwd_hopper.register_fake
 def _(q, k, v, causal, scale):
     return _empty_bhnd(q), q.new_empty(q.shape[:3], dtype=torch.float32)
-
-
-@torch.library.custom_op(f"{OPS_NAMESPACE}::attention_bwd_hopper", mutates_args=())
-def attention_bwd_hopper(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor,
-                         lse: torch.Tensor, causal: bool,
-                         scale: float) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(dq, dk, dv) from the Gluon backward for Hopper (kernels/attention_bwd_hopper.py), opaque as the forward."""
-    dq, dk, dv = _empty_bhnd(q), _empty_bhnd(q), _empty_bhnd(q)
-    hopper_bwd.backward(do, q, k, v, o, lse, dq, dk, dv, causal=causal, scale=scale)
-    return dq, dk, dv
-
-
-@attention_bwd_hopper.register_fake
-def _(do, q, k, v, o, lse, causal, scale):
-    return _empty_bhnd(q), _empty_bhnd(q), _empty_bhnd(q)
 
 
 @triton_op(f"{OPS_NAMESPACE}::attention_fwd", mutates_args=())

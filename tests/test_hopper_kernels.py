@@ -1,6 +1,5 @@
-"""The Gluon kernels for Hopper (kernels/attention_fwd_hopper.py, attention_bwd_hopper.py): their TMA views on any
-machine; their outputs and gradients, the library's routing to the forward and torch.compile through it on a Hopper
-GPU (skipped elsewhere)."""
+"""The Gluon forward for Hopper (kernels/attention_fwd_hopper.py): its TMA views on any machine; its outputs, the
+library's routing to it and torch.compile through it on a Hopper GPU (skipped elsewhere)."""
 
 import math
 
@@ -29,8 +28,6 @@ def test_tma_views_of_the_layouts_the_library_sees():
     assert hopper._rows_view(contiguous.transpose(2, 3).contiguous().transpose(2, 3)) is None  # D not unit stride
     assert hopper._rows_view(torch.randn(B * H * N * D + 1)[1:].view(B, H, N, D)) is None  # 4 bytes off
     assert not hopper.supports(contiguous, contiguous, contiguous, dropout_p=0.0, sparse=False)  # a CPU tensor
-    assert not attention.hopper_bwd.supports(contiguous, contiguous, contiguous, contiguous, dropout_p=0.0,
-                                             sparse=False)
 
 
 def _lse_reference(q, k, causal):
@@ -62,37 +59,9 @@ def test_hopper_forward_matches_reference(D, N, causal, packed):
 
 
 @needs_hopper
-@pytest.mark.parametrize("overlap", [False, True])
-@pytest.mark.parametrize("packed", [True, False])
-@pytest.mark.parametrize("causal", [True, False])
-@pytest.mark.parametrize("D,N", [(64, 384), (128, 256)])
-def test_hopper_backward_matches_reference(D, N, causal, packed, overlap):
-    """Gradients from the Gluon passes against the float64 reference (the forward's O and LSE from the library)."""
-    from kernels import attention_bwd_hopper
-
-    B, H = 2, 3
-    qkv, (q, k, v) = packed_qkv(B, H, N, D, "cuda")
-    q, k, v = (t.detach() for t in (q, k, v))
-    if not packed:
-        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
-    scale = 1 / math.sqrt(D)
-    o, lse = attention.attention_fwd(q, k, v, None, [], 0, causal, 0.0, scale, False)
-    do = torch.randn_like(q)
-    grads = [attention._empty_bhnd(q) for _ in range(3)]
-    attention_bwd_hopper.backward(do if packed else do.contiguous(), q, k, v, o, lse, *grads, causal=causal,
-                                  scale=scale, overlap=overlap)
-    x = [t.double().requires_grad_() for t in (q, k, v)]
-    exact = torch.autograd.grad(reference_attention(*x, causal=causal), x, do.double())
-    y = [t.clone().requires_grad_() for t in (q, k, v)]
-    theirs = torch.autograd.grad(torch_low_precision(*y, causal), y, do)
-    for name, g, r, t in zip("qkv", grads, exact, theirs, strict=True):
-        assert rel_err(g, r) <= 2 * rel_err(t, r) + 1e-4, f"d{name}"
-
-
-@needs_hopper
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("causal", [True, False])
-def test_routed_head_dims_run_the_hopper_kernels(D, causal):
+def test_routed_head_dims_run_the_hopper_forward(D, causal):
     from torch.profiler import ProfilerActivity, profile
 
     qkv, (q, k, v) = packed_qkv(2, 2, 256, D, "cuda")
@@ -102,7 +71,6 @@ def test_routed_head_dims_run_the_hopper_kernels(D, causal):
         torch.cuda.synchronize()
     names = " ".join(e.key for e in prof.key_averages())
     assert ("attn_fwd_hopper" in names) == (D in hopper.ROUTED_HEAD_DIMS)
-    assert ("attn_bwd_kv_hopper" in names) == (D in attention.hopper_bwd.ROUTED_HEAD_DIMS)
     assert_matches_reference(flash_attention(q, k, v, causal=causal), qkv, q, k, v, causal=causal)
 
 

@@ -1,8 +1,6 @@
-"""The Gluon kernels for Hopper (kernels/attention_fwd_hopper.py, attention_bwd_hopper.py) beside the Triton kernels
-and cuDNN, on the same inputs: max error against fp32, CUDA-graph times of the forward and of forward+backward, and
-each backward kernel's time (torch.profiler): the Gluon passes with and without overlap against the Triton passes.
-The Triton side runs with the Gluon routing turned off (attention_fwd_hopper.ENABLED); run without
-FLASHGPT_AUTOTUNE=0 to compare against the tuned Triton passes.
+"""The Gluon forward for Hopper (kernels/attention_fwd_hopper.py) beside the Triton kernels and cuDNN, on the same
+inputs: max error against fp32, CUDA-graph times of the forward and of forward+backward. The Triton side runs with
+the Gluon routing turned off (attention_fwd_hopper.ENABLED).
 
     python docs/dev/gluon_attention_hopper.py                  # a Hopper GPU, triton 3.6 (triton.experimental.gluon)
     python docs/dev/gluon_attention_hopper.py --compile-only   # no GPU: compile every kernel for sm_90 (faked
@@ -10,8 +8,8 @@ FLASHGPT_AUTOTUNE=0 to compare against the tuned Triton passes.
 
 History in docs/dev/kernel-notes.md (sixth and seventh sessions): the first prototypes (no warp specialisation) ran
 at 0.53x cuDNN; the warp-specialised forward at 1.03-1.15x cuDNN at D = 128. A ping-pong schedule between the
-consumer warpgroups measured slower, and so did the backward passes of b85d986, which ptxas had serialised (C7512);
-the passes here compile pipelined (seventh session).
+consumer warpgroups and warp-specialised backward passes measured slower (seventh session; the backward is in the
+git history, commit b85d986).
 """
 
 import contextlib
@@ -48,18 +46,6 @@ def gluon_forward(q, k, v, causal):
     return o
 
 
-def gluon_backward(q, k, v, do, causal, overlap, o=None, lse=None):
-    """dq, dk, dv from the Gluon passes; o and lse from the library's forward unless given."""
-    from kernels import attention_bwd_hopper
-
-    if o is None:
-        o, lse = attention.attention_fwd(q, k, v, None, [], 0, causal, 0.0, q.shape[-1] ** -0.5, False)
-    grads = [attention._empty_bhnd(q) for _ in range(3)]
-    attention_bwd_hopper.backward(do, q, k, v, o, lse, *grads, causal=causal, scale=q.shape[-1] ** -0.5,
-                                  overlap=overlap)
-    return grads
-
-
 def compile_only() -> None:
     """Compile every variant for sm_90 on a machine without a GPU (docs/dev/host_time_cpu.py's faked driver); print
     the kernel's registers and spill bytes (ptxas, via kernel_resources_cpu.py) and its wgmma waits (PTX)."""
@@ -74,9 +60,12 @@ def compile_only() -> None:
 
     ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
-    def report(what: str, names: list[str]) -> None:
-        for name in names:
-            (cubin,) = dump.glob(f"*/{name}.cubin")
+    for D in (64, 128):
+        for causal in (True, False):
+            q, k, v = (torch.randn(1, 2, 1024, D, dtype=torch.bfloat16) for _ in range(3))
+            shutil.rmtree(dump, ignore_errors=True)
+            gluon_forward(q, k, v, causal)
+            (cubin,) = dump.glob("*/attn_fwd_hopper.cubin")
             use = resources(cubin)
             ptx = cubin.with_suffix(".ptx")
             waits = re.findall(r"wgmma\.wait_group\.sync\.aligned (\d)", ptx.read_text())
@@ -85,20 +74,8 @@ def compile_only() -> None:
             log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", str(dump / "check.cubin")],
                                  capture_output=True, text=True).stderr
             serial = "SERIALISED by ptxas" if "serialized" in log else "pipelined"
-            print(f"{what}, {name}: registers {use['REG']}, spill {use['STACK']} B, wgmma waits {' '.join(waits)}, "
-                  f"{serial}", flush=True)
-
-    for D in (64, 128):
-        for causal in (True, False):
-            q, k, v, do = (torch.randn(1, 2, 1024, D, dtype=torch.bfloat16) for _ in range(4))
-            shutil.rmtree(dump, ignore_errors=True)
-            gluon_forward(q, k, v, causal)
-            report(f"forward D={D} causal={causal}", ["attn_fwd_hopper"])
-            for overlap in (False, True):
-                shutil.rmtree(dump, ignore_errors=True)
-                gluon_backward(q, k, v, do, causal, overlap, q, torch.zeros(1, 2, 1024))
-                report(f"backward D={D} causal={causal} overlap={overlap}",
-                       ["attn_bwd_dq_hopper", "attn_bwd_kv_hopper"])
+            print(f"forward D={D} causal={causal}: registers {use['REG']}, spill {use['STACK']} B, wgmma waits "
+                  f"{' '.join(waits)}, {serial}", flush=True)
 
 
 def _max_errors(outs, reference) -> str:
@@ -153,50 +130,10 @@ def check_backward(D: int, N: int, causal: bool) -> str:
             ", ".join(f"{k} {v:.3f}" for k, v in times.items()))
 
 
-def check_backward_passes(D: int, N: int, causal: bool) -> str:
-    """The Gluon passes (with and without overlap) against fp32 and the Triton passes: max errors of dq, dk, dv and
-    each backward kernel's time."""
-    q, k, v, do, ref = _inputs(D, N, causal)
-    errors = {f"gluon overlap={overlap}": _max_errors(gluon_backward(q, k, v, do, causal, overlap), ref[1:])
-              for overlap in (False, True)}
-    y = [t.clone().requires_grad_() for t in (q, k, v)]
-
-    def triton_bwd():
-        o = flash_attention(*y, causal=causal)
-        return torch.autograd.grad(o, y, do)
-
-    with triton_only():
-        errors["triton"] = _max_errors(triton_bwd(), ref[1:])
-        kernels = _kernel_ms(triton_bwd)
-    for overlap in (False, True):
-        for name, ms in _kernel_ms(partial(gluon_backward, q, k, v, do, causal, overlap)).items():
-            kernels[f"{name} overlap={overlap}"] = ms
-    tuned = {name: getattr(kernel, "best_config", None)  # the autotuner's choices (compile_check_cpu.py lists the
-             for name, kernel in (("dq", attention._bwd_dq), ("kv", attention._bwd_kv))}  # serialised configs)
-    return (f"backward passes D={D} N={N} causal={causal}: max error dq dk dv: " +
-            ", ".join(f"{k} {v}" for k, v in errors.items()) + "; kernel ms " +
-            ", ".join(f"{k} {v:.3f}" for k, v in kernels.items()) + f"; Triton configs {tuned}")
-
-
-def _kernel_ms(run) -> dict[str, float]:
-    """Per-call device time of each backward kernel over 10 calls of run."""
-    from torch.profiler import ProfilerActivity, profile
-
-    run()
-    torch.cuda.synchronize()
-    with profile(activities=[ProfilerActivity.CUDA]) as prof:
-        for _ in range(10):
-            run()
-        torch.cuda.synchronize()
-    return {e.key: e.device_time_total / e.count / 1000 for e in prof.key_averages()
-            if e.count >= 10 and e.key.startswith("attn_bwd")}
-
-
 def main() -> None:
-    """Every forward first, then the backward passes, then forward+backward (a hang in a new kernel then costs only
-    what follows it)."""
+    """Every forward first, then forward+backward (a hang in a new kernel then costs only what follows it)."""
     shapes = [(64, 4096, True), (64, 16384, True), (128, 16384, True), (128, 16384, False), (64, 4096, False)]
-    for check in (check_forward, check_backward_passes, check_backward):
+    for check in (check_forward, check_backward):
         for D, N, causal in shapes:
             try:
                 print(check(D, N, causal), flush=True)

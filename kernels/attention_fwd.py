@@ -163,8 +163,9 @@ def key_tile_ranges(start_m, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch,
     """The key tiles query tile start_m visits, as two ranges: unmasked (full) tiles, then masked (partial) ones.
 
     Dense causal: the key tiles wholly left of the tile's first row are unmasked; masked ones follow, up to the
-    one holding its last row (any tile shapes). Sparse: the BlockMask row of the layout block holding this query tile. Returns (full_lo, full_hi, full_ptr,
-    part_lo, part_hi, part_ptr); ranges count tiles, pointers are index lists (unused when dense)."""
+    one holding its last row (any tile shapes). Sparse: the BlockMask row of the layout block holding this query
+    tile. Returns (full_lo, full_hi, full_ptr, part_lo, part_hi, part_ptr); ranges count tiles, pointers are index
+    lists (unused when dense)."""
     if SPARSE:
         PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
         row = start_m * BLOCK_M // SPARSE_BLOCK

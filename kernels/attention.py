@@ -61,15 +61,14 @@ DROPOUT_LEVELS = 2**24  # resolution of the dropout thresholds
 
 _KEY = ["N_BUCKET", "HEAD_D", "CAUSAL", "DROPOUT", "SPARSE_BLOCK"]
 
-# (query tile, key tile, warps, stages); the first fitting one is what FLASHGPT_AUTOTUNE=0 takes. The tiles that
-# walk the other operand (key tiles in the forward and dQ pass, query tiles in the dK/dV pass) set the score
-# products' n: the last entries make it 128.
+# (query tile, key tile, warps, stages). Dense causal needs the diagonal on a tile edge: the forward's and the dQ
+# pass's query tile is a multiple of its key tile, the dK/dV pass's key tile a multiple of its query tile.
 _FWD_TILES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4),
-              (64, 32, 4, 3), (32, 32, 4, 3), (16, 16, 4, 2), (64, 128, 4, 3), (64, 128, 8, 3)]
+              (64, 32, 4, 3), (32, 32, 4, 3), (16, 16, 4, 2)]
 _KV_TILES = [(64, 128, 8, 3), (32, 128, 4, 3), (64, 128, 4, 3), (32, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2),
-             (32, 32, 4, 3), (16, 16, 4, 2), (128, 64, 4, 3), (128, 64, 8, 3)]
+             (32, 32, 4, 3), (16, 16, 4, 2)]
 _DQ_TILES = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 3), (32, 32, 4, 3),
-             (16, 16, 4, 2), (64, 128, 4, 3), (64, 128, 8, 3)]
+             (16, 16, 4, 2)]
 _INTERPRET_TILES = {"fwd": [(32, 16, 4, 1), (16, 16, 4, 1)], "kv": [(16, 32, 4, 1), (16, 16, 4, 1)],
                     "dq": [(32, 16, 4, 1), (16, 16, 4, 1)]}  # small, so that tests cross tile edges
 

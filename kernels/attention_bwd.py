@@ -76,8 +76,7 @@ def _query_tile_ranges(start_n, h, N, full_cnt, full_idx, part_cnt, part_idx, s_
                        BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, SPARSE: tl.constexpr,
                        SPARSE_BLOCK: tl.constexpr):
     """The query tiles that see key tile start_n: masked (diagonal) ones, unmasked ones, then the masked tail that
-    crosses the sequence end (dense only; sparse lists count it as partial). Causal: masked from the query tile
-    holding the key tile's first column to the one holding its last (any tile shapes).
+    crosses the sequence end (dense only; sparse lists count it as partial). BLOCK_N is a multiple of BLOCK_M.
     Returns (part_lo, part_hi, part_ptr, full_lo, full_hi, full_ptr, tail_lo, tail_hi)."""
     if SPARSE:  # the transposed block mask: per key block, the query blocks that see it
         PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_M
@@ -88,8 +87,8 @@ def _query_tile_ranges(start_n, h, N, full_cnt, full_idx, part_cnt, part_idx, s_
     else:
         m_tiles = tl.cdiv(N, BLOCK_M)
         if CAUSAL:
-            part_lo = start_n * BLOCK_N // BLOCK_M
-            part_hi = tl.minimum(tl.cdiv((start_n + 1) * BLOCK_N, BLOCK_M), m_tiles)
+            part_lo = start_n * (BLOCK_N // BLOCK_M)
+            part_hi = tl.minimum(part_lo + BLOCK_N // BLOCK_M, m_tiles)
         else:
             part_lo = 0
             part_hi = 0

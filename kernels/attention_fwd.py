@@ -162,10 +162,9 @@ def key_tile_ranges(start_m, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch,
                     SPARSE_BLOCK: tl.constexpr):
     """The key tiles query tile start_m visits, as two ranges: unmasked (full) tiles, then masked (partial) ones.
 
-    Dense causal: the key tiles wholly left of the tile's first row are unmasked; masked ones follow, up to the
-    one holding its last row (any tile shapes). Sparse: the BlockMask row of the layout block holding this query
-    tile. Returns (full_lo, full_hi, full_ptr, part_lo, part_hi, part_ptr); ranges count tiles, pointers are index
-    lists (unused when dense)."""
+    Dense: BLOCK_M is a multiple of BLOCK_N, so the causal diagonal of a query tile starts on a key-tile edge.
+    Sparse: the BlockMask row of the layout block holding this query tile. Returns (full_lo, full_hi, full_ptr,
+    part_lo, part_hi, part_ptr); ranges count tiles, pointers are index lists (unused when dense)."""
     if SPARSE:
         PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
         row = start_m * BLOCK_M // SPARSE_BLOCK
@@ -174,8 +173,8 @@ def key_tile_ranges(start_m, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch,
         return 0, full_hi, full_idx + h * s_ih + row * s_im, 0, part_hi, part_idx + h * s_ih + row * s_im
     else:
         if CAUSAL:
-            full_hi = start_m * BLOCK_M // BLOCK_N
-            part_hi = tl.minimum(tl.cdiv((start_m + 1) * BLOCK_M, BLOCK_N), tl.cdiv(N, BLOCK_N))
+            full_hi = start_m * (BLOCK_M // BLOCK_N)
+            part_hi = tl.minimum(full_hi + BLOCK_M // BLOCK_N, tl.cdiv(N, BLOCK_N))
         else:
             full_hi = N // BLOCK_N
             part_hi = tl.cdiv(N, BLOCK_N)

@@ -139,26 +139,6 @@ def test_costliest_tiles_first_changes_the_order_not_the_results(kernel_device, 
     assert_matches_reference(o, qkv, q, k, v, causal=True, keep=keep, dropout_p=kernel_dropout_p(0.2))
 
 
-@pytest.mark.parametrize("causal", [True, False])
-def test_tiles_of_either_orientation_match_reference(kernel_device, monkeypatch, causal):
-    """The causal tile ranges hold for any tile pair: every kernel here runs with its walked tile twice its own
-    (the forward and the dQ pass with key tiles twice the query tile, the dK/dV pass the reverse), the opposite of
-    the first configs; the two passes without dropout, the single pass (dQ atomics) with it."""
-    from kernels import attention
-
-    own, walked, stages = (16, 32, 1) if kernel_device == "cpu" else (64, 128, 3)
-    for tuned, tile in [(attention._fwd, (own, walked)), (attention._bwd_dq, (own, walked)),
-                        (attention._bwd_kv, (walked, own))]:
-        monkeypatch.setattr(tuned, "configs", attention._configs([(*tile, 4, stages)]))
-    qkv, (q, k, v) = packed_qkv(1, 2, 150, 64, kernel_device)
-    assert_matches_reference(flash_attention(q, k, v, causal=causal), qkv, q, k, v, causal=causal)
-    torch.manual_seed(5)
-    o = flash_attention(q, k, v, causal=causal, dropout_p=0.2)
-    torch.manual_seed(5)
-    keep = dropout_keep_mask(draw_dropout_keys(1, 2, 150, q.device), 1, 2, 0.2)
-    assert_matches_reference(o, qkv, q, k, v, causal=causal, keep=keep, dropout_p=kernel_dropout_p(0.2))
-
-
 def test_dropout_mask_keeps_at_rate_1_minus_p_with_independent_neighbours():
     """The keep mask (kernels' hash, mirrored in torch and checked against the kernels above): keep rate 1 - p, and
     no dependence between an element and its right neighbour, the one below, or its transpose off the diagonal (all

@@ -16,15 +16,14 @@ installed Triton has Gluon: D = 64 and 128, causal or not, heads in rows and in 
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
-import triton
 from host_time_cpu import FakeHopper
+from kernel_resources_cpu import ptxas_log
 from torch._library.triton import set_wrap_triton_enabled
 from triton.runtime.driver import driver
 
@@ -36,10 +35,8 @@ KERNELS = {"fwd": "attn_fwd", "dq": "attn_bwd_dq", "kv": "attn_bwd_kv"}
 
 def serialised(kernel: str) -> str | None:
     """ptxas' code if it serialises the wgmma pipeline of the kernel just compiled (its PTX in DUMP)."""
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
     for ptx in DUMP.glob(f"*/{kernel}.ptx"):
-        log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", str(DUMP / "check.cubin")],
-                             capture_output=True, text=True).stderr
+        log = ptxas_log(ptx, DUMP / "check.cubin")
         if "serialized" in log:
             code = re.search(r"C75\d\d", log)
             return code.group(0) if code else "serialized"

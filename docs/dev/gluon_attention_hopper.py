@@ -16,7 +16,6 @@ import contextlib
 import os
 import re
 import shutil
-import subprocess
 import sys
 import tempfile
 from functools import partial
@@ -53,12 +52,10 @@ def compile_only() -> None:
     os.environ.update(TRITON_KERNEL_DUMP="1", TRITON_DUMP_DIR=str(dump), TRITON_ALWAYS_COMPILE="1")
     sys.path.insert(0, str(Path(__file__).parent))
     from host_time_cpu import FakeHopper
-    from kernel_resources_cpu import resources
+    from kernel_resources_cpu import ptxas_log, resources
     from triton.runtime.driver import driver
 
     driver.set_active(FakeHopper())
-
-    ptxas = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "ptxas"
 
     for D in (64, 128):
         for causal in (True, False):
@@ -71,8 +68,7 @@ def compile_only() -> None:
             waits = re.findall(r"wgmma\.wait_group\.sync\.aligned (\d)", ptx.read_text())
             # ptxas says when it serialises the wgmma pipeline (C7511, C7512, ...: "wgmma.mma_async instructions are
             # serialized due to ..."): every product then waits out its latency
-            log = subprocess.run([str(ptxas), "-arch=sm_90a", "-v", str(ptx), "-o", str(dump / "check.cubin")],
-                                 capture_output=True, text=True).stderr
+            log = ptxas_log(ptx, dump / "check.cubin")
             serial = "SERIALISED by ptxas" if "serialized" in log else "pipelined"
             print(f"forward D={D} causal={causal}: registers {use['REG']}, spill {use['STACK']} B, wgmma waits "
                   f"{' '.join(waits)}, {serial}", flush=True)

@@ -52,6 +52,19 @@ def compile_config(A, kind: str, D: int, tile: tuple, dropout_p: float) -> None:
         tuned.configs = every
 
 
+def ptxas_log(ptx: Path, cubin: Path) -> str:
+    """ptxas -v's log for sm_90a, from the ptxas Triton itself compiles sm_90 with (triton 3.6: `ptxas`; 3.9:
+    `ptxas-blackwell`, whose newer PTX the other rejects). A ptxas error raises: a log without "serialized" in it
+    must mean a compiled kernel."""
+    from triton.backends.nvidia.compiler import get_ptxas
+
+    run = subprocess.run([get_ptxas(90).path, "-arch=sm_90a", "-v", str(ptx), "-o", str(cubin)], capture_output=True,
+                         text=True)
+    if run.returncode:
+        raise RuntimeError(f"ptxas failed on {ptx}: {run.stderr.strip()[:300]}")
+    return run.stderr
+
+
 def resources(cubin: Path) -> dict:
     cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
     text = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True,

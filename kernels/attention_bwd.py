@@ -77,6 +77,8 @@ def _query_tile_ranges(start_n, h, N, full_cnt, full_idx, part_cnt, part_idx, s_
                        SPARSE_BLOCK: tl.constexpr):
     """The query tiles that see key tile start_n: masked (diagonal) ones, unmasked ones, then the masked tail that
     crosses the sequence end (dense only; sparse lists count it as partial). BLOCK_N is a multiple of BLOCK_M.
+    Non-causal dense puts the sequence-end tile first, as the masked range: ptxas serialises the products of an
+    unmasked loop that directly follows the accumulators' zeros (C7515; docs/dev/kernel-notes.md, eighth session).
     Returns (part_lo, part_hi, part_ptr, full_lo, full_hi, full_ptr, tail_lo, tail_hi)."""
     if SPARSE:  # the transposed block mask: per key block, the query blocks that see it
         PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_M
@@ -89,11 +91,10 @@ def _query_tile_ranges(start_n, h, N, full_cnt, full_idx, part_cnt, part_idx, s_
         if CAUSAL:
             part_lo = start_n * (BLOCK_N // BLOCK_M)
             part_hi = tl.minimum(part_lo + BLOCK_N // BLOCK_M, m_tiles)
+            full_hi = tl.maximum(N // BLOCK_M, part_hi)
+            return part_lo, part_hi, part_idx, part_hi, full_hi, full_idx, full_hi, m_tiles
         else:
-            part_lo = 0
-            part_hi = 0
-        full_hi = tl.maximum(N // BLOCK_M, part_hi)
-        return part_lo, part_hi, part_idx, part_hi, full_hi, full_idx, full_hi, m_tiles
+            return N // BLOCK_M, m_tiles, part_idx, 0, N // BLOCK_M, full_idx, 0, 0
 
 
 # ----------------------------------------------------------------------------------------------------------------

@@ -256,11 +256,16 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
     full_lo, full_hi, full_ptr, part_lo, part_hi, part_ptr = key_tile_ranges(
         start_m, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
         BLOCK_M, BLOCK_N, CAUSAL, SPARSE, SPARSE_BLOCK)
+    if DROPOUT:  # masked tiles first, as in the forward (C7515)
+        dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, part_lo, part_hi, part_ptr,
+                      KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, True, SPARSE,
+                      PER_BLOCK, DROPOUT, EVEN_D)
     dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, full_lo, full_hi, full_ptr,
                   KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, False, SPARSE,
                   PER_BLOCK, DROPOUT, EVEN_D)
-    dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, part_lo, part_hi, part_ptr,
-                  KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, True, SPARSE,
-                  PER_BLOCK, DROPOUT, EVEN_D)
+    if not DROPOUT:
+        dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, part_lo, part_hi, part_ptr,
+                      KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, True, SPARSE,
+                      PER_BLOCK, DROPOUT, EVEN_D)
     _store_rows(DQ + offs_m[:, None] * stride_gn + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
                 offs_m[:, None], N, offs_d[None, :], D, EVEN_D)

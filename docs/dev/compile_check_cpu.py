@@ -4,10 +4,11 @@ that do not compile or do not fit before any GPU time is spent, and names each c
 serialises (C7511, C7512, C7515, ...: every product then waits out its latency; the autotuner times such configs
 like any other). Run from a checkout's root:
 
-    python docs/dev/compile_check_cpu.py        # ~4 minutes; one line per variant, every failure and serialisation
+    python docs/dev/compile_check_cpu.py        # ~5 minutes; one line per variant, every failure and serialisation
 
 Variants: causal D = 64; non-causal D = 64; causal D = 128 with dropout (two passes: the dropout backward's
-choice at D = 128); causal D = 64 block-sparse; non-causal D = 48 with dropout (the single pass). N = 4096 (causal
+choice at D = 128); causal D = 64 block-sparse; non-causal D = 48 with dropout (the single pass); non-causal D = 64
+with dropout; non-causal D = 128. N = 4096 (causal
 launches there use the costliest-first order, if the kernels have it). Each of the forward, dQ-pass and dK/dV-pass
 configs is compiled once per variant. Then the Gluon forward for Hopper (kernels/attention_fwd_hopper.py), where the
 installed Triton has Gluon: D = 64 and 128, causal or not, heads in rows and in columns.
@@ -28,7 +29,7 @@ from torch._library.triton import set_wrap_triton_enabled
 from triton.runtime.driver import driver
 
 VARIANTS = [(64, True, 0.0, False), (64, False, 0.0, False), (128, True, 0.1, False), (64, True, 0.0, True),
-            (48, False, 0.1, False)]
+            (48, False, 0.1, False), (64, False, 0.1, False), (128, False, 0.0, False)]
 DUMP = Path(tempfile.mkdtemp(prefix="compile_check_"))  # each compiled kernel's PTX, for ptxas' verdict
 KERNELS = {"fwd": "attn_fwd", "dq": "attn_bwd_dq", "kv": "attn_bwd_kv"}
 

@@ -36,8 +36,10 @@ def compile_config(A, kind: str, D: int, tile: tuple, dropout_p: float) -> None:
     m, n, w, s = tile
     config = triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
     tuned = {"fwd": A._fwd, "kv": A._bwd_kv, "dq": A._bwd_dq}[kind]
-    every = tuned.configs
-    tuned.configs = [config]
+    every = {t: t.configs for t in (A._fwd, A._bwd_kv, A._bwd_dq)}
+    args = {"SPARSE_BLOCK": 0, "HEAD_D": max(16, 1 << (D - 1).bit_length())}
+    for t, configs in every.items():  # one config each: an autotuner with several would time them
+        t.configs = [config] if t is tuned else t.early_config_prune(configs, args)[:1]
     B, H, N = 1, 2, 4096
     q, k, v, do = (torch.randn(B, H, N, D, dtype=torch.bfloat16) for _ in range(4))
     o, lse = torch.empty_like(q), torch.zeros(B, H, N)
@@ -49,7 +51,8 @@ def compile_config(A, kind: str, D: int, tile: tuple, dropout_p: float) -> None:
             else:  # the dK/dV pass of the two-pass backward (deterministic)
                 A._launch_bwd(do, q, k, v, o, lse, keys, None, True, dropout_p, 0.125, True)
     finally:
-        tuned.configs = every
+        for t, configs in every.items():
+            t.configs = configs
 
 
 def ptxas_log(ptx: Path, cubin: Path) -> str:

@@ -2,6 +2,7 @@
 
     python scripts/bench_train_step.py --out docs/results/h200/train_step          # GPU: the issue-14 table
     python scripts/bench_train_step.py --modes eager graphs --out DIR              # what CUDA graphs give back
+    python scripts/bench_train_step.py --cases 1024x16 4096x4 --attn-dropout 0.1 --out DIR  # with dropout
     python scripts/bench_train_step.py --device cpu --model gpt2-nano --cases 64x2 --attn sdpa --modes eager \\
         --warmup 1 --steps 2 --out /tmp/bench_step                                 # the same code path on a CPU
 
@@ -36,6 +37,8 @@ def main() -> None:
     p.add_argument("--modes", nargs="+", choices=list(MODES), default=["eager", "compiled"],
                    help="graphs: compiled with CUDA graphs (reduce-overhead) (default: eager compiled)")
     p.add_argument("--model", default="gpt2", help="model preset (default: gpt2)")
+    p.add_argument("--attn-dropout", type=float, default=0.0, metavar="P",
+                   help="attention dropout in both loops (train.py: model.attn_dropout) (default: 0)")
     p.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda)")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per loop, compile included (default: 10)")
     p.add_argument("--steps", type=int, default=30, help="timed steps per loop (default: 30)")
@@ -43,13 +46,16 @@ def main() -> None:
                    "corpus, built in a temporary directory)")
     p.add_argument("--out", type=Path, required=True, help="directory for train_step_bench.json and .md")
     args = p.parse_args()
+    if not 0.0 <= args.attn_dropout < 1.0:
+        p.error(f"--attn-dropout {args.attn_dropout}: a probability in [0, 1) is needed")
     import torch
 
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA GPU here: run with --device cpu (and a tiny --model / --cases) to try the code path")
     logging.getLogger("train").setLevel(logging.WARNING)
     print(HEADER, flush=True)
-    result = bench(args.cases, args.attn, args.modes, args.model, args.device, args.warmup, args.steps, args.data_dir)
+    result = bench(args.cases, args.attn, args.modes, args.model, args.device, args.warmup, args.steps, args.data_dir,
+                   args.attn_dropout)
     write(result, args.out)
     print(f"wrote {args.out / 'train_step_bench.md'} and .json")
 

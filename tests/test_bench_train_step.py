@@ -14,7 +14,7 @@ def test_bench_times_both_loops_and_writes_stamped_results(tmp_path):
     data = prepare_stdlib_docs(tmp_path / "data")
     cmd = [sys.executable, str(ROOT / "scripts" / "bench_train_step.py"), "--device", "cpu", "--model", "gpt2-nano",
            "--cases", "32x2", "--attn", "sdpa", "naive", "--modes", "eager", "--warmup", "1", "--steps", "2",
-           "--data-dir", str(data), "--out", str(tmp_path / "out")]
+           "--attn-dropout", "0.1", "--data-dir", str(data), "--out", str(tmp_path / "out")]
     result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
     out = json.loads((tmp_path / "out" / "train_step_bench.json").read_text())
@@ -23,15 +23,39 @@ def test_bench_times_both_loops_and_writes_stamped_results(tmp_path):
     for r in out["rows"]:
         assert r["bare_tokens_per_sec"] > 0 and r["train_py_tokens_per_sec"] > 0
         assert 4 < r["bare_loss"] < 7 and 4 < r["train_py_loss"] < 7  # ~ln(256) at the start: real steps ran
-    assert out["environment"]["torch"] and out["environment"]["date_utc"]
+    assert out["environment"]["torch"] and out["environment"]["date_utc"] and out["attn_dropout"] == 0.1
     md = (tmp_path / "out" / "train_step_bench.md").read_text()
-    assert "| 32 x 2 | sdpa | eager |" in md and "commit" in md
+    assert "| 32 x 2 | sdpa | eager |" in md and "commit" in md and "attention dropout 0.1" in md
+    naive, sdpa = (r["train_py_tokens_per_sec"] for r in out["rows"][::-1])
+    assert f"| 32 x 2 | naive | eager | {naive / sdpa:.3f}× |" in md  # against sdpa, the user's alternative
+
+
+def test_bare_loop_drops_attention_as_train_py_does(monkeypatch):
+    """The bare loop's attention gets the resolved model's attn_dropout, so both loops do the same work."""
+    import torch
+
+    from model import GPTConfig
+    from reporting import train_step_bench
+
+    seen = []
+    backend = train_step_bench.get_backend("sdpa")
+    monkeypatch.setattr(train_step_bench, "get_backend", lambda name: type("B", (), {
+        "attend": staticmethod(lambda q, k, v, **kw: seen.append(kw["dropout_p"]) or backend.attend(q, k, v, **kw))}))
+    config = GPTConfig.preset("gpt2-nano", attn="sdpa", attn_dropout=0.1)
+    train_step_bench.bare_case(config, 16, 2, torch.device("cpu"), torch.float32, "eager", warmup=0, steps=1)
+    assert seen and set(seen) == {0.1}
 
 
 def test_bad_case_is_one_line(tmp_path):
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_train_step.py"), "--cases", "1024",
                              "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
     assert result.returncode == 2 and "is not SEQxBATCH" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_bad_dropout_is_one_line(tmp_path):
+    result = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench_train_step.py"), "--attn-dropout", "1.5",
+                             "--device", "cpu", "--out", str(tmp_path)], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "[0, 1)" in result.stderr and "Traceback" not in result.stderr
 
 
 def test_each_mode_sets_train_py_and_the_bare_loop_alike(monkeypatch):

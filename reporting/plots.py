@@ -66,6 +66,32 @@ def throughput_bars(runs: list[Run], path: Path, title: str = "training throughp
     return _save(fig, path)
 
 
+def train_step_bars(rows: list[dict], path: Path, title: str) -> str:
+    """scripts/bench_train_step.py's rows: one group per (seq x batch, mode), per backend a solid bar (train.py's
+    tokens/s) beside a hatched one (the bare loop's)."""
+    groups = list(dict.fromkeys((r["seq"], r["batch"], r["mode"]) for r in rows))
+    attns = list(dict.fromkeys(r["attn"] for r in rows))
+    width = 0.8 / (2 * len(attns))
+    fig, ax = plt.subplots(figsize=(max(6, 1.8 * len(groups) + 2), 4))
+    for g, key in enumerate(groups):
+        for i, attn in enumerate(attns):
+            row = next((r for r in rows if (r["seq"], r["batch"], r["mode"]) == key and r["attn"] == attn), None)
+            if row is None:
+                continue
+            x = g + (2 * i - (2 * len(attns) - 1) / 2) * width
+            ax.bar(x, row["train_py_tokens_per_sec"], width, color=f"C{i}",
+                   label=f"{attn}, train.py" if g == 0 else None)
+            ax.bar(x + width, row["bare_tokens_per_sec"], width, color=f"C{i}", alpha=0.5, hatch="//",
+                   label=f"{attn}, bare loop" if g == 0 else None)
+    ax.set_xticks(range(len(groups)))
+    ax.set_xticklabels([f"{seq} x {batch}\n{mode}" for seq, batch, mode in groups], fontsize=8)
+    ax.set_ylabel("tokens / s")
+    ax.set_title(title)
+    ax.legend(fontsize=7)
+    ax.grid(axis="y", alpha=0.3)
+    return _save(fig, path)
+
+
 def series_vs_n(series: dict[str, tuple[list[int], list[float]]], path: Path, *, title: str, ylabel: str,
                 paper: dict[str, tuple[list[int], list[float]]] | None = None) -> str:
     """Log-log lines of a quantity vs sequence length; the paper's values dashed and labelled '(paper, A100)'."""

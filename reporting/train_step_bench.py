@@ -23,6 +23,7 @@ import torch
 import train
 from model.attention import get_backend
 from reporting.environment import environment
+from reporting.plots import train_step_bars
 from training.config import compose
 from training.distributed import Dist
 from training.metrics import peak_memory_gb, synchronize
@@ -171,6 +172,7 @@ def markdown(result: dict) -> str:
              "extra memory target <= 0.3 GB).", "", HEADER]
     lines += [markdown_row(r) for r in result["rows"]]
     lines += against_sdpa(result["rows"])
+    lines += ["", "![tokens per second](train_step_bench.png)"]
     return "\n".join(lines) + "\n"
 
 
@@ -178,3 +180,6 @@ def write(result: dict, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     (out / "train_step_bench.json").write_text(json.dumps(result, indent=2))
     (out / "train_step_bench.md").write_text(markdown(result))
+    env = result["environment"]
+    train_step_bars(result["rows"], out / "train_step_bench.png",
+                    f"{result['model']}, {env['gpu'] or 'CPU'}, commit {(env['git_commit'] or '?')[:7]}")

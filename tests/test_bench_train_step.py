@@ -28,6 +28,7 @@ def test_bench_times_both_loops_and_writes_stamped_results(tmp_path):
     assert "| 32 x 2 | sdpa | eager |" in md and "commit" in md and "attention dropout 0.1" in md
     naive, sdpa = (r["train_py_tokens_per_sec"] for r in out["rows"][::-1])
     assert f"| 32 x 2 | naive | eager | {naive / sdpa:.3f}× |" in md  # against sdpa, the user's alternative
+    assert (tmp_path / "out" / "train_step_bench.png").stat().st_size > 1000
 
 
 def test_bare_loop_drops_attention_as_train_py_does(monkeypatch):

@@ -122,33 +122,53 @@ def provider(name: str) -> Callable:
 
 # ---- measurement ----
 
-def measure(fn, B, H, N, D, dtype=torch.bfloat16, modes=MODES, warmup=10, rep=60) -> dict:
-    """Median ms per mode and extra memory (MiB) of o = fn(q, k, v) on random (B, H, N, D) inputs."""
+STORAGES = {"bhnd": "q, k, v and dO contiguous (B, H, N, D)",
+            "packed": "q, k, v views of one (B, N, 3·H·D) projection and dO of (B, N, H, D) storage, as the model "
+                      "passes them; gradients into the projection"}
+
+
+def inputs(B, H, N, D, dtype=torch.bfloat16, storage="bhnd", device="cuda"):
+    """(leaves, qkv, do): the tensors gradients are taken for, a function giving the (B, H, N, D) q, k, v, and dO.
+    "packed" builds q, k, v as model/gpt.py does, views of one projection output (split, view, transpose), so each
+    call pays the model's view ops and the backward gathers the three gradients into the projection's."""
+    if storage == "bhnd":
+        q, k, v = (torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        return (q, k, v), lambda: (q, k, v), torch.randn(B, H, N, D, device=device, dtype=dtype)
+    if storage != "packed":
+        raise ValueError(f"unknown storage '{storage}'; choose one of: {', '.join(STORAGES)}")
+    x = torch.randn(B, N, 3 * H * D, device=device, dtype=dtype, requires_grad=True)
+    qkv = lambda: tuple(t.view(B, N, H, D).transpose(1, 2) for t in x.split(H * D, 2))
+    return (x,), qkv, torch.randn(B, N, H, D, device=device, dtype=dtype).transpose(1, 2)
+
+
+def measure(fn, B, H, N, D, dtype=torch.bfloat16, modes=MODES, warmup=10, rep=60, storage="bhnd") -> dict:
+    """Median ms per mode and extra memory (MiB) of o = fn(q, k, v) on random (B, H, N, D) inputs stored as
+    `storage` says (STORAGES)."""
     import triton.testing
 
     torch.manual_seed(0)
-    q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=dtype, requires_grad=True) for _ in range(3))
-    do = torch.randn(B, H, N, D, device="cuda", dtype=dtype)
+    leaves, qkv, do = inputs(B, H, N, D, dtype, storage)
+    call = lambda: fn(*qkv())
     bench = lambda f: triton.testing.do_bench(f, warmup=warmup, rep=rep, return_mode="median")
     out = {}
-    torch.autograd.grad(fn(q, k, v), (q, k, v), do)  # compile / autotune (forward and backward) outside the
-    torch.cuda.synchronize()                         # timings and the memory reading
+    torch.autograd.grad(call(), leaves, do)  # compile / autotune (forward and backward) outside the
+    torch.cuda.synchronize()                 # timings and the memory reading
     base = torch.cuda.memory_allocated()
     torch.cuda.reset_peak_memory_stats()
-    torch.autograd.grad(fn(q, k, v), (q, k, v), do)
+    torch.autograd.grad(call(), leaves, do)
     torch.cuda.synchronize()
     out["extra_mib"] = (torch.cuda.max_memory_allocated() - base) / 2**20
     if "fwd" in modes:
         with torch.no_grad():
-            out["fwd"] = bench(lambda: fn(q, k, v))
+            out["fwd"] = bench(call)
     if "bwd" in modes:
-        o = fn(q, k, v)
-        out["bwd"] = bench(lambda: torch.autograd.grad(o, (q, k, v), do, retain_graph=True))
+        o = call()
+        out["bwd"] = bench(lambda: torch.autograd.grad(o, leaves, do, retain_graph=True))
         del o
     if "fwd_bwd" in modes:
-        out["fwd_bwd"] = bench(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do))
+        out["fwd_bwd"] = bench(lambda: torch.autograd.grad(call(), leaves, do))
     if "fwd_bwd_graph" in modes:
-        out.update(graphed(lambda: torch.autograd.grad(fn(q, k, v), (q, k, v), do), bench))
+        out.update(graphed(lambda: torch.autograd.grad(call(), leaves, do), bench))
     return out
 
 
@@ -224,7 +244,7 @@ def fwd_flops(B, H, N, D, density: float) -> float:
 # ---- sweeps ----
 
 def run_dense(seqs, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0.1), providers=DENSE_PROVIDERS,
-              heads=12, tokens=16384, dtype=torch.bfloat16, log=print, on_row=None) -> list[dict]:
+              heads=12, tokens=16384, dtype=torch.bfloat16, log=print, on_row=None, storage="bhnd") -> list[dict]:
     rows = []
     for D in head_dims:
         for causal in causals:
@@ -240,7 +260,8 @@ def run_dense(seqs, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0
                         # naive is GPU-bound, and a graph's second memory pool would not fit beside it at 16K
                         modes = MODES if prov != "naive" else MODES[:3]
                         row = dict(part="dense", provider=prov, N=N, B=B, H=heads, D=D, causal=causal, dropout=p,
-                                   **guarded(fn, B, heads, N, D, dtype, modes=modes))
+                                   **({"storage": storage} if storage != "bhnd" else {}),
+                                   **guarded(fn, B, heads, N, D, dtype, modes=modes, storage=storage))
                         rows.append(add_rates(row, flops))
                         log(one_line(row))
                         if on_row:
@@ -325,7 +346,7 @@ def plan(quick: bool, seqs=None, head_dims=(64, 128), causals=(True, False), dro
 
 
 def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_PROVIDERS, append: bool = False,
-          env: dict | None = None, baseline: str | Path | None = None) -> list[dict]:
+          env: dict | None = None, baseline: str | Path | None = None, storage: str = "bhnd") -> list[dict]:
     """Measure `part` ("dense", "sparse", "host" or "all": dense, sparse and, where sizes ask, host) at `sizes`
     (plan()) into out_dir: results.json grows row by row, so a run stopped at a time limit keeps what it measured;
     with append, rows of an earlier run stay unless re-measured. With a baseline checkout, its kernels run beside
@@ -345,7 +366,7 @@ def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_P
 
     if part in ("dense", "all"):
         run_dense(sizes["seqs"], sizes["head_dims"], sizes["causals"], sizes["dropouts"], tuple(providers),
-                  on_row=keep)
+                  on_row=keep, storage=storage)
     if part in ("sparse", "all"):
         run_sparse(sizes["sparse_seqs"], windows=sizes["windows"], density_seq=sizes["density_seq"],
                    providers=sparse_providers, on_row=keep)

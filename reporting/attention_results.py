@@ -8,7 +8,8 @@ results.json = {"env": environment(), "rows": [row, ...]}; a row:
   sparse rows also pattern, window, density (kept fraction of the causal score matrix);
   per timed mode m in MODES: m (median ms) and m_tflops; extra_mib (MiB above the inputs during fwd+bwd);
   host rows instead fwd_host and fwd_bwd_host (ms of host time per eager call, at a size with negligible GPU work);
-  status only when the case did not run ("OOM" or "error: ..."); fwd_bwd_graph_status when no graph was captured.
+  status only when the case did not run ("OOM" or "error: ..."); fwd_bwd_graph_status when no graph was captured;
+  storage "packed" when q, k, v were views of one projection (attention_bench.STORAGES), absent for (B, H, N, D).
 """
 
 from __future__ import annotations
@@ -34,7 +35,8 @@ PAPER_ROWS = ("PyTorch Attention", "FlashAttention", "Block-Sparse FlashAttentio
 # ---- results.json ----
 
 def row_key(row: dict) -> tuple:
-    return tuple(row.get(k) for k in ("part", "provider", "pattern", "window", "N", "D", "causal", "dropout"))
+    return tuple(row.get(k) for k in ("part", "provider", "pattern", "window", "N", "D", "causal", "dropout",
+                                      "storage"))
 
 
 def merge_rows(old: list[dict], new: list[dict]) -> list[dict]:
@@ -97,8 +99,10 @@ def shape_note(rows: list[dict]) -> str:
     timed = [r for r in rows if r["part"] != "host"]
     tokens = sorted({r["B"] * r["N"] for r in timed if r.get("B")})
     heads = sorted({r["H"] for r in timed if r.get("H")})
+    packed = any(r.get("storage") == "packed" for r in timed)
     return (f"{'/'.join(f'{t:,}' for t in tokens) or '?'} tokens per batch (B = tokens / N), "
-            f"{'/'.join(map(str, heads)) or '?'} heads")
+            f"{'/'.join(map(str, heads)) or '?'} heads"
+            f"{'; q, k, v views of one packed projection, as the model passes them' if packed else ''}")
 
 
 # ---- tables ----

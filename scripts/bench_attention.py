@@ -13,6 +13,8 @@ and how: reporting/attention_bench.py; the results' schema and tables: reporting
     python scripts/bench_attention.py --part dense --head-dims 128 --out DIR --append
     python scripts/bench_attention.py --part sparse --out DIR --append
     python scripts/bench_attention.py --part host --causal yes --dropout 0 --out DIR --append   # about a minute
+    # q, k, v as the model passes them (views of one packed projection):
+    python scripts/bench_attention.py --part dense --storage packed --causal yes --dropout 0 --out DIR
     # ours against another checkout's kernels (e.g. main), in one process:
     git worktree add /tmp/main main && python scripts/bench_attention.py --quick --baseline /tmp/main --out DIR
 
@@ -48,6 +50,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--providers", nargs="+", default=list(DENSE_PROVIDERS), choices=DENSE_PROVIDERS)
     ap.add_argument("--baseline", metavar="DIR", help="another checkout of this repository (e.g. main): its kernels "
                     "run beside ours in the same process, as flash@baseline and block_sparse@baseline")
+    ap.add_argument("--storage", choices=tuple(attention_bench.STORAGES), default="bhnd",
+                    help="dense inputs: " + "; ".join(f"{k}: {v}" for k, v in attention_bench.STORAGES.items()))
     ap.add_argument("--append", action="store_true",
                     help="merge into --out's existing results.json (run the full sweep in parts: it takes >10 min)")
     args = ap.parse_args(argv)
@@ -55,7 +59,8 @@ def main(argv=None) -> list[dict]:
         sys.exit("bench_attention.py needs a CUDA GPU (the kernels' CPU path is the slow Triton interpreter)")
     causals = {"yes": (True,), "no": (False,), "both": (True, False)}[args.causal]
     sizes = attention_bench.plan(args.quick, args.seqs, args.head_dims, causals, args.dropout, args.windows)
-    rows = attention_bench.sweep(args.out, sizes, args.part, args.providers, args.append, baseline=args.baseline)
+    rows = attention_bench.sweep(args.out, sizes, args.part, args.providers, args.append, baseline=args.baseline,
+                                 storage=args.storage)
     print((Path(args.out) / "results.md").read_text())
     return rows
 

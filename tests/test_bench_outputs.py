@@ -89,12 +89,16 @@ def test_results_json_grows_row_by_row(tmp_path, monkeypatch):
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [(r["provider"], r["N"]) for r in rows] == [("flash", 1024), ("sdpa_flash", 1024)]
 
-    def third(*args, on_row=None, **kwargs):  # a later part, appended: the earlier rows stay
+    storages = []
+
+    def third(*args, on_row=None, storage="bhnd", **kwargs):  # a later part, appended: the earlier rows stay
+        storages.append(storage)
         on_row(fake_rows(3)[2])
 
     monkeypatch.setattr(attention_bench, "run_dense", third)
     cli.main(["--out", str(tmp_path), "--part", "dense", "--head-dims", "64", "--causal", "yes", "--dropout", "0",
-              "--seqs", "4096", "--providers", "flash", "--append"])
+              "--seqs", "4096", "--providers", "flash", "--storage", "packed", "--append"])
+    assert storages == ["packed"]
     rows = json.loads((tmp_path / "results.json").read_text())["rows"]
     assert [(r["provider"], r["N"]) for r in rows] == [("flash", 1024), ("sdpa_flash", 1024), ("flash", 4096)]
     md = (tmp_path / "results.md").read_text()
@@ -149,3 +153,26 @@ def test_profile_times_public_calls_on_a_gpu(name):
     attention_profile.report(name, 256, 2, 2, 64, 0.0, "local", iters=3, log=lines.append)
     assert any(line.startswith("fwd+bwd: host enqueue") for line in lines)
     assert any("GPU kernel time per fwd+bwd" in line for line in lines)
+
+
+def test_packed_inputs_are_the_models_views_and_grads_reach_the_projection():
+    """--storage packed: q, k, v are what model/gpt.py hands the attention (views of one projection output), dO has
+    the (B, N, H, D) storage of the gradient that reaches it, and the backward fills the projection's gradient."""
+    from model import GPT, GPTConfig
+
+    B, H, N, D = 2, 3, 8, 4
+    leaves, qkv, do = attention_bench.inputs(B, H, N, D, torch.float32, "packed", device="cpu")
+    (x,) = leaves
+    q, k, v = qkv()
+    seen = []
+    model = GPT(GPTConfig.preset("gpt2-nano", attn="sdpa", n_head=H, n_embd=H * D, block_size=N))
+    attn = model.transformer.h[0].attn
+    attn.attend = lambda q, k, v, **kw: seen.append((q.stride(), k.stride(), v.stride())) or q
+    attn(torch.randn(B, N, H * D))
+    assert seen == [(q.stride(), k.stride(), v.stride())]
+    assert q.data_ptr() == x.data_ptr() and k.data_ptr() == x.data_ptr() + H * D * x.element_size()
+    assert do.shape == (B, H, N, D) and do.stride() == (N * H * D, D, H * D, 1)
+    (gx,) = torch.autograd.grad(attention_bench.provider("naive")(q, k, v, True, 0.0), leaves, do)
+    assert gx.shape == x.shape and gx.abs().sum() > 0
+    with pytest.raises(ValueError, match="unknown storage"):
+        attention_bench.inputs(B, H, N, D, storage="bnhd", device="cpu")

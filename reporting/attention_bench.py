@@ -198,8 +198,7 @@ def measure_host(fn, device="cuda", dtype=torch.bfloat16, calls=300) -> dict:
     costs the CPU that launches it (Python, dispatch, launches), which a step pays wherever its GPU work is short."""
     B, H, N, D = (HOST_SHAPE[k] for k in "BHND")
     torch.manual_seed(0)
-    q, k, v = (torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-    do = torch.randn(B, H, N, D, device=device, dtype=dtype)
+    (q, k, v), _, do = inputs(B, H, N, D, dtype, device=device)
     sync = torch.cuda.synchronize if torch.device(device).type == "cuda" else lambda: None
 
     def per_call(step) -> float:

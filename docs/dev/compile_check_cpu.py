@@ -8,10 +8,10 @@ like any other). Run from a checkout's root:
 
 Variants: causal D = 64; non-causal D = 64; causal D = 128 with dropout (two passes: the dropout backward's
 choice at D = 128); causal D = 64 block-sparse; non-causal D = 48 with dropout (the single pass); non-causal D = 64
-with dropout; non-causal D = 128. N = 4096 (causal
-launches there use the costliest-first order, if the kernels have it). Each of the forward, dQ-pass and dK/dV-pass
-configs is compiled once per variant. Then the Gluon forward for Hopper (kernels/attention_fwd_hopper.py), where the
-installed Triton has Gluon: D = 64 and 128, causal or not, heads in rows and in columns.
+with dropout; non-causal D = 128. N = 4096 (causal launches there use the costliest-first order, if the kernels have
+it). Each of the forward, dQ-pass and dK/dV-pass configs is compiled once per variant. Then the Gluon forward for
+Hopper (kernels/attention_fwd_hopper.py), where the installed Triton has Gluon: D = 64 and 128, causal or not, heads
+in rows and in columns.
 """
 
 import os

@@ -53,12 +53,21 @@ def profile_backend(attn: str, model_name: str = "gpt2", batch: int = 16, seq: i
     busy_ms = sum(e.device_time_total for e in kernels) / steps / 1e3
     attn_ms = sum(e.device_time_total for e in kernels
                   if any(s in e.key.lower() for s in ATTENTION_KERNELS)) / steps / 1e3
-    ranked = sorted(kernels, key=lambda e: -e.device_time_total)[:top]
+    ranked = sorted(kernels, key=lambda e: -e.device_time_total)
     del model, optimizer, step_model
     torch.cuda.empty_cache()
+    per_step = [(e.key[:70], e.device_time_total / steps / 1e3, e.count // steps) for e in ranked]
     return {"attn": attn, "wall_ms": wall_ms, "busy_ms": busy_ms, "attention_ms": attn_ms,
-            "tokens_per_sec": batch * seq / (wall_ms / 1e3),
-            "top": [(e.key[:70], e.device_time_total / steps / 1e3, e.count // steps) for e in ranked]}
+            "tokens_per_sec": batch * seq / (wall_ms / 1e3), "top": per_step[:top], "kernels": per_step}
+
+
+def differences(base: dict, other: dict, top: int = 12) -> list[tuple[str, float, float]]:
+    """(kernel, base ms/step, other ms/step) for the kernels whose GPU time differs most between two backends'
+    steps, a kernel one step lacks counting 0 there: where a backend's step spends time the other does not."""
+    a = {name: ms for name, ms, _ in base["kernels"]}
+    b = {name: ms for name, ms, _ in other["kernels"]}
+    names = sorted(set(a) | set(b), key=lambda n: -abs(b.get(n, 0.0) - a.get(n, 0.0)))
+    return [(n, a.get(n, 0.0), b.get(n, 0.0)) for n in names[:top]]
 
 
 def markdown(rows: list[dict], title: str) -> str:
@@ -70,4 +79,8 @@ def markdown(rows: list[dict], title: str) -> str:
     for r in rows:
         lines += ["", f"{r['attn']}: top kernels (ms/step, launches/step)"]
         lines += [f"  {ms:7.3f}  {count:4d}  {name}" for name, ms, count in r["top"]]
+    base = rows[0]
+    for r in rows[1:]:
+        lines += ["", f"largest differences, {base['attn']} -> {r['attn']} (ms/step)"]
+        lines += [f"  {a:7.3f} -> {b:7.3f}  ({b - a:+.3f})  {name}" for name, a, b in differences(base, r)]
     return "\n".join(lines)

@@ -2,6 +2,7 @@
 
     python scripts/profile_train_step.py --attn sdpa flash --model gpt2 --batch 16 --seq 1024
     python scripts/profile_train_step.py --attn flash --compile
+    python scripts/profile_train_step.py --seq 4096 --batch 4 --out DIR   # also DIR/train_step_profile.{json,md}
 
 What is timed and how: reporting/train_step_profile.py. Needs a CUDA GPU.
 """
@@ -9,10 +10,13 @@ What is timed and how: reporting/train_step_profile.py. Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
+from pathlib import Path
 
 import torch
 
+from reporting.environment import environment, one_line
 from reporting.train_step_profile import markdown, profile_backend
 
 
@@ -26,14 +30,22 @@ def main(argv=None) -> list[dict]:
     p.add_argument("--warmup", type=int, default=5)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--top", type=int, default=12)
+    p.add_argument("--out", type=Path, default=None, help="directory for train_step_profile.json and .md")
     args = p.parse_args(argv)
     if not torch.cuda.is_available():
         sys.exit("profile_train_step.py needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
     rows = [profile_backend(attn, args.model, args.batch, args.seq, args.compile, args.warmup, args.steps, args.top)
             for attn in args.attn]
-    print(markdown(rows, f"{args.model}, batch {args.batch}, seq {args.seq}, bf16, "
-                         f"{'compiled' if args.compile else 'eager'}, {torch.cuda.get_device_name()}"))
+    env = environment()
+    text = markdown(rows, f"{args.model}, batch {args.batch}, seq {args.seq}, bf16, "
+                          f"{'compiled' if args.compile else 'eager'}; {one_line(env)}")
+    print(text)
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        (args.out / "train_step_profile.json").write_text(json.dumps({"env": env, "args": vars(args) | {
+            "out": str(args.out)}, "rows": rows}, indent=1))
+        (args.out / "train_step_profile.md").write_text(f"# Training step profile\n\n```\n{text}\n```\n")
     return rows
 
 

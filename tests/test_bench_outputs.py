@@ -176,3 +176,12 @@ def test_packed_inputs_are_the_models_views_and_grads_reach_the_projection():
     assert gx.shape == x.shape and gx.abs().sum() > 0
     with pytest.raises(ValueError, match="unknown storage"):
         attention_bench.inputs(B, H, N, D, storage="bnhd", device="cpu")
+
+
+def test_profile_differences_rank_kernels_by_the_gap_between_steps():
+    from reporting.train_step_profile import differences
+
+    base = {"kernels": [("gemm", 10.0, 4), ("cat", 0.5, 12)]}
+    other = {"kernels": [("gemm", 10.1, 4), ("attn_fwd", 2.0, 12)]}
+    assert differences(base, other) == [("attn_fwd", 0.0, 2.0), ("cat", 0.5, 0.0), ("gemm", 10.0, 10.1)]
+    assert differences(base, other, top=1) == [("attn_fwd", 0.0, 2.0)]

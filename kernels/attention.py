@@ -93,14 +93,15 @@ def _prune(configs, named_args, **kwargs):
     return fitting if AUTOTUNE and not INTERPRET else fitting[:1]  # the interpreter cannot time configs
 
 
-def _tuned(kernel, name, tiles, **options):
+def _tuned(kernel, name, tiles, key=(), **options):
     tiles = _INTERPRET_TILES[name] if INTERPRET else tiles
-    return triton.autotune(_configs(tiles), key=_KEY, prune_configs_by={"early_config_prune": _prune},
+    return triton.autotune(_configs(tiles), key=_KEY + list(key), prune_configs_by={"early_config_prune": _prune},
                            cache_results=True, **options)(kernel)
 
 
 _fwd = _tuned(attn_fwd, "fwd", _FWD_TILES)
-_bwd_kv = _tuned(attn_bwd_kv, "kv", _KV_TILES, reset_to_zero=["DQ_ACC"])  # tuning runs add into it
+# the single pass (DQ_ATOMIC) tunes apart from the two passes' dK/dV pass; its tuning runs add into DQ_ACC
+_bwd_kv = _tuned(attn_bwd_kv, "kv", _KV_TILES, key=["DQ_ATOMIC"], reset_to_zero=["DQ_ACC"])
 _bwd_dq = _tuned(attn_bwd_dq, "dq", _DQ_TILES)
 
 # ----------------------------------------------------------------------------------------------------------------

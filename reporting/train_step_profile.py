@@ -12,9 +12,14 @@ from torch.profiler import ProfilerActivity, profile
 
 from model import GPT, GPTConfig
 
-# Kernel-name fragments of fused attention kernels (ours, PyTorch's flash/cuDNN/efficient); naive's matmuls and
-# softmax are not told apart from the rest of the model
-ATTENTION_KERNELS = ("_attn_", "flash", "fmha", "cudnn", "attention")
+# Kernel-name fragments of fused attention kernels: PyTorch's flash / cuDNN / efficient ones, and ours, whose names
+# begin with attn_ (kernels/attention_*.py). Naive's matmuls and softmax are not told apart from the rest of the model.
+ATTENTION_KERNELS = ("flash", "fmha", "cudnn", "attention")
+
+
+def is_attention_kernel(name: str) -> bool:
+    name = name.lower()
+    return name.startswith("attn_") or any(s in name for s in ATTENTION_KERNELS)
 
 
 def train_step(model, optimizer, x, y) -> None:
@@ -51,8 +56,7 @@ def profile_backend(attn: str, model_name: str = "gpt2", batch: int = 16, seq: i
         torch.cuda.synchronize()
     kernels = [e for e in prof.key_averages() if e.device_type.name == "CUDA"]
     busy_ms = sum(e.device_time_total for e in kernels) / steps / 1e3
-    attn_ms = sum(e.device_time_total for e in kernels
-                  if any(s in e.key.lower() for s in ATTENTION_KERNELS)) / steps / 1e3
+    attn_ms = sum(e.device_time_total for e in kernels if is_attention_kernel(e.key)) / steps / 1e3
     ranked = sorted(kernels, key=lambda e: -e.device_time_total)
     del model, optimizer, step_model
     torch.cuda.empty_cache()

@@ -185,3 +185,16 @@ def test_profile_differences_rank_kernels_by_the_gap_between_steps():
     other = {"kernels": [("gemm", 10.1, 4), ("attn_fwd", 2.0, 12)]}
     assert differences(base, other) == [("attn_fwd", 0.0, 2.0), ("cat", 0.5, 0.0), ("gemm", 10.0, 10.1)]
     assert differences(base, other, top=1) == [("attn_fwd", 0.0, 2.0)]
+
+
+def test_profile_counts_our_kernels_and_pytorchs_as_attention():
+    from reporting.train_step_profile import is_attention_kernel
+
+    ours = ["attn_fwd", "attn_bwd_dq", "attn_bwd_kv", "attn_bwd_preprocess", "attn_fwd_hopper"]
+    theirs = ["cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64",
+              "void cudnn::fusion::convert_dq_to_16bits<true>(void const*, void*, uns",
+              "void pytorch_flash::flash_fwd_kernel<Flash_fwd_kernel_traits<64, 128",
+              "fmha_cutlassF_bf16_aligned_64x64"]
+    model = ["nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", "triton_poi_fused_gelu_view_10",
+             "triton_per_fused__to_copy_add_native_layer_norm_backward_view_9"]
+    assert all(map(is_attention_kernel, ours + theirs)) and not any(map(is_attention_kernel, model))

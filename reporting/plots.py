@@ -68,7 +68,7 @@ def throughput_bars(runs: list[Run], path: Path, title: str = "training throughp
 
 def train_step_bars(rows: list[dict], path: Path, title: str) -> str:
     """scripts/bench_train_step.py's rows: one group per (seq x batch, mode), per backend a solid bar (train.py's
-    tokens/s) beside a hatched one (the bare loop's)."""
+    tokens/s) beside a hatched one (the bare loop's, when it ran)."""
     groups = list(dict.fromkeys((r["seq"], r["batch"], r["mode"]) for r in rows))
     attns = list(dict.fromkeys(r["attn"] for r in rows))
     width = 0.8 / (2 * len(attns))
@@ -81,8 +81,9 @@ def train_step_bars(rows: list[dict], path: Path, title: str) -> str:
             x = g + (2 * i - (2 * len(attns) - 1) / 2) * width
             ax.bar(x, row["train_py_tokens_per_sec"], width, color=f"C{i}",
                    label=f"{attn}, train.py" if g == 0 else None)
-            ax.bar(x + width, row["bare_tokens_per_sec"], width, color=f"C{i}", alpha=0.5, hatch="//",
-                   label=f"{attn}, bare loop" if g == 0 else None)
+            if row["bare_tokens_per_sec"] is not None:
+                ax.bar(x + width, row["bare_tokens_per_sec"], width, color=f"C{i}", alpha=0.5, hatch="//",
+                       label=f"{attn}, bare loop" if g == 0 else None)
     ax.set_xticks(range(len(groups)))
     ax.set_xticklabels([f"{seq} x {batch}\n{mode}" for seq, batch, mode in groups], fontsize=8)
     ax.set_ylabel("tokens / s")

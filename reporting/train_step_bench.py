@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import gc
 import json
+import statistics
 import tempfile
 import time
 from contextlib import nullcontext
@@ -102,48 +103,86 @@ def bare_case(c, seq: int, batch: int, device: torch.device, dtype: torch.dtype,
     return seconds, losses[-1].item()
 
 
-def bench(cases: list[tuple[int, int]], attns: list[str], modes: list[str], model: str, device: str,
-          warmup: int, steps: int, data_dir: str | None = None, attn_dropout: float = 0.0) -> dict:
-    device = torch.device(device)
+def measure(seq: int, batch: int, attn: str, mode: str, model: str, device: torch.device, warmup: int, steps: int,
+            data: str, attn_dropout: float, bare: bool) -> dict:
+    """One row: train.py's step (and the bare loop's, when `bare`) at one case, backend and mode."""
     dtype_name = "bf16" if device.type == "cuda" else "fp32"
+    overrides = ["experiment=throughput", f"model={model}", f"model.block_size={seq}", f"attn={attn}",
+                 f"train.seq_len={seq}", f"train.batch_size={batch}", *mode_overrides(mode),
+                 f"train.dtype={dtype_name}", f"train.device={device.type}", f"data.dir={data}",
+                 f"model.attn_dropout={attn_dropout}"]
+    row = {"seq": seq, "batch": batch, "attn": attn, "mode": mode}
+    reset_peak(device)
+    with tempfile.TemporaryDirectory() as run_dir:
+        seconds, loss, config, dtype = train_py_case(overrides, device, warmup, steps, Path(run_dir))
+    row.update(train_py_tokens_per_sec=batch * seq / seconds, train_py_peak_gb=peak_memory_gb(device),
+               train_py_loss=loss)
+    row.update(bare_tokens_per_sec=None, bare_peak_gb=None, bare_loss=None, ratio=None, extra_memory_gb=None)
+    if bare:
+        reset_peak(device)
+        seconds, loss = bare_case(config, seq, batch, device, dtype, mode, warmup, steps)
+        row.update(bare_tokens_per_sec=batch * seq / seconds, bare_peak_gb=peak_memory_gb(device), bare_loss=loss)
+        row["ratio"] = row["train_py_tokens_per_sec"] / row["bare_tokens_per_sec"]
+        row["extra_memory_gb"] = row["train_py_peak_gb"] - row["bare_peak_gb"]
+    reset_peak(device)
+    return row
+
+
+def round_order(attns: list[str], r: int) -> list[str]:
+    """The backends' order in round r: reversed every other round, so that a GPU whose clocks drift over the run
+    (they fall as it heats) does not favour the backend that runs first."""
+    return list(attns) if r % 2 == 0 else list(attns)[::-1]
+
+
+def bench(cases: list[tuple[int, int]], attns: list[str], modes: list[str], model: str, device: str,
+          warmup: int, steps: int, data_dir: str | None = None, attn_dropout: float = 0.0, rounds: int = 1,
+          bare: bool = True) -> dict:
+    device = torch.device(device)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         data = data_dir or str(Path(tmp) / "stdlib_docs")
         for seq, batch in cases:
-            for attn in attns:
-                for mode in modes:
-                    overrides = ["experiment=throughput", f"model={model}", f"model.block_size={seq}",
-                                 f"attn={attn}", f"train.seq_len={seq}", f"train.batch_size={batch}",
-                                 *mode_overrides(mode), f"train.dtype={dtype_name}", f"train.device={device.type}",
-                                 f"data.dir={data}", f"model.attn_dropout={attn_dropout}"]
-                    row = {"seq": seq, "batch": batch, "attn": attn, "mode": mode}
-                    reset_peak(device)
-                    seconds, loss, config, dtype = train_py_case(overrides, device, warmup, steps, Path(tmp) / "run")
-                    row.update(train_py_tokens_per_sec=batch * seq / seconds, train_py_peak_gb=peak_memory_gb(device),
-                               train_py_loss=loss)
-                    reset_peak(device)
-                    seconds, loss = bare_case(config, seq, batch, device, dtype, mode, warmup, steps)
-                    row.update(bare_tokens_per_sec=batch * seq / seconds, bare_peak_gb=peak_memory_gb(device),
-                               bare_loss=loss)
-                    row["ratio"] = row["train_py_tokens_per_sec"] / row["bare_tokens_per_sec"]
-                    row["extra_memory_gb"] = row["train_py_peak_gb"] - row["bare_peak_gb"]
-                    rows.append(row)
-                    print(markdown_row(row), flush=True)
-                    reset_peak(device)
-    return {"environment": environment(), "model": model, "dtype": dtype_name, "attn_dropout": attn_dropout,
-            "warmup": warmup, "steps": steps,
+            for r in range(rounds):
+                for attn in round_order(attns, r):
+                    for mode in modes:
+                        row = measure(seq, batch, attn, mode, model, device, warmup, steps, data, attn_dropout,
+                                      bare)
+                        rows.append({**row, "round": r})
+                        print(markdown_row(row), flush=True)
+    return {"environment": environment(), "model": model, "dtype": "bf16" if device.type == "cuda" else "fp32",
+            "attn_dropout": attn_dropout, "warmup": warmup, "steps": steps, "rounds": rounds,
             "memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS (grows only)",
             "rows": rows}
+
+
+def medians(rows: list[dict]) -> list[dict]:
+    """One row per (case, backend, mode), each measured number the median over its rounds (the row itself when it
+    ran once)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault((r["seq"], r["batch"], r["attn"], r["mode"]), []).append(r)
+    out = []
+    for group in groups.values():
+        row = {k: v for k, v in group[0].items() if k != "round"}
+        for k, v in row.items():
+            if isinstance(v, float):
+                row[k] = statistics.median(g[k] for g in group)
+        out.append({**row, "rounds": len(group)})
+    return out
 
 
 HEADER = ("| seq x batch | attn | mode | bare tok/s | train.py tok/s | ratio | bare peak GB | train.py peak GB "
           "| extra GB |\n|---|---|---|---|---|---|---|---|---|")
 
 
+def _cell(value, fmt: str) -> str:
+    return "—" if value is None else format(value, fmt)
+
+
 def markdown_row(r: dict) -> str:
-    return (f"| {r['seq']} x {r['batch']} | {r['attn']} | {r['mode']} | {r['bare_tokens_per_sec']:,.0f} | "
-            f"{r['train_py_tokens_per_sec']:,.0f} | {r['ratio']:.3f} | {r['bare_peak_gb']:.2f} | "
-            f"{r['train_py_peak_gb']:.2f} | {r['extra_memory_gb']:+.2f} |")
+    return (f"| {r['seq']} x {r['batch']} | {r['attn']} | {r['mode']} | {_cell(r['bare_tokens_per_sec'], ',.0f')} | "
+            f"{r['train_py_tokens_per_sec']:,.0f} | {_cell(r['ratio'], '.3f')} | {_cell(r['bare_peak_gb'], '.2f')} | "
+            f"{r['train_py_peak_gb']:.2f} | {_cell(r['extra_memory_gb'], '+.2f')} |")
 
 
 def against_sdpa(rows: list[dict]) -> list[str]:
@@ -163,15 +202,26 @@ def against_sdpa(rows: list[dict]) -> list[str]:
 def markdown(result: dict) -> str:
     env = result["environment"]
     dropout = result.get("attn_dropout", 0.0)
+    rounds = result.get("rounds", 1)
+    summary = medians(result["rows"])
     lines = [f"# train.py step vs a minimal bare GPT-2 loop ({result['model']}, {result['dtype']}"
              f"{f', attention dropout {dropout}' if dropout else ''})", "",
              f"{env['gpu'] or 'CPU'} · torch {env['torch']} · CUDA {env['cuda']} · triton {env['triton']} · "
              f"commit {(env['git_commit'] or '?')[:7]}{' (dirty)' if env['git_dirty'] else ''} · {env['date_utc']}",
              "", f"{result['steps']} timed steps after {result['warmup']} warm-up steps per loop; one process; "
              f"peak memory: {result['memory']}. ratio = train.py / bare tokens per second (target >= 0.98; "
-             "extra memory target <= 0.3 GB).", "", HEADER]
-    lines += [markdown_row(r) for r in result["rows"]]
-    lines += against_sdpa(result["rows"])
+             "extra memory target <= 0.3 GB).", ""]
+    if rounds > 1:
+        lines += [f"Each row ran in {rounds} rounds, the backends' order reversed every other round (GPU clocks drift "
+                  "as it heats, which would favour whichever runs first): medians over the rounds, then each "
+                  "round.", ""]
+    lines += [HEADER, *(markdown_row(r) for r in summary)]
+    lines += against_sdpa(summary)
+    if rounds > 1:
+        lines += ["", "train.py tokens/s by round (in the order they ran):", "", "| round | seq x batch | attn | mode "
+                  "| train.py tok/s |", "|---|---|---|---|---|"]
+        lines += [f"| {r['round']} | {r['seq']} x {r['batch']} | {r['attn']} | {r['mode']} | "
+                  f"{r['train_py_tokens_per_sec']:,.0f} |" for r in result["rows"]]
     lines += ["", "![tokens per second](train_step_bench.png)"]
     return "\n".join(lines) + "\n"
 
@@ -181,5 +231,5 @@ def write(result: dict, out: Path) -> None:
     (out / "train_step_bench.json").write_text(json.dumps(result, indent=2))
     (out / "train_step_bench.md").write_text(markdown(result))
     env = result["environment"]
-    train_step_bars(result["rows"], out / "train_step_bench.png",
+    train_step_bars(medians(result["rows"]), out / "train_step_bench.png",
                     f"{result['model']}, {env['gpu'] or 'CPU'}, commit {(env['git_commit'] or '?')[:7]}")

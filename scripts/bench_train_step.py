@@ -3,6 +3,7 @@
     python scripts/bench_train_step.py --out docs/results/h200/train_step          # GPU: the issue-14 table
     python scripts/bench_train_step.py --modes eager graphs --out DIR              # what CUDA graphs give back
     python scripts/bench_train_step.py --cases 1024x16 4096x4 --attn-dropout 0.1 --out DIR  # with dropout
+    python scripts/bench_train_step.py --rounds 3 --no-bare --out DIR              # backends against each other
     python scripts/bench_train_step.py --device cpu --model gpt2-nano --cases 64x2 --attn sdpa --modes eager \\
         --warmup 1 --steps 2 --out /tmp/bench_step                                 # the same code path on a CPU
 
@@ -42,10 +43,16 @@ def main() -> None:
     p.add_argument("--device", default="cuda", help="cuda or cpu (default: cuda)")
     p.add_argument("--warmup", type=int, default=10, help="untimed steps per loop, compile included (default: 10)")
     p.add_argument("--steps", type=int, default=30, help="timed steps per loop (default: 30)")
+    p.add_argument("--rounds", type=int, default=1, help="times each row runs, the backends' order reversed every "
+                   "other round; the tables give medians (default: 1)")
+    p.add_argument("--bare", action=argparse.BooleanOptionalAction, default=True,
+                   help="also time the minimal bare loop (--no-bare: train.py's step only) (default: on)")
     p.add_argument("--data-dir", default=None, help="prepared data dir for train.py's step (default: the embedded "
                    "corpus, built in a temporary directory)")
     p.add_argument("--out", type=Path, required=True, help="directory for train_step_bench.json and .md")
     args = p.parse_args()
+    if args.rounds < 1:
+        p.error(f"--rounds {args.rounds}: at least 1")
     if not 0.0 <= args.attn_dropout < 1.0:
         p.error(f"--attn-dropout {args.attn_dropout}: a probability in [0, 1) is needed")
     import torch
@@ -55,7 +62,7 @@ def main() -> None:
     logging.getLogger("train").setLevel(logging.WARNING)
     print(HEADER, flush=True)
     result = bench(args.cases, args.attn, args.modes, args.model, args.device, args.warmup, args.steps, args.data_dir,
-                   args.attn_dropout)
+                   args.attn_dropout, args.rounds, args.bare)
     write(result, args.out)
     print(f"wrote {args.out / 'train_step_bench.md'} and .json")
 

@@ -81,3 +81,38 @@ def test_each_mode_sets_train_py_and_the_bare_loop_alike(monkeypatch):
         seconds, loss = train_step_bench.bare_case(config, 16, 2, torch.device("cpu"), torch.float32, mode,
                                                    warmup=0, steps=1)
         assert calls == compile_kwargs and seconds > 0 and 4 < loss < 12
+
+
+def test_rounds_reverse_the_backends_order_and_tables_give_medians(tmp_path):
+    from reporting import train_step_bench as tsb
+
+    assert [tsb.round_order(["sdpa", "flash"], r) for r in range(3)] == [["sdpa", "flash"], ["flash", "sdpa"],
+                                                                         ["sdpa", "flash"]]
+    none = dict(bare_tokens_per_sec=None, bare_peak_gb=None, bare_loss=None, ratio=None, extra_memory_gb=None)
+    rows = [dict(seq=64, batch=2, attn=attn, mode="eager", train_py_tokens_per_sec=tps, train_py_peak_gb=1.0,
+                 train_py_loss=5.0, round=r, **none)
+            for r, attn, tps in [(0, "sdpa", 100.0), (0, "flash", 90.0), (1, "flash", 130.0), (1, "sdpa", 95.0),
+                                 (2, "sdpa", 105.0), (2, "flash", 120.0)]]
+    summary = tsb.medians(rows)
+    assert [(r["attn"], r["train_py_tokens_per_sec"], r["rounds"]) for r in summary] == [("sdpa", 100.0, 3),
+                                                                                        ("flash", 120.0, 3)]
+    result = {"environment": {"gpu": None, "torch": "x", "cuda": None, "triton": "y", "git_commit": "abc",
+                              "git_dirty": False, "date_utc": "today"}, "model": "gpt2-nano", "dtype": "fp32",
+              "attn_dropout": 0.0, "warmup": 1, "steps": 2, "rounds": 3, "memory": "rss", "rows": rows}
+    tsb.write(result, tmp_path)
+    md = (tmp_path / "train_step_bench.md").read_text()
+    assert "| 64 x 2 | flash | eager | — | 120 | — |" in md  # medians; no bare loop ran
+    assert "| 64 x 2 | flash | eager | 1.200× |" in md and "| 1 | 64 x 2 | flash | eager | 130 |" in md
+    assert (tmp_path / "train_step_bench.png").stat().st_size > 1000
+
+
+def test_bench_without_the_bare_loop_in_rounds(tmp_path):
+    data = prepare_stdlib_docs(tmp_path / "data")
+    cmd = [sys.executable, str(ROOT / "scripts" / "bench_train_step.py"), "--device", "cpu", "--model", "gpt2-nano",
+           "--cases", "32x2", "--attn", "sdpa", "naive", "--modes", "eager", "--warmup", "1", "--steps", "1",
+           "--rounds", "2", "--no-bare", "--data-dir", str(data), "--out", str(tmp_path / "out")]
+    result = subprocess.run(cmd, cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    out = json.loads((tmp_path / "out" / "train_step_bench.json").read_text())
+    assert [(r["attn"], r["round"]) for r in out["rows"]] == [("sdpa", 0), ("naive", 0), ("naive", 1), ("sdpa", 1)]
+    assert all(r["bare_tokens_per_sec"] is None and r["train_py_tokens_per_sec"] > 0 for r in out["rows"])

@@ -208,7 +208,8 @@ def markdown(result: dict) -> str:
              f"{f', attention dropout {dropout}' if dropout else ''})", "",
              f"{env['gpu'] or 'CPU'} · torch {env['torch']} · CUDA {env['cuda']} · triton {env['triton']} · "
              f"commit {(env['git_commit'] or '?')[:7]}{' (dirty)' if env['git_dirty'] else ''} · {env['date_utc']}",
-             "", f"{result['steps']} timed steps after {result['warmup']} warm-up steps per loop; one process; "
+             "", *([f"`{result['command']}`", ""] if result.get("command") else []),
+             f"{result['steps']} timed steps after {result['warmup']} warm-up steps per loop; one process; "
              f"peak memory: {result['memory']}. ratio = train.py / bare tokens per second (target >= 0.98; "
              "extra memory target <= 0.3 GB).", ""]
     if rounds > 1:

@@ -63,6 +63,7 @@ def main() -> None:
     print(HEADER, flush=True)
     result = bench(args.cases, args.attn, args.modes, args.model, args.device, args.warmup, args.steps, args.data_dir,
                    args.attn_dropout, args.rounds, args.bare)
+    result["command"] = " ".join(["python scripts/bench_train_step.py", *sys.argv[1:]])
     write(result, args.out)
     print(f"wrote {args.out / 'train_step_bench.md'} and .json")
 

@@ -116,3 +116,5 @@ def test_bench_without_the_bare_loop_in_rounds(tmp_path):
     out = json.loads((tmp_path / "out" / "train_step_bench.json").read_text())
     assert [(r["attn"], r["round"]) for r in out["rows"]] == [("sdpa", 0), ("naive", 0), ("naive", 1), ("sdpa", 1)]
     assert all(r["bare_tokens_per_sec"] is None and r["train_py_tokens_per_sec"] > 0 for r in out["rows"])
+    md = (tmp_path / "out" / "train_step_bench.md").read_text()
+    assert "`python scripts/bench_train_step.py --device cpu" in md and "--rounds 2 --no-bare" in md  # rerunnable

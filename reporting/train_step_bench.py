@@ -204,14 +204,16 @@ def markdown(result: dict) -> str:
     dropout = result.get("attn_dropout", 0.0)
     rounds = result.get("rounds", 1)
     summary = medians(result["rows"])
+    bare = any(r["bare_tokens_per_sec"] is not None for r in summary)
     lines = [f"# train.py step vs a minimal bare GPT-2 loop ({result['model']}, {result['dtype']}"
              f"{f', attention dropout {dropout}' if dropout else ''})", "",
              f"{env['gpu'] or 'CPU'} · torch {env['torch']} · CUDA {env['cuda']} · triton {env['triton']} · "
              f"commit {(env['git_commit'] or '?')[:7]}{' (dirty)' if env['git_dirty'] else ''} · {env['date_utc']}",
              "", *([f"`{result['command']}`", ""] if result.get("command") else []),
              f"{result['steps']} timed steps after {result['warmup']} warm-up steps per loop; one process; "
-             f"peak memory: {result['memory']}. ratio = train.py / bare tokens per second (target >= 0.98; "
-             "extra memory target <= 0.3 GB).", ""]
+             f"peak memory: {result['memory']}." + (" ratio = train.py / bare tokens per second (target >= 0.98; "
+                                                     "extra memory target <= 0.3 GB)." if bare else
+                                                     " The bare loop did not run (--no-bare)."), ""]
     if rounds > 1:
         lines += [f"Each row ran in {rounds} rounds, the backends' order reversed every other round (GPU clocks drift "
                   "as it heats, which would favour whichever runs first): medians over the rounds, then each "

@@ -101,7 +101,7 @@ def test_rounds_reverse_the_backends_order_and_tables_give_medians(tmp_path):
               "attn_dropout": 0.0, "warmup": 1, "steps": 2, "rounds": 3, "memory": "rss", "rows": rows}
     tsb.write(result, tmp_path)
     md = (tmp_path / "train_step_bench.md").read_text()
-    assert "| 64 x 2 | flash | eager | — | 120 | — |" in md  # medians; no bare loop ran
+    assert "| 64 x 2 | flash | eager | — | 120 | — |" in md and "did not run (--no-bare)" in md  # medians
     assert "| 64 x 2 | flash | eager | 1.200× |" in md and "| 1 | 64 x 2 | flash | eager | 130 |" in md
     assert (tmp_path / "train_step_bench.png").stat().st_size > 1000
 

@@ -4,6 +4,11 @@ beside cuDNN's, whichever backend ran first (docs/dev/kernel-notes.md, eleventh 
 kernels, and the lower clocks it brings under the power limit, would explain it.
 
     python docs/dev/attention_power.py [--seconds 5] [--rounds 2]     # from a checkout's root, on a CUDA GPU
+    python docs/dev/attention_power.py --providers flash flash_single cudnn --seq 16384 --no-causal
+
+flash_single: our single-pass backward (dQ by fp32 atomics) without dropout, which the library never takes there
+(kernels/attention.py's _single_pass, replaced here): 5 matrix products where the two passes run 7, so fewer joules
+in the products, more in the atomics.
 """
 
 import argparse
@@ -11,27 +16,48 @@ import statistics
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path.cwd()))
-from kernels import flash_attention  # noqa: E402 (from the checkout's root)
+import kernels.attention as library  # noqa: E402 (from the checkout's root)
+from kernels import flash_attention  # noqa: E402
 
-B, H, N, D = 4, 12, 4096, 64
-PROVIDERS = {"flash": lambda q, k, v: flash_attention(q, k, v, causal=True),
-             "cudnn": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
+H, D, TOKENS = 12, 64, 16384
 
 
-def graphed(attend, q, k, v, do) -> torch.cuda.CUDAGraph:
+def attention(name: str, causal: bool):
+    if name == "cudnn":
+        return lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    return lambda q, k, v: flash_attention(q, k, v, causal=causal)
+
+
+@contextmanager
+def single_pass(on: bool):
+    """While on, our backward takes the single pass wherever it may (read at each backward launch, so a graph
+    captured inside keeps it)."""
+    routed = library._single_pass
+    if on:
+        library._single_pass = lambda p, deterministic, d: not deterministic
+    try:
+        yield
+    finally:
+        library._single_pass = routed
+
+
+def graphed(name: str, causal: bool, q, k, v, do) -> torch.cuda.CUDAGraph:
+    attend = attention(name, causal)
     step = lambda: torch.autograd.grad(attend(q, k, v), (q, k, v), do)
-    for _ in range(3):  # tune and compile outside the graph
-        step()
-    torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        step()
+    with single_pass(name == "flash_single"):
+        for _ in range(3):  # tune and compile outside the graph
+            step()
+        torch.cuda.synchronize()
+        with torch.cuda.graph(graph):
+            step()
     return graph
 
 
@@ -60,16 +86,21 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--seconds", type=float, default=5.0)
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--providers", nargs="+", choices=("flash", "flash_single", "cudnn"), default=["flash", "cudnn"])
+    ap.add_argument("--seq", type=int, default=4096, help="N; B = 16384 / N")
+    ap.add_argument("--causal", action=argparse.BooleanOptionalAction, default=True)
     args = ap.parse_args()
+    B, N = max(1, TOKENS // args.seq), args.seq
     q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
     do = torch.randn_like(q)
-    graphs = {name: graphed(attend, q, k, v, do) for name, attend in PROVIDERS.items()}
+    graphs = {name: graphed(name, args.causal, q, k, v, do) for name in args.providers}
     for r in range(args.rounds):
         for name in list(graphs) if r % 2 == 0 else list(graphs)[::-1]:
             ms, samples = replay(graphs[name], args.seconds)
             clock = statistics.median(s[0] for s in samples)
             power = statistics.median(s[1] for s in samples)
-            print(f"round {r} {name}: {ms:.3f} ms per fwd+bwd, SM clock {clock:.0f} MHz, power {power:.0f} W "
+            print(f"round {r} {name} (B={B} N={N} causal={args.causal}): {ms:.3f} ms per fwd+bwd, "
+                  f"SM clock {clock:.0f} MHz, power {power:.0f} W "
                   f"(medians of {len(samples)} samples)", flush=True)
 
 

@@ -12,10 +12,7 @@ in the products, more in the atomics.
 """
 
 import argparse
-import statistics
-import subprocess
 import sys
-import time
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -23,6 +20,8 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path.cwd()))
+import sustained  # noqa: E402 (docs/dev/sustained.py, beside this script)
+
 import kernels.attention as library  # noqa: E402 (from the checkout's root)
 from kernels import flash_attention  # noqa: E402
 
@@ -50,36 +49,8 @@ def single_pass(on: bool):
 
 def graphed(name: str, causal: bool, q, k, v, do) -> torch.cuda.CUDAGraph:
     attend = attention(name, causal)
-    step = lambda: torch.autograd.grad(attend(q, k, v), (q, k, v), do)
-    graph = torch.cuda.CUDAGraph()
     with single_pass(name == "flash_single"):
-        for _ in range(3):  # tune and compile outside the graph
-            step()
-        torch.cuda.synchronize()
-        with torch.cuda.graph(graph):
-            step()
-    return graph
-
-
-def replay(graph: torch.cuda.CUDAGraph, seconds: float) -> tuple[float, list[tuple[float, float]]]:
-    """ms per replay, and (SM MHz, W) samples taken every 100 ms while the replays ran."""
-    smi = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
-                            "-lms", "100"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3)
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    count, t0 = 0, time.perf_counter()
-    start.record()
-    while time.perf_counter() - t0 < seconds:
-        for _ in range(20):
-            graph.replay()
-        count += 20
-        torch.cuda.synchronize()  # keeps the host within 20 replays of the GPU, so the loop lasts `seconds`
-    end.record()
-    torch.cuda.synchronize()
-    smi.terminate()
-    lines = smi.communicate()[0].strip().splitlines()
-    samples = [tuple(float(x) for x in line.split(",")) for line in lines[3:]]  # the first ones lag the load
-    return start.elapsed_time(end) / count, samples
+        return sustained.capture(lambda: torch.autograd.grad(attend(q, k, v), (q, k, v), do))
 
 
 def main() -> None:
@@ -96,12 +67,8 @@ def main() -> None:
     graphs = {name: graphed(name, args.causal, q, k, v, do) for name in args.providers}
     for r in range(args.rounds):
         for name in list(graphs) if r % 2 == 0 else list(graphs)[::-1]:
-            ms, samples = replay(graphs[name], args.seconds)
-            clock = statistics.median(s[0] for s in samples)
-            power = statistics.median(s[1] for s in samples)
-            print(f"round {r} {name} (B={B} N={N} causal={args.causal}): {ms:.3f} ms per fwd+bwd, "
-                  f"SM clock {clock:.0f} MHz, power {power:.0f} W "
-                  f"(medians of {len(samples)} samples)", flush=True)
+            result = sustained.replay(graphs[name], args.seconds)
+            print(f"round {r} {name} (B={B} N={N} causal={args.causal}): fwd+bwd {result}", flush=True)
 
 
 if __name__ == "__main__":

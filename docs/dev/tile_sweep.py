@@ -8,6 +8,10 @@
 
     python docs/dev/tile_sweep.py                    # from a checkout's root; ~2 minutes on an H200
     python docs/dev/tile_sweep.py --steps 3 --kinds kv --head-dims 128
+    python docs/dev/tile_sweep.py --steps 3 --kinds kv dq --head-dims 64 --sustain 2   # each config for 2 s
+
+--sustain S times each config replayed for S seconds with the SM clock and power beside (docs/dev/sustained.py):
+under the board's power limit a config that spends more energy gets a lower clock, which a burst does not show.
 
 Kernels are called through the public function, so that their launchers run inside the registered op: a launcher
 called directly goes through wrap_triton's higher-order op, which re-runs the autotuner on every call.
@@ -25,6 +29,8 @@ import triton
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path.cwd()))
+import sustained  # noqa: E402 (docs/dev/sustained.py, beside this script)
+
 from kernels import attention as A  # noqa: E402
 from kernels.attention_bwd import attn_bwd_dq, attn_bwd_kv  # noqa: E402
 from kernels.attention_fwd import attn_fwd  # noqa: E402
@@ -125,7 +131,7 @@ def compile_one(job: tuple):
         return job, f"{type(e).__name__}: {str(e)[:100]}"
 
 
-def sweep(kinds: list[str], head_dims: list[int], N: int) -> None:
+def sweep(kinds: list[str], head_dims: list[int], N: int, sustain: float = 0.0) -> None:
     jobs = [(kind, D, N, tile) for kind in kinds for D in head_dims for tile in candidates(kind, D)]
     failed = set()
     with ProcessPoolExecutor(min(15, len(jobs)), mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -143,12 +149,19 @@ def sweep(kinds: list[str], head_dims: list[int], N: int) -> None:
                 for other, fixed in FIXED.items():
                     install(other, fixed)
                 install(kind, tile)
-                results.append((timed(step(kind, q, k, v, do)), tile))
+                call = step(kind, q, k, v, do)
+                if sustain:
+                    result = sustained.replay(sustained.capture(call), sustain)
+                    extra = f" [{result.clock_mhz:.0f} MHz, {result.power_w:.0f} W]" if result.samples else ""
+                    results.append((result.ms, tile, extra))
+                else:
+                    results.append((timed(call), tile, ""))
             results.sort()
             what = "fwd" if kind == "fwd" else "fwd+bwd"
-            print(f"{kind} D={D} N={N} ({what} ms; others fixed at {FIXED}):")
-            print("   best: " + "  ".join(f"{ms:.3f} {tile}" for ms, tile in results[:6]))
-            print("   worst: " + "  ".join(f"{ms:.3f} {tile}" for ms, tile in results[-3:]), flush=True)
+            print(f"{kind} D={D} N={N} ({what} ms{f', sustained {sustain} s' if sustain else ''}; others fixed at "
+                  f"{FIXED}):")
+            print("   best: " + "  ".join(f"{ms:.3f} {tile}{extra}" for ms, tile, extra in results[:6]))
+            print("   worst: " + "  ".join(f"{ms:.3f} {tile}{extra}" for ms, tile, extra in results[-3:]), flush=True)
 
 
 def main() -> None:
@@ -157,6 +170,8 @@ def main() -> None:
     parser.add_argument("--kinds", nargs="+", default=["kv", "dq", "fwd"], choices=list(KERNELS))
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--seq", type=int, default=16384)
+    parser.add_argument("--sustain", type=float, default=0.0, metavar="S",
+                        help="step 3: time each config replayed for S seconds, with clock and power (default: a burst)")
     args = parser.parse_args()
     if 1 in args.steps:
         for D in args.head_dims:
@@ -165,7 +180,7 @@ def main() -> None:
         for D in args.head_dims:
             single_pass_vs_two(D, args.seq)
     if 3 in args.steps:
-        sweep(args.kinds, args.head_dims, args.seq)
+        sweep(args.kinds, args.head_dims, args.seq, args.sustain)
 
 
 if __name__ == "__main__":

@@ -8,7 +8,9 @@ batch are fixed (B = tokens / N).
 FLOPs: 4 * B * H * N^2 * D forward times the computed fraction (the causal density, or the layout's for sparse);
 backward 2.5x forward. Extra memory: peak allocated during one forward+backward minus what was allocated before
 (inputs and dO). fwd_bwd_graph: fwd+bwd captured in a CUDA graph and replayed (GPU time, no host launch gaps);
-eager fwd_bwd well above it means the call is host-bound. Rows follow the schema in reporting/attention_results.py.
+eager fwd_bwd well above it means the call is host-bound. fwd_bwd_sustained (--sustain S): that graph replayed
+for S seconds with the SM clock and power sampled (reporting/sustained.py). Rows follow the schema in
+reporting/attention_results.py.
 """
 
 from __future__ import annotations
@@ -27,14 +29,16 @@ from kernels import block_sparse_attention, flash_attention
 from kernels import sparsity_patterns as sp
 from model.attention import causal_density, get_backend
 
+from . import sustained
 from .attention_results import DENSE_PROVIDERS, MODES, SPARSE_PROVIDERS, load, merge_rows, save, write_outputs
 from .environment import environment
 
-FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5, "fwd_bwd_graph": 3.5}
+FLOP_FACTOR = {"fwd": 1.0, "bwd": 2.5, "fwd_bwd": 3.5, "fwd_bwd_graph": 3.5, "fwd_bwd_sustained": 3.5}
 QUICK = dict(seqs=(1024, 4096, 16384), head_dims=(64,), causals=(True,), dropouts=(0.0,),
              sparse_seqs=(4096, 16384), windows=(256,), density_seq=0, host=False)
 FULL = dict(seqs=(512, 1024, 2048, 4096, 8192, 16384, 32768, 65536), head_dims=(64, 128), causals=(True, False),
             dropouts=(0.0, 0.1), sparse_seqs=(1024, 4096, 16384, 65536), windows=(256,), density_seq=8192, host=True)
+TIMED_MODES = MODES[:4]  # fwd_bwd_sustained comes with fwd_bwd_graph when a sweep asks for it (sustain)
 HOST_SHAPE = dict(B=1, H=1, N=128, D=64)  # GPU work of a few microseconds: a call's time is its host time
 
 
@@ -141,9 +145,10 @@ def inputs(B, H, N, D, dtype=torch.bfloat16, storage="bhnd", device="cuda"):
     return (x,), qkv, torch.randn(B, N, H, D, device=device, dtype=dtype).transpose(1, 2)
 
 
-def measure(fn, B, H, N, D, dtype=torch.bfloat16, modes=MODES, warmup=10, rep=60, storage="bhnd") -> dict:
+def measure(fn, B, H, N, D, dtype=torch.bfloat16, modes=TIMED_MODES, warmup=10, rep=60, storage="bhnd",
+            sustain: float = 0.0) -> dict:
     """Median ms per mode and extra memory (MiB) of o = fn(q, k, v) on random (B, H, N, D) inputs stored as
-    `storage` says (STORAGES)."""
+    `storage` says (STORAGES); with `sustain` seconds, the graph mode's replays sustained as well."""
     import triton.testing
 
     torch.manual_seed(0)
@@ -168,12 +173,13 @@ def measure(fn, B, H, N, D, dtype=torch.bfloat16, modes=MODES, warmup=10, rep=60
     if "fwd_bwd" in modes:
         out["fwd_bwd"] = bench(lambda: torch.autograd.grad(call(), leaves, do))
     if "fwd_bwd_graph" in modes:
-        out.update(graphed(lambda: torch.autograd.grad(call(), leaves, do), bench))
+        out.update(graphed(lambda: torch.autograd.grad(call(), leaves, do), bench, sustain))
     return out
 
 
-def graphed(step, bench) -> dict:
-    """The same fwd+bwd captured once in a CUDA graph and replayed: GPU time without the host's launch gaps."""
+def graphed(step, bench, sustain: float = 0.0) -> dict:
+    """The same fwd+bwd captured once in a CUDA graph and replayed: GPU time without the host's launch gaps; with
+    `sustain`, replayed for that many seconds too, with the SM clock and power beside."""
     side = torch.cuda.Stream()  # warm-up off the default stream, as torch.cuda.graphs asks before a capture
     side.wait_stream(torch.cuda.current_stream())
     with torch.cuda.stream(side):
@@ -187,10 +193,14 @@ def graphed(step, bench) -> dict:
             step()
     except RuntimeError as e:
         return {"fwd_bwd_graph_status": f"not capturable: {str(e).splitlines()[0][:100]}"}
-    ms = bench(graph.replay)
+    out = {"fwd_bwd_graph": bench(graph.replay)}
+    if sustain:
+        result = sustained.replay(graph, sustain)
+        out.update(fwd_bwd_sustained=result.ms, sustained_seconds=sustain, sustained_clock_mhz=result.clock_mhz,
+                   sustained_power_w=result.power_w)
     del graph
     torch.cuda.empty_cache()
-    return {"fwd_bwd_graph": ms}
+    return out
 
 
 def measure_host(fn, device="cuda", dtype=torch.bfloat16, calls=300) -> dict:
@@ -243,7 +253,8 @@ def fwd_flops(B, H, N, D, density: float) -> float:
 # ---- sweeps ----
 
 def run_dense(seqs, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0.1), providers=DENSE_PROVIDERS,
-              heads=12, tokens=16384, dtype=torch.bfloat16, log=print, on_row=None, storage="bhnd") -> list[dict]:
+              heads=12, tokens=16384, dtype=torch.bfloat16, log=print, on_row=None, storage="bhnd",
+              sustain: float = 0.0) -> list[dict]:
     rows = []
     for D in head_dims:
         for causal in causals:
@@ -257,10 +268,11 @@ def run_dense(seqs, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0
                         impl = provider(prov)
                         fn = lambda q, k, v, impl=impl, causal=causal, p=p: impl(q, k, v, causal, p)
                         # naive is GPU-bound, and a graph's second memory pool would not fit beside it at 16K
-                        modes = MODES if prov != "naive" else MODES[:3]
+                        modes = TIMED_MODES if prov != "naive" else TIMED_MODES[:3]
                         row = dict(part="dense", provider=prov, N=N, B=B, H=heads, D=D, causal=causal, dropout=p,
                                    **({"storage": storage} if storage != "bhnd" else {}),
-                                   **guarded(fn, B, heads, N, D, dtype, modes=modes, storage=storage))
+                                   **guarded(fn, B, heads, N, D, dtype, modes=modes, storage=storage,
+                                             sustain=sustain))
                         rows.append(add_rates(row, flops))
                         log(one_line(row))
                         if on_row:
@@ -329,6 +341,8 @@ def one_line(row: dict) -> str:
     if row["part"] == "host":
         return f"{head}  host per call: fwd={row['fwd_host']:.3f}ms fwd_bwd={row['fwd_bwd_host']:.3f}ms"
     times = " ".join(f"{m}={row[m]:.3f}ms({row[m + '_tflops']:.0f}TF)" for m in MODES if m in row)
+    if row.get("sustained_clock_mhz"):
+        times += f" at {row['sustained_clock_mhz']:.0f}MHz {row['sustained_power_w']:.0f}W"
     return f"{head}  {times} mem={row['extra_mib']:.0f}MiB"
 
 
@@ -345,11 +359,13 @@ def plan(quick: bool, seqs=None, head_dims=(64, 128), causals=(True, False), dro
 
 
 def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_PROVIDERS, append: bool = False,
-          env: dict | None = None, baseline: str | Path | None = None, storage: str = "bhnd") -> list[dict]:
+          env: dict | None = None, baseline: str | Path | None = None, storage: str = "bhnd",
+          sustain: float = 0.0) -> list[dict]:
     """Measure `part` ("dense", "sparse", "host" or "all": dense, sparse and, where sizes ask, host) at `sizes`
     (plan()) into out_dir: results.json grows row by row, so a run stopped at a time limit keeps what it measured;
     with append, rows of an earlier run stay unless re-measured. With a baseline checkout, its kernels run beside
-    ours (load_baseline). Writes results.md and the plots at the end; returns all rows."""
+    ours (load_baseline); with `sustain` seconds, each dense graph is also replayed that long (fwd_bwd_sustained).
+    Writes results.md and the plots at the end; returns all rows."""
     sparse_providers = SPARSE_PROVIDERS
     if baseline is not None:
         dense, sparse = load_baseline(baseline)
@@ -365,7 +381,7 @@ def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_P
 
     if part in ("dense", "all"):
         run_dense(sizes["seqs"], sizes["head_dims"], sizes["causals"], sizes["dropouts"], tuple(providers),
-                  on_row=keep, storage=storage)
+                  on_row=keep, storage=storage, sustain=sustain)
     if part in ("sparse", "all"):
         run_sparse(sizes["sparse_seqs"], windows=sizes["windows"], density_seq=sizes["density_seq"],
                    providers=sparse_providers, on_row=keep)

@@ -8,6 +8,8 @@ results.json = {"env": environment(), "rows": [row, ...]}; a row:
   sparse rows also pattern, window, density (kept fraction of the causal score matrix);
   per timed mode m in MODES: m (median ms) and m_tflops; extra_mib (MiB above the inputs during fwd+bwd);
   host rows instead fwd_host and fwd_bwd_host (ms of host time per eager call, at a size with negligible GPU work);
+  fwd_bwd_sustained (--sustain) with sustained_seconds, sustained_clock_mhz and sustained_power_w (medians of
+  nvidia-smi's samples during the replays; None where it gave none);
   status only when the case did not run ("OOM" or "error: ..."); fwd_bwd_graph_status when no graph was captured;
   storage "packed" when q, k, v were views of one projection (attention_bench.STORAGES), absent for (B, H, N, D).
 """
@@ -25,9 +27,10 @@ from .tables import fmt, markdown_table
 
 DENSE_PROVIDERS = ("naive", "flash", "sdpa_flash", "sdpa_cudnn", "flex")
 SPARSE_PROVIDERS = ("block_sparse", "flash", "flex")
-MODES = ("fwd", "bwd", "fwd_bwd", "fwd_bwd_graph")
+MODES = ("fwd", "bwd", "fwd_bwd", "fwd_bwd_graph", "fwd_bwd_sustained")
 MODE_NAMES = {"fwd": "forward", "bwd": "backward", "fwd_bwd": "forward+backward",
-              "fwd_bwd_graph": "forward+backward replayed from a CUDA graph"}
+              "fwd_bwd_graph": "forward+backward replayed from a CUDA graph",
+              "fwd_bwd_sustained": "forward+backward replayed from a CUDA graph for seconds (at the power limit)"}
 PAPER_PASS = {"fwd": "fwd", "bwd": "bwd", "fwd_bwd": "fwd+bwd"}  # our mode -> the paper's table
 PAPER_ROWS = ("PyTorch Attention", "FlashAttention", "Block-Sparse FlashAttention")
 
@@ -76,14 +79,17 @@ def ok(row: dict | None, mode: str) -> bool:
 
 
 def cell(row: dict | None, mode: str) -> str:
-    """'0.53 (120)': median ms and TFLOP/s; the status where the case did not run."""
+    """'0.53 (120)': median ms and TFLOP/s (sustained: and the SM clock); the status where the case did not run."""
     if row is None:
         return "–"
     if "status" in row:
         return f"**{row['status'].split(':')[0].upper()}**"
     if mode not in row:
         return "–"
-    return f"{row[mode]:.2f} ({row[mode + '_tflops']:.0f})"
+    text = f"{row[mode]:.2f} ({row[mode + '_tflops']:.0f})"
+    if mode == "fwd_bwd_sustained" and row.get("sustained_clock_mhz"):
+        text += f" {row['sustained_clock_mhz']:.0f} MHz"
+    return text
 
 
 def ratio(a: dict | None, b: dict | None, mode: str) -> str:
@@ -213,6 +219,11 @@ def markdown(rows: list[dict], env: dict, pngs: list[str] = ()) -> str:
                   "forward+backward. fwd_bwd_graph: the same fwd+bwd captured in a CUDA graph and replayed, so the "
                   "host's launch time is left out (GPU time; eager calls are host-bound where fwd_bwd is well above "
                   "it).")
+        if any("fwd_bwd_sustained" in r for r in rows):
+            seconds = next(r["sustained_seconds"] for r in rows if "fwd_bwd_sustained" in r)
+            md[0] += (f" fwd_bwd_sustained: that graph replayed for {seconds:g} s, as training runs it, with the "
+                      "median SM clock: there the board's power limit sets the clock, lower for a kernel that "
+                      "spends more energy per unit of work.")
     md[0] += "\n"
     for (D, causal, dropout), sel in dense_groups(rows).items():
         for mode in [m for m in MODES if any(m in r for r in sel)]:

@@ -15,6 +15,8 @@ and how: reporting/attention_bench.py; the results' schema and tables: reporting
     python scripts/bench_attention.py --part host --causal yes --dropout 0 --out DIR --append   # about a minute
     # q, k, v as the model passes them (views of one packed projection):
     python scripts/bench_attention.py --part dense --storage packed --causal yes --dropout 0 --out DIR
+    # sustained, as training runs them: each fwd+bwd graph also replayed 3 s, with the SM clock and power
+    python scripts/bench_attention.py --quick --part dense --sustain 3 --out DIR
     # ours against another checkout's kernels (e.g. main), in one process:
     git worktree add /tmp/main main && python scripts/bench_attention.py --quick --baseline /tmp/main --out DIR
 
@@ -52,6 +54,10 @@ def main(argv=None) -> list[dict]:
                     "run beside ours in the same process, as flash@baseline and block_sparse@baseline")
     ap.add_argument("--storage", choices=tuple(attention_bench.STORAGES), default="bhnd",
                     help="dense inputs: " + "; ".join(f"{k}: {v}" for k, v in attention_bench.STORAGES.items()))
+    ap.add_argument("--sustain", type=float, default=0.0, metavar="SECONDS",
+                    help="also replay each dense fwd+bwd graph for SECONDS, with the SM clock and power: sustained, "
+                    "the board's power limit lowers the clock of a kernel that spends more energy, which short "
+                    "timings do not show (adds providers x shapes x SECONDS)")
     ap.add_argument("--append", action="store_true",
                     help="merge into --out's existing results.json (run the full sweep in parts: it takes >10 min)")
     args = ap.parse_args(argv)
@@ -59,8 +65,10 @@ def main(argv=None) -> list[dict]:
         sys.exit("bench_attention.py needs a CUDA GPU (the kernels' CPU path is the slow Triton interpreter)")
     causals = {"yes": (True,), "no": (False,), "both": (True, False)}[args.causal]
     sizes = attention_bench.plan(args.quick, args.seqs, args.head_dims, causals, args.dropout, args.windows)
+    if args.sustain < 0:
+        ap.error(f"--sustain {args.sustain}: seconds, 0 (off) or more")
     rows = attention_bench.sweep(args.out, sizes, args.part, args.providers, args.append, baseline=args.baseline,
-                                 storage=args.storage)
+                                 storage=args.storage, sustain=args.sustain)
     print((Path(args.out) / "results.md").read_text())
     return rows
 

@@ -106,6 +106,29 @@ def test_results_json_grows_row_by_row(tmp_path, monkeypatch):
     assert (tmp_path / "dense.png").stat().st_size > 1000
 
 
+def test_sustained_rows_render_their_clock_and_the_cli_passes_the_seconds(tmp_path, monkeypatch):
+    from reporting.sustained import parse
+
+    text = "1980, 350.1\n1980, 480.0\n1900, 690.2\n1755, 689.9\n[N/A], 690.0\n1760, 690.4\n"
+    assert parse(text) == [(1755.0, 689.9), (1760.0, 690.4)]  # the first three lag the load; unreadable left out
+    rows = [attention_bench.add_rates(dict(row, fwd_bwd_graph=0.5, fwd_bwd_sustained=s, sustained_seconds=3.0,
+                                           sustained_clock_mhz=mhz, sustained_power_w=690.0), flops_fwd=1e9)
+            for row, s, mhz in zip(fake_rows(2), (0.55, 0.5), (1755.0, 1886.0), strict=True)]
+    md = markdown(rows, {"gpu": "g"})
+    assert "fwd_bwd_sustained: that graph replayed for 3 s" in md
+    assert "| 1024 | 0.55 (6) 1755 MHz | 0.50 (7) 1886 MHz | 0.91× |" in md
+
+    seconds = []
+    cli = load_script("bench_attention")
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention_bench, "environment", lambda: {"gpu": "test GPU", "torch": "x", "triton": "y"})
+    monkeypatch.setattr(attention_bench, "run_dense", lambda *a, sustain=0.0, **k: seconds.append(sustain) or [])
+    cli.main(["--out", str(tmp_path), "--part", "dense", "--quick", "--sustain", "2.5"])
+    assert seconds == [2.5]
+    with pytest.raises(SystemExit):
+        cli.main(["--out", str(tmp_path), "--part", "dense", "--quick", "--sustain", "-1"])
+
+
 def test_failed_cases_are_rows_not_crashes():
     rows = fake_rows(1) + [dict(part="dense", provider="naive", N=1024, B=16, H=12, D=64, causal=True, dropout=0.0,
                                 status="OOM")]
@@ -141,6 +164,18 @@ def test_a_tiny_sweep_times_every_mode_on_a_gpu(tmp_path):
     assert all(flash[m] > 0 for m in ("fwd", "bwd", "fwd_bwd", "fwd_bwd_graph")) and flash["extra_mib"] > 0
     assert {r["provider"] for r in rows if r["part"] == "sparse"} == {"block_sparse", "flash", "flex"}
     assert (tmp_path / "results.md").exists()
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_a_sustained_replay_records_time_clock_and_power():
+    sizes = {**attention_bench.QUICK, "seqs": (256,)}
+    rows = attention_bench.run_dense(sizes["seqs"], (64,), (True,), (0.0,), ("flash",), log=lambda *_: None,
+                                     sustain=0.5)
+    (row,) = rows
+    assert row["fwd_bwd_sustained"] > 0 and row["sustained_seconds"] == 0.5
+    if shutil.which("nvidia-smi"):
+        assert row["sustained_clock_mhz"] > 0 and row["sustained_power_w"] > 0
 
 
 @pytest.mark.gpu

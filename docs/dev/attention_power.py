@@ -20,10 +20,9 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path.cwd()))
-import sustained  # noqa: E402 (docs/dev/sustained.py, beside this script)
-
 import kernels.attention as library  # noqa: E402 (from the checkout's root)
 from kernels import flash_attention  # noqa: E402
+from reporting import sustained  # noqa: E402
 
 H, D, TOKENS = 12, 64, 16384
 

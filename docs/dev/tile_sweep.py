@@ -10,7 +10,7 @@
     python docs/dev/tile_sweep.py --steps 3 --kinds kv --head-dims 128
     python docs/dev/tile_sweep.py --steps 3 --kinds kv dq --head-dims 64 --sustain 2   # each config for 2 s
 
---sustain S times each config replayed for S seconds with the SM clock and power beside (docs/dev/sustained.py):
+--sustain S times each config replayed for S seconds with the SM clock and power beside (reporting/sustained.py):
 under the board's power limit a config that spends more energy gets a lower clock, which a burst does not show.
 
 Kernels are called through the public function, so that their launchers run inside the registered op: a launcher
@@ -29,11 +29,10 @@ import triton
 from torch.profiler import ProfilerActivity, profile
 
 sys.path.insert(0, str(Path.cwd()))
-import sustained  # noqa: E402 (docs/dev/sustained.py, beside this script)
-
 from kernels import attention as A  # noqa: E402
 from kernels.attention_bwd import attn_bwd_dq, attn_bwd_kv  # noqa: E402
 from kernels.attention_fwd import attn_fwd  # noqa: E402
+from reporting import sustained  # noqa: E402
 
 TOKENS, HEADS = 16384, 12
 KERNELS = {"fwd": ("_fwd", attn_fwd), "kv": ("_bwd_kv", attn_bwd_kv), "dq": ("_bwd_dq", attn_bwd_dq)}

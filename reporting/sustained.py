@@ -1,7 +1,10 @@
-"""Sustained timing for the dev scripts: a call captured in a CUDA graph and replayed for seconds while nvidia-smi
-samples the SM clock and the board's power. Why: replayed for seconds, as training runs them, kernels reach the
-board's power limit, and one that spends more energy per unit of work then gets a lower clock; a burst of a fraction
-of a second (do_bench) does not show it (docs/dev/kernel-notes.md, eleventh session).
+"""Sustained timing: a call captured in a CUDA graph and replayed for seconds while nvidia-smi samples the SM clock
+and the board's power (scripts/bench_attention.py --sustain, docs/dev/attention_power.py, tile_sweep.py --sustain).
+
+Why: replayed for seconds, as training runs them, kernels reach the board's power limit, and one that spends more
+energy per unit of work then runs at a lower clock; a timing of a fraction of a second (do_bench) sees the boost
+clock and does not show it (docs/dev/kernel-notes.md, eleventh session). nvidia-smi samples every GPU of the host:
+run where one is visible.
 """
 
 import statistics
@@ -50,7 +53,7 @@ def parse(text: str, skip: int = 3) -> list[tuple[float, float]]:
 
 
 def replay(graph: torch.cuda.CUDAGraph, seconds: float) -> Sustained:
-    """Replays for `seconds`, nvidia-smi sampling every 100 ms meanwhile (every GPU of the host: run where one is)."""
+    """Replays for `seconds`, nvidia-smi sampling every 100 ms meanwhile."""
     smi = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
                             "-lms", "100"], stdout=subprocess.PIPE, text=True)
     time.sleep(0.3)

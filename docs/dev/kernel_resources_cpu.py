@@ -7,7 +7,8 @@ score product q k^T stays in flight while the softmax runs (it does not if its w
     python docs/dev/kernel_resources_cpu.py kv:128:64,128,8,4 fwd:64:128,64,8,3
 
 A config is kernel:head_dim:BLOCK_M,BLOCK_N,warps,stages[:dropout_p] (kernel: fwd, kv, dq); causal, bf16, N = 4096.
-Also printed: the integer instructions of the SASS (IMAD, LOP3, SHF, IADD3), where dropout's hash spends its time.
+Also printed: the integer instructions of the SASS (IMAD, LOP3, SHF, IADD3), where dropout's hash spends its time,
+and its memory instructions (local: spills; shared; global, with cp.async's LDGSTS and the atomics) and HGMMAs.
 The codegen is the installed Triton's, which may differ from the GPU host's version.
 """
 
@@ -29,6 +30,8 @@ KERNELS = {"fwd": "attn_fwd", "kv": "attn_bwd_kv", "dq": "attn_bwd_dq"}
 DEFAULT = ["fwd:64:128,64,8,3", "fwd:128:128,64,8,3", "fwd:128:128,128,8,3", "kv:64:32,128,4,3",
            "kv:64:64,128,8,3", "kv:128:64,128,8,3", "kv:128:64,128,8,4", "dq:64:64,64,4,3", "dq:128:128,64,8,3"]
 REGISTERS_PER_SM = 65536
+CUOBJDUMP = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
+OPCODE = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", flags=re.MULTILINE)  # cuobjdump -sass
 
 
 def compile_config(A, kind: str, D: int, tile: tuple, dropout_p: float) -> None:
@@ -69,16 +72,24 @@ def ptxas_log(ptx: Path, cubin: Path) -> str:
 
 
 def resources(cubin: Path) -> dict:
-    cuobjdump = Path(triton.__file__).parent / "backends" / "nvidia" / "bin" / "cuobjdump"
-    text = subprocess.run([str(cuobjdump), "--dump-resource-usage", str(cubin)], capture_output=True,
+    text = subprocess.run([str(CUOBJDUMP), "--dump-resource-usage", str(cubin)], capture_output=True,
                           text=True).stdout
     return {k: int(v) for k, v in re.findall(r"(REG|STACK|LOCAL):(\d+)", text)}
 
 
 def integer_instructions(sass: str) -> dict:
     """Static counts of the integer instructions in the kernel's SASS."""
-    ops = re.findall(r"^\S+\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)", sass, flags=re.MULTILINE)
+    ops = OPCODE.findall(sass)
     return {op: ops.count(op) for op in ("IMAD", "LOP3", "SHF", "IADD3")}
+
+
+def memory_instructions(sass: str) -> dict:
+    """Static counts of the memory instructions in the kernel's SASS, by group, and of its HGMMAs."""
+    ops = OPCODE.findall(sass)
+    groups = {"LDL": ("LDL",), "STL": ("STL",), "LDS": ("LDS", "LDSM"), "STS": ("STS", "STSM"), "LDG": ("LDG",),
+              "LDGSTS": ("LDGSTS",), "STG": ("STG",), "RED/ATOM": ("RED", "REDG", "ATOM", "ATOMG", "ATOMS"),
+              "HGMMA": ("HGMMA",)}
+    return {name: sum(ops.count(op) for op in group) for name, group in groups.items()}
 
 
 def immediate_score_waits(ttgir: str) -> tuple[int, int]:
@@ -107,9 +118,11 @@ def report(spec: str) -> None:
     use = resources(cubin)
     per_sm = REGISTERS_PER_SM // (use["REG"] * 32 * tile[2])
     immediate, dots = immediate_score_waits(cubin.with_suffix(".ttgir").read_text())
-    integer = integer_instructions(cubin.with_suffix(".sass").read_text())
+    # Not Triton's .sass dump: triton 3.6's stops at 64 KiB of code (a 4-hex-digit offset), the larger kernels' end
+    sass = subprocess.run([str(CUOBJDUMP), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
+    memory = "  ".join(f"{op} {n}" for op, n in memory_instructions(sass).items())
     print(f"{spec:26s} registers {use['REG']:3d}  spill {use['STACK']:4d} B  programs/SM {per_sm}  "
-          f"waited at once {immediate}/{dots}  {integer}", flush=True)
+          f"waited at once {immediate}/{dots}  {integer_instructions(sass)}\n{'':26s} {memory}", flush=True)
     shutil.rmtree(dump)
 
 

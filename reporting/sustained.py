@@ -7,6 +7,7 @@ clock and does not show it (docs/dev/kernel-notes.md, eleventh session). nvidia-
 run where one is visible.
 """
 
+import shutil
 import statistics
 import subprocess
 import time
@@ -53,10 +54,12 @@ def parse(text: str, skip: int = 3) -> list[tuple[float, float]]:
 
 
 def replay(graph: torch.cuda.CUDAGraph, seconds: float) -> Sustained:
-    """Replays for `seconds`, nvidia-smi sampling every 100 ms meanwhile."""
-    smi = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
-                            "-lms", "100"], stdout=subprocess.PIPE, text=True)
-    time.sleep(0.3)
+    """Replays for `seconds`, nvidia-smi sampling every 100 ms meanwhile (no samples where there is no nvidia-smi)."""
+    smi = None
+    if shutil.which("nvidia-smi"):
+        smi = subprocess.Popen(["nvidia-smi", "--query-gpu=clocks.sm,power.draw", "--format=csv,noheader,nounits",
+                                "-lms", "100"], stdout=subprocess.PIPE, text=True)
+        time.sleep(0.3)
     start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
     count, t0 = 0, time.perf_counter()
     start.record()
@@ -67,7 +70,9 @@ def replay(graph: torch.cuda.CUDAGraph, seconds: float) -> Sustained:
         torch.cuda.synchronize()  # keeps the host within 20 replays of the GPU, so the loop lasts `seconds`
     end.record()
     torch.cuda.synchronize()
-    smi.terminate()
-    samples = parse(smi.communicate()[0])
+    samples = []
+    if smi:
+        smi.terminate()
+        samples = parse(smi.communicate()[0])
     median = lambda i: statistics.median(s[i] for s in samples) if samples else None
     return Sustained(start.elapsed_time(end) / count, median(0), median(1), len(samples))

@@ -25,7 +25,8 @@ Limits: q, k, v of equal shape (B, H, N, D) (self-attention lengths); D a multip
 64, 80, 96, 128 tested); fp16 / bf16, and fp32 with tf32 dots. CPU tensors run only through the Triton
 interpreter (TRITON_INTERPRET=1), with one small tile config. A layout's block_size is a power of two >= 16.
 q, k, v of one layout (e.g. views of one packed projection) run as they are; otherwise they are copied to
-contiguous first.
+contiguous first. The *_qkvpacked functions take the packed projection itself, (B, N, 3, H, D), and return its
+gradient in that layout (FlashAttention-2's qkvpacked functions), which saves the copy that joins three gradients.
 
 Tested: triton 3.6 with torch 2.11 on an H200 (compiled kernels), and the triton 3.9 interpreter with torch 2.13
 (CPU).
@@ -131,11 +132,15 @@ def _shared_strides(q, k, v):
     return q.contiguous(), k.contiguous(), v.contiguous()
 
 
-def _strided_like(t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
-    """t, or a copy of it with like's strides."""
-    if t.stride() == like.stride():
-        return t
-    return torch.empty_strided(like.shape, like.stride(), dtype=t.dtype, device=t.device).copy_(t)
+def _as_bhnd(t: torch.Tensor) -> torch.Tensor:
+    """t, or a copy of it laid out as _empty_bhnd's."""
+    B, H, N, D = t.shape
+    return t if t.stride() == (N * H * D, D, H * D, 1) else _empty_bhnd(t).copy_(t)
+
+
+def _unpack(qkv: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(B, H, N, D) views of q, k, v packed in one (B, N, 3, H, D) tensor."""
+    return tuple(t.transpose(1, 2) for t in qkv.unbind(2))
 
 
 def _mask_args(mask: BlockMask | None, by_key: bool, device: torch.device) -> tuple:
@@ -196,31 +201,40 @@ def _single_pass(dropout_p: float, deterministic: bool, head_dim: int) -> bool:
     return dropout_p > 0 and not deterministic and head_dim <= 64
 
 
-def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deterministic):
+def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deterministic, dqkv=None):
+    """(dq, dk, dv); or, given `dqkv`, a (B, N, 3, H, D) gradient of q, k, v packed, the three written into it (no
+    cat to join them afterwards). Each pass takes one stride set for its outputs: the dQ pass O's (dQ then copied
+    into its slot), the dK/dV pass the packed slots, except in the single pass, whose fp32 dQ accumulator shares
+    dK's and dV's strides (they are copied in, and dQ converted straight into its slot)."""
     B, H, N, D = q.shape
     single_pass = _single_pass(dropout_p, deterministic, D)
     if do.stride(-1) != 1:
         do = do.contiguous()
     q, k, v = _shared_strides(q, k, v)
-    delta, dk, dv = torch.empty_like(lse), _empty_bhnd(q), _empty_bhnd(q)
-    o = _strided_like(o, dk)  # the forward's output already is, unless a caller passes another o
+    o = _as_bhnd(o)  # the forward's output already is, unless a caller passes another o
+    slots = _unpack(dqkv) if dqkv is not None else None
+    dk, dv = slots[1:] if slots and not single_pass else (_empty_bhnd(q), _empty_bhnd(q))
+    delta = torch.empty_like(lse)
     common = dict(qk_scale=scale * LOG2E, sm_scale=scale, **_common(q, causal, dropout_p, mask))
-    strides = (*_strides(q), *_strides(do), *_strides(dk))  # q, k, v; dO; o, dq, dk, dv and the dQ accumulator
     grid_m, grid_n = _grid(N, B * H, common["LPT"], "BLOCK_M"), _grid(N, B * H, common["LPT"], "BLOCK_N")
     if single_pass:  # delta and a zeroed fp32 dQ accumulator, then one pass that adds into it
         dq_acc = _empty_bhnd(q, torch.float32)
         wrap_triton(attn_bwd_preprocess)[(triton.cdiv(N, 64), B * H)](
-            o, do, delta, dq_acc, *_strides(dk), *_strides(do), H, N, D=D, HEAD_D=common["HEAD_D"], BLOCK_M=64)
+            o, do, delta, dq_acc, *_strides(o), *_strides(do), H, N, D=D, HEAD_D=common["HEAD_D"], BLOCK_M=64)
     else:  # dQ pass (writes delta), then the dK/dV pass; a one-element stand-in for the accumulator it never uses
         dq = _empty_bhnd(q)
         wrap_triton(_bwd_dq)[grid_m](q, k, v, o, do, dq, lse, delta, keys, *_mask_args(mask, False, q.device),
-                                     *strides, **common)
+                                     *_strides(q), *_strides(do), *_strides(o), **common)
         dq_acc = lse.new_empty((1, 1, 1))
     wrap_triton(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, keys, *_mask_args(mask, True, q.device),
-                                 *strides, DQ_ATOMIC=single_pass, **common)
+                                 *_strides(q), *_strides(do), *_strides(dk), DQ_ATOMIC=single_pass, **common)
+    if slots is None:
+        return (dq_acc.to(q.dtype) if single_pass else dq), dk, dv
+    slots[0].copy_(dq_acc if single_pass else dq)
     if single_pass:
-        dq = dq_acc.to(q.dtype)
-    return dq, dk, dv
+        slots[1].copy_(dk)
+        slots[2].copy_(dv)
+    return dqkv
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -271,6 +285,16 @@ def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
                        dropout_p, scale, deterministic)
 
 
+@triton_op(f"{OPS_NAMESPACE}::attention_bwd_qkvpacked", mutates_args=())
+def attention_bwd_qkvpacked(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
+                            dropout_keys: torch.Tensor | None, mask: list[torch.Tensor], block_size: int,
+                            causal: bool, dropout_p: float, scale: float, deterministic: bool) -> torch.Tensor:
+    """attention_bwd for q, k, v packed in one (B, N, 3, H, D) tensor: their gradient, packed the same way."""
+    q, k, v = _unpack(qkv)
+    return _launch_bwd(do, q, k, v, o, lse, dropout_keys, _block_mask(mask, block_size, q.shape[2], causal), causal,
+                       dropout_p, scale, deterministic, dqkv=qkv.new_empty(qkv.shape))
+
+
 class _Attention(torch.autograd.Function):
     """Autograd over the two ops, the same in eager calls and under torch.compile (which traces it into one graph).
     A torch.autograd.Function rather than the ops' register_autograd: same graphs, but an eager forward+backward
@@ -289,6 +313,23 @@ class _Attention(torch.autograd.Function):
         q, k, v, o, lse, keys, *mask = ctx.saved_tensors
         dq, dk, dv = attention_bwd(do, q, k, v, o, lse, keys, mask, *ctx.options)
         return dq, dk, dv, None, None, None, None, None, None, *([None] * len(mask))
+
+
+class _AttentionQKVPacked(torch.autograd.Function):
+    """_Attention over q, k, v packed in one (B, N, 3, H, D) tensor, whose gradient the backward writes whole."""
+
+    @staticmethod
+    def forward(ctx, qkv, keys, block_size, causal, dropout_p, scale, deterministic, *mask):
+        o, lse = attention_fwd(*_unpack(qkv), keys, list(mask), block_size, causal, dropout_p, scale, deterministic)
+        ctx.save_for_backward(qkv, o, lse, keys, *mask)
+        ctx.options = (block_size, causal, dropout_p, scale, deterministic)
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        qkv, o, lse, keys, *mask = ctx.saved_tensors
+        dqkv = attention_bwd_qkvpacked(do, qkv, o, lse, keys, mask, *ctx.options)
+        return dqkv, None, None, None, None, None, None, *([None] * len(mask))
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -333,13 +374,22 @@ def draw_dropout_keys(B: int, H: int, N: int, device: torch.device | str) -> tor
     return torch.randint(-2**31, 2**31, (B * H, 4, N), dtype=torch.int32, device=device)
 
 
-def _attention(q, k, v, mask: BlockMask | None, causal, dropout_p, scale, deterministic) -> torch.Tensor:
+def _check_packed(qkv: torch.Tensor) -> None:
+    if qkv.dim() != 5 or qkv.shape[2] != 3:
+        raise ValueError(f"qkv must be (B, N, 3, H, D), q, k, v packed as a fused projection makes them (its "
+                         f"(B, N, 3 * H * D) output viewed so); got {tuple(qkv.shape)}")
+
+
+def _attention(q, k, v, mask: BlockMask | None, causal, dropout_p, scale, deterministic, qkv=None) -> torch.Tensor:
+    """Checks, dropout keys, then the autograd function: _AttentionQKVPacked when given qkv (q, k, v its views)."""
     _check_inputs(q, k, v, scale)
     p = kernel_dropout_p(float(dropout_p))
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     B, H, N, _ = q.shape
     keys = draw_dropout_keys(B, H, N, q.device) if p > 0 else None
     tensors, block_size = (mask.tensors(), mask.block_size) if mask is not None else ([], 0)
+    if qkv is not None:
+        return _AttentionQKVPacked.apply(qkv, keys, block_size, causal, p, scale, deterministic, *tensors)
     return _Attention.apply(q, k, v, keys, block_size, causal, p, scale, deterministic, *tensors)
 
 
@@ -353,6 +403,15 @@ def flash_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal
     return _attention(q, k, v, None, causal, dropout_p, scale, deterministic)
 
 
+def flash_attention_qkvpacked(qkv: torch.Tensor, *, causal: bool = False, dropout_p: float = 0.0,
+                              scale: float | None = None, deterministic: bool = False) -> torch.Tensor:
+    """flash_attention over q, k, v packed in one (B, N, 3, H, D) tensor, e.g. a fused QKV projection's output
+    viewed so; returns (B, H, N, D). Same kernels; the backward writes the packed gradient itself, where separate
+    q, k, v leave autograd a copy that joins three gradients into the projection's."""
+    _check_packed(qkv)
+    return _attention(*_unpack(qkv), None, causal, dropout_p, scale, deterministic, qkv=qkv)
+
+
 @torch.compiler.assume_constant_result
 def _block_mask_key(layout: torch.Tensor, seq_len: int, block_size: int, causal: bool, device: str) -> tuple:
     """Under torch.compile this runs once, eagerly, while tracing: it builds the mask into the cache and returns
@@ -363,6 +422,16 @@ def _block_mask_key(layout: torch.Tensor, seq_len: int, block_size: int, causal:
     return key
 
 
+def _layout_mask(layout: torch.Tensor, q: torch.Tensor, causal: bool, block_size: int) -> BlockMask:
+    """The BlockMask of a layout at q's length: from the bounded cache (while tracing, a constant of the graph)."""
+    N, H = q.shape[2], q.shape[1]
+    if layout.dim() == 3 and layout.shape[0] not in (1, H):
+        raise ValueError(f"per-head layout has {layout.shape[0]} heads but the inputs have H={H}")
+    if torch.compiler.is_compiling():
+        return block_masks.traced(_block_mask_key(layout, N, block_size, causal, str(q.device)))
+    return block_masks.create_block_mask(layout, N, block_size, causal, q.device)
+
+
 def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: torch.Tensor, *,
                            causal: bool = False, dropout_p: float = 0.0, scale: float | None = None,
                            block_size: int = 128, deterministic: bool = False) -> torch.Tensor:
@@ -371,11 +440,15 @@ def block_sparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, la
     layout: bool (nqb, nkb) shared by heads or (H, nqb, nkb), with nqb = nkb = ceil(N / block_size). Only kept
     blocks are computed. A query row with no kept key outputs 0 and gets 0 gradient.
     """
-    N, H = q.shape[2], q.shape[1]
-    if layout.dim() == 3 and layout.shape[0] not in (1, H):
-        raise ValueError(f"per-head layout has {layout.shape[0]} heads but the inputs have H={H}")
-    if torch.compiler.is_compiling():
-        mask = block_masks.traced(_block_mask_key(layout, N, block_size, causal, str(q.device)))
-    else:
-        mask = block_masks.create_block_mask(layout, N, block_size, causal, q.device)
-    return _attention(q, k, v, mask, causal, dropout_p, scale, deterministic)
+    return _attention(q, k, v, _layout_mask(layout, q, causal, block_size), causal, dropout_p, scale, deterministic)
+
+
+def block_sparse_attention_qkvpacked(qkv: torch.Tensor, layout: torch.Tensor, *, causal: bool = False,
+                                     dropout_p: float = 0.0, scale: float | None = None, block_size: int = 128,
+                                     deterministic: bool = False) -> torch.Tensor:
+    """block_sparse_attention over q, k, v packed in one (B, N, 3, H, D) tensor (see flash_attention_qkvpacked)."""
+    _check_packed(qkv)
+    q, k, v = _unpack(qkv)
+    return _attention(q, k, v, _layout_mask(layout, q, causal, block_size), causal, dropout_p, scale, deterministic,
+                      qkv=qkv)
+

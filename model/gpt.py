@@ -56,16 +56,16 @@ class CausalSelfAttention(nn.Module):
         self.resid_dropout = nn.Dropout(config.dropout)
         self.n_head = config.n_head
         self.attn_dropout = config.attn_dropout_p
-        self.attend = get_backend(config.attn).attend
+        self.attention = get_backend(config.attn)
         self.attn_options = dict(config.attn_options)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        # (B, H, N, D) views of the packed projection, split as nanoGPT does: no copy forward, and backward
-        # gathers the three gradients with one cat (unbinding a (3, B, H, N, D) view costs a stack and a copy).
-        q, k, v = (t.view(B, N, self.n_head, C // self.n_head).transpose(1, 2) for t in self.c_attn(x).split(C, 2))
-        y = self.attend(q, k, v, causal=True, dropout_p=self.attn_dropout if self.training else 0.0,
-                        scale=None, **self.attn_options)
+        # the projection as q, k, v packed (B, N, 3, H, D): no copy forward; backends with packed kernels (flash,
+        # block_sparse) write its gradient whole, the others' three gradients are joined by one copy
+        qkv = self.c_attn(x).view(B, N, 3, self.n_head, C // self.n_head)
+        y = self.attention.attend_packed(qkv, causal=True, dropout_p=self.attn_dropout if self.training else 0.0,
+                                         scale=None, **self.attn_options)
         y = y.transpose(1, 2).reshape(B, N, C)
         return self.resid_dropout(self.c_proj(y))
 

@@ -76,11 +76,11 @@ def mode_overrides(mode: str) -> list[str]:
 def bare_case(c, seq: int, batch: int, device: torch.device, dtype: torch.dtype, mode: str, warmup: int,
               steps: int):
     """The minimal GPT-2, same shape and attention function as train.py's model, in a bare loop."""
-    attend = get_backend(c.attn).attend
+    attend = get_backend(c.attn).attend_packed
     torch.manual_seed(0)
     p = c.attn_dropout_p  # train.py's model drops attention probabilities in training: so does this loop
     model = MinimalGPT2(c.vocab_size, c.block_size, c.n_layer, c.n_head, c.n_embd,
-                        lambda q, k, v: attend(q, k, v, causal=True, dropout_p=p, scale=None)).to(device)
+                        lambda qkv: attend(qkv, causal=True, dropout_p=p, scale=None)).to(device)
     optimizer = model.configure_optimizer(fused=device.type == "cuda")
     compiled = MODES[mode] is not None
     step_model = torch.compile(model, mode=None if MODES[mode] == "default" else MODES[mode]) if compiled else model

@@ -41,7 +41,8 @@ def test_bare_loop_drops_attention_as_train_py_does(monkeypatch):
     seen = []
     backend = train_step_bench.get_backend("sdpa")
     monkeypatch.setattr(train_step_bench, "get_backend", lambda name: type("B", (), {
-        "attend": staticmethod(lambda q, k, v, **kw: seen.append(kw["dropout_p"]) or backend.attend(q, k, v, **kw))}))
+        "attend_packed": staticmethod(
+            lambda qkv, **kw: seen.append(kw["dropout_p"]) or backend.attend_packed(qkv, **kw))}))
     config = GPTConfig.preset("gpt2-nano", attn="sdpa", attn_dropout=0.1)
     train_step_bench.bare_case(config, 16, 2, torch.device("cpu"), torch.float32, "eager", warmup=0, steps=1)
     assert seen and set(seen) == {0.1}

@@ -7,6 +7,7 @@ from attention_checks import assert_matches_reference, packed_qkv, rel_err
 
 from kernels import (
     block_sparse_attention,
+    block_sparse_attention_qkvpacked,
     create_block_mask,
     draw_dropout_keys,
     dropout_keep_mask,
@@ -49,6 +50,23 @@ def test_per_head_layout_with_empty_rows(kernel_device):
 def test_bigger_blocks_than_tiles_and_dropout(kernel_device, deterministic):
     layout = sp.build_layout("local+global", 300, 64, window=64, num_global=1)
     check(kernel_device, layout, 1, 1, 300, 48, 64, True, dropout_p=0.2, deterministic=deterministic)
+
+
+@pytest.mark.parametrize("dropout_p", [0.0, 0.2])
+def test_packed_qkv_matches_its_views(kernel_device, dropout_p):
+    qkv, (q, k, v) = packed_qkv(1, 2, 70, 32, kernel_device)
+    layout = sp.random_blocks(5, 2, seed=3) | sp.local(5, 1)
+    do = torch.randn(1, 2, 70, 32, device=kernel_device, dtype=qkv.dtype)
+    results = []
+    for attend in (lambda: block_sparse_attention(q, k, v, layout, causal=True, block_size=16, dropout_p=dropout_p),
+                   lambda: block_sparse_attention_qkvpacked(qkv, layout, causal=True, block_size=16,
+                                                            dropout_p=dropout_p)):
+        torch.manual_seed(3)
+        o = attend()
+        results.append((o, torch.autograd.grad(o, qkv, do)[0]))
+    (o, grad), (o_packed, grad_packed) = results
+    assert torch.equal(o_packed, o)
+    assert rel_err(grad_packed, grad) < (1e-6 if q.dtype == torch.float32 else 1e-3)
 
 
 @pytest.mark.parametrize("block_size", [16, 64])

@@ -11,7 +11,13 @@ import pytest
 import torch
 from attention_checks import assert_matches_reference, packed_qkv, rel_err
 
-from kernels import draw_dropout_keys, dropout_keep_mask, flash_attention, kernel_dropout_p
+from kernels import (
+    draw_dropout_keys,
+    dropout_keep_mask,
+    flash_attention,
+    flash_attention_qkvpacked,
+    kernel_dropout_p,
+)
 
 
 @pytest.mark.parametrize("B,H,N,D,causal", [
@@ -172,6 +178,34 @@ def test_dropout_mask_rectangles_are_independent():
     assert ((observed - expected) ** 2 / expected).sum().item() < 50
 
 
+@pytest.mark.parametrize("dropout_p,deterministic", [(0.0, False), (0.3, False), (0.3, True)])
+def test_packed_qkv_matches_its_views(kernel_device, dropout_p, deterministic):
+    """flash_attention_qkvpacked runs the kernels of flash_attention on q, k, v views of the same tensor: the same
+    output, and the gradient it writes packed equals the one autograd joins from three (the two passes: dK, dV
+    stored into the packed slots; the single pass: its dQ accumulator's atomics reorder only the last bits)."""
+    qkv, (q, k, v) = packed_qkv(2, 3, 70, 32, kernel_device)
+    do = torch.randn(2, 3, 70, 32, device=kernel_device, dtype=qkv.dtype)
+
+    def run(attend):
+        torch.manual_seed(7)
+        o = attend()
+        return o, torch.autograd.grad(o, qkv, do)[0]
+
+    o, grad = run(lambda: flash_attention(q, k, v, causal=True, dropout_p=dropout_p, deterministic=deterministic))
+    o_packed, grad_packed = run(lambda: flash_attention_qkvpacked(qkv, causal=True, dropout_p=dropout_p,
+                                                                  deterministic=deterministic))
+    assert torch.equal(o_packed, o) and grad_packed.shape == qkv.shape and grad_packed.is_contiguous()
+    if dropout_p == 0 or deterministic or kernel_device == "cpu":
+        assert torch.equal(grad_packed, grad)
+    else:
+        assert rel_err(grad_packed, grad) < 1e-3
+
+
+def test_packed_qkv_matches_reference(kernel_device):
+    qkv, (q, k, v) = packed_qkv(1, 2, 150, 64, kernel_device)
+    assert_matches_reference(flash_attention_qkvpacked(qkv, causal=True), qkv, q, k, v, causal=True)
+
+
 def test_refuses_bad_inputs_with_a_message(kernel_device):
     q = torch.randn(1, 1, 8, 64, device=kernel_device)
     with pytest.raises(ValueError, match="head dim"):
@@ -184,6 +218,8 @@ def test_refuses_bad_inputs_with_a_message(kernel_device):
         flash_attention(q, q, q, dropout_p=1e-9)
     with pytest.raises(ValueError, match="positive"):
         flash_attention(q, q, q, scale=-1.0)
+    with pytest.raises(ValueError, match=r"\(B, N, 3, H, D\)"):
+        flash_attention_qkvpacked(torch.randn(1, 8, 2, 1, 64, device=kernel_device))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.compile through Triton)")
@@ -227,4 +263,10 @@ def test_compile_counts_only_the_outputs_as_written():
         ("attn_fwd", "sparse, dropout"): {"O", "LSE"},
         ("attn_bwd_preprocess", "sparse, dropout"): {"Delta", "DQ_ACC"},
         ("attn_bwd_kv", "sparse, dropout"): single_pass,
+        ("attn_fwd", "dense, packed"): {"O", "LSE"},
+        ("attn_bwd_dq", "dense, packed"): {"DQ", "Delta"},
+        ("attn_bwd_kv", "dense, packed"): {"DK", "DV"},
+        ("attn_fwd", "dense, dropout, packed"): {"O", "LSE"},
+        ("attn_bwd_preprocess", "dense, dropout, packed"): {"Delta", "DQ_ACC"},
+        ("attn_bwd_kv", "dense, dropout, packed"): single_pass,
     }

@@ -69,7 +69,7 @@ def test_block_mask_is_built_while_tracing(monkeypatch, options):
     import sys
 
     fa = sys.modules["kernels.attention"]
-    uses_mask = lambda q, k, v, mask, *rest: q + sum(  # noqa: E731
+    uses_mask = lambda q, k, v, mask, *rest, qkv=None: q + sum(  # noqa: E731
         (j + 1) * t.float().sum() for j, t in enumerate(mask.tensors())) * 1e-3 + mask.block_size
     monkeypatch.setattr(fa, "_attention", uses_mask)
     torch.manual_seed(0)

@@ -2,7 +2,8 @@
 
 Same parameters and maths as model.GPT without dropout; nothing else (no registry, no checks), so whatever the
 project's model costs beyond this is overhead (tests/test_model.py, scripts/bench_train_step.py). Attention is
-SDPA unless another `attend(q, k, v)` over (B, H, N, D) causal is given (e.g. a backend's, for the same kernel).
+causal SDPA unless another `attend(qkv)` is given, over the projection viewed as q, k, v packed (B, N, 3, H, D),
+returning (B, H, N, D) (e.g. a backend's attend_packed, for the same kernels as the model's).
 """
 
 from __future__ import annotations
@@ -10,6 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+
+def sdpa_causal(qkv: torch.Tensor) -> torch.Tensor:
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
 class Block(nn.Module):
@@ -22,9 +28,7 @@ class Block(nn.Module):
 
     def forward(self, x):
         B, T, C = x.shape
-        q, k, v = self.c_attn(self.ln_1(x)).split(C, dim=2)
-        q, k, v = (t.view(B, T, self.n_head, C // self.n_head).transpose(1, 2) for t in (q, k, v))
-        y = self.attend(q, k, v)
+        y = self.attend(self.c_attn(self.ln_1(x)).view(B, T, 3, self.n_head, C // self.n_head))
         x = x + self.attn_proj(y.transpose(1, 2).contiguous().view(B, T, C))
         return x + self.mlp_proj(F.gelu(self.c_fc(self.ln_2(x)), approximate="tanh"))
 
@@ -32,7 +36,7 @@ class Block(nn.Module):
 class MinimalGPT2(nn.Module):
     def __init__(self, vocab_size: int, block_size: int, n_layer: int, n_head: int, n_embd: int, attend=None):
         super().__init__()
-        attend = attend or (lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True))
+        attend = attend or sdpa_causal
         self.wte, self.wpe = nn.Embedding(vocab_size, n_embd), nn.Embedding(block_size, n_embd)
         self.h = nn.ModuleList(Block(n_embd, n_head, attend) for _ in range(n_layer))
         self.ln_f = nn.LayerNorm(n_embd)

@@ -19,9 +19,9 @@ os.environ["TORCHINDUCTOR_FX_GRAPH_CACHE"] = "0"
 os.environ["TORCHINDUCTOR_AUTOGRAD_CACHE"] = "0"
 sys.path.insert(0, str(Path.cwd()))
 sys.path.insert(0, str(Path(__file__).parent))
-import reporting.train_step_bench as train_step_bench  # noqa: E402
 from attention_power import single_pass  # noqa: E402
 
+import reporting.train_step_bench as train_step_bench  # noqa: E402
 from scripts import bench_train_step  # noqa: E402
 
 measure = train_step_bench.measure

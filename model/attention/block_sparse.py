@@ -29,6 +29,15 @@ def block_sparse_attend(q, k, v, *, causal: bool, dropout_p: float = 0.0, scale:
                                   scale=scale, block_size=int(o["block_size"]), deterministic=bool(o["deterministic"]))
 
 
+def block_sparse_attend_qkv(qkv, *, causal: bool, dropout_p: float = 0.0, scale: float | None = None, **options):
+    from kernels import block_sparse_attention_qkvpacked
+
+    o = {**DEFAULTS, **options}
+    return block_sparse_attention_qkvpacked(qkv, layout_for(options, qkv.shape[1]), causal=causal,
+                                            dropout_p=dropout_p, scale=scale, block_size=int(o["block_size"]),
+                                            deterministic=bool(o["deterministic"]))
+
+
 def density(options: dict, seq_len: int, causal: bool) -> float:
     """Kept fraction of the N x N scores (kept blocks, causal diagonal halves counted): what MFU should count."""
     from kernels.sparsity_patterns import layout_density
@@ -40,6 +49,7 @@ def density(options: dict, seq_len: int, causal: bool) -> float:
 register(AttentionBackend(
     name="block_sparse",
     attend=block_sparse_attend,
+    attend_qkv=block_sparse_attend_qkv,
     description="block-sparse FlashAttention in Triton (patterns: dense, local, butterfly, strided, fixed, global, "
                 "random; combine with + and &)",
     devices=("cuda", "cpu"),

@@ -16,6 +16,14 @@ def flash_attend(q, k, v, *, causal: bool, dropout_p: float = 0.0, scale: float 
     return flash_attention(q, k, v, causal=causal, dropout_p=dropout_p, scale=scale, deterministic=deterministic)
 
 
+def flash_attend_qkv(qkv, *, causal: bool, dropout_p: float = 0.0, scale: float | None = None,
+                     deterministic: bool = False):
+    from kernels import flash_attention_qkvpacked
+
+    return flash_attention_qkvpacked(qkv, causal=causal, dropout_p=dropout_p, scale=scale,
+                                     deterministic=deterministic)
+
+
 def triton_unavailable(device_type: str) -> str | None:
     """Why the Triton kernels cannot run on this device type in this process, or None."""
     try:
@@ -33,6 +41,7 @@ def triton_unavailable(device_type: str) -> str | None:
 register(AttentionBackend(
     name="flash",
     attend=flash_attend,
+    attend_qkv=flash_attend_qkv,
     description="FlashAttention in Triton: tiled online softmax, recomputing backward, in-kernel dropout; on Hopper "
                 "GPUs the dense forward without dropout at head dim 128 runs a FlashAttention-3-style Gluon kernel",
     options=("deterministic",),  # True: the two-pass backward, bitwise repeatable (default: the faster)

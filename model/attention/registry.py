@@ -1,8 +1,11 @@
 """The attention seam: a registry of backends, each a function over (B, H, N, D) tensors.
 
 A backend is `attend(q, k, v, *, causal, dropout_p, scale, **options) -> o`, plus a declaration of what it
-supports. The model asks for a backend by name when it is built; a request the backend cannot serve is
-refused there, with a message that says what is allowed, never silently served by another backend.
+supports. The model calls `attend_packed(qkv, ...)` with its fused projection's output viewed as (B, N, 3, H, D):
+a backend whose kernels take q, k, v packed (`attend_qkv`) gets it whole, so its backward can write the
+projection's gradient in one piece; the others get (B, H, N, D) views of it. The model asks for a backend by
+name when it is built; a request the backend cannot serve is refused there, with a message that says what is
+allowed, never silently served by another backend.
 """
 
 from __future__ import annotations
@@ -33,6 +36,15 @@ class AttentionBackend:
     density: Callable[[dict, int, bool], float] | None = None
     # (device type) -> why this backend cannot run there in this process (e.g. no GPU), or None.
     unavailable: Callable[[str], str | None] | None = field(default=None, compare=False)
+    # attend over q, k, v packed in one (B, N, 3, H, D) tensor; None: attend_packed hands `attend` views of it.
+    attend_qkv: Callable[..., torch.Tensor] | None = None
+
+    def attend_packed(self, qkv: torch.Tensor, **kwargs) -> torch.Tensor:
+        """Attention over q, k, v packed in one (B, N, 3, H, D) tensor (a fused projection's output): (B, H, N, D)."""
+        if self.attend_qkv is not None:
+            return self.attend_qkv(qkv, **kwargs)
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+        return self.attend(q, k, v, **kwargs)
 
     def check(self, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
               head_dim: int | None = None, dropout_p: float = 0.0, causal: bool = True,

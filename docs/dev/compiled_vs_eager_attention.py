@@ -2,7 +2,8 @@
 projection, the output back to (B, N, C)): fwd+bwd ms per call (CUDA events, median of do_bench), ours and cuDNN's.
 Why: end to end at seq 4096 x 4, flash is 0.985x sdpa eager but 0.969x compiled, and the compiled profile's
 attention kernels ran slower than the eager one's (docs/dev/kernel-notes.md, eleventh session). Writes Inductor's
-code for the compiled call of ours to OUT/compiled_flash_code.py.
+code for the compiled calls of ours to OUT/compiled_<provider>_code.py. flash_packed: the projection handed whole to
+flash_attention_qkvpacked, as the model does since the twelfth session (its backward writes the packed gradient).
 
     python docs/dev/compiled_vs_eager_attention.py [OUT]
 """
@@ -16,15 +17,15 @@ import triton
 from torch._inductor.utils import run_and_get_code
 
 sys.path.insert(0, str(Path.cwd()))
-from kernels import flash_attention  # noqa: E402 (from the checkout's root)
+from kernels import flash_attention, flash_attention_qkvpacked  # noqa: E402 (from the checkout's root)
 
 B, N, H, D = 4, 4096, 12, 64
 
 
-def layer(attend):
+def layer(attend, packed: bool = False):
     def f(x):
-        q, k, v = x.view(B, N, 3, H, D).unbind(2)
-        o = attend(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2))
+        qkv = x.view(B, N, 3, H, D)
+        o = attend(qkv) if packed else attend(*(t.transpose(1, 2) for t in qkv.unbind(2)))
         return o.transpose(1, 2).reshape(B, N, H * D)
     return f
 
@@ -44,14 +45,17 @@ def main() -> None:
     x = torch.randn(B, N, 3 * H * D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     do = torch.randn(B, N, H * D, device="cuda", dtype=torch.bfloat16)
     attends = {"flash": lambda q, k, v: flash_attention(q, k, v, causal=True),
+               "flash_packed": lambda qkv: flash_attention_qkvpacked(qkv, causal=True),
                "cudnn": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
-    compiled = {name: torch.compile(layer(a)) for name, a in attends.items()}
-    _, code = run_and_get_code(lambda: torch.autograd.grad(compiled["flash"](x), x, do))
-    (out / "compiled_flash_code.py").write_text("\n\n# ----- next graph -----\n\n".join(code))
+    layers = {name: layer(a, packed=name == "flash_packed") for name, a in attends.items()}
+    compiled = {name: torch.compile(f) for name, f in layers.items()}
+    for name in ("flash", "flash_packed"):
+        _, code = run_and_get_code(torch.autograd.grad, compiled[name](x), x, do)
+        (out / f"compiled_{name}_code.py").write_text("\n\n# ----- next graph -----\n\n".join(code))
     for round_ in range(2):  # twice, the order reversed: clocks drift as the GPU heats
         names = list(attends) if round_ == 0 else list(attends)[::-1]
         for name in names:
-            eager = fwd_bwd_ms(layer(attends[name]), x, do)
+            eager = fwd_bwd_ms(layers[name], x, do)
             comp = fwd_bwd_ms(compiled[name], x, do)
             print(f"round {round_} {name}: eager {eager:.3f} ms, compiled {comp:.3f} ms "
                   f"(compiled / eager {comp / eager:.3f})", flush=True)

@@ -50,7 +50,7 @@ def main() -> None:
     layers = {name: layer(a, packed=name == "flash_packed") for name, a in attends.items()}
     compiled = {name: torch.compile(f) for name, f in layers.items()}
     for name in ("flash", "flash_packed"):
-        _, code = run_and_get_code(torch.autograd.grad, compiled[name](x), x, do)
+        _, code = run_and_get_code(lambda name=name: torch.autograd.grad(compiled[name](x), x, do))
         (out / f"compiled_{name}_code.py").write_text("\n\n# ----- next graph -----\n\n".join(code))
     for round_ in range(2):  # twice, the order reversed: clocks drift as the GPU heats
         names = list(attends) if round_ == 0 else list(attends)[::-1]

@@ -381,14 +381,18 @@ def _check_packed(qkv: torch.Tensor) -> None:
 
 
 def _attention(q, k, v, mask: BlockMask | None, causal, dropout_p, scale, deterministic, qkv=None) -> torch.Tensor:
-    """Checks, dropout keys, then the autograd function: _AttentionQKVPacked when given qkv (q, k, v its views)."""
+    """Checks, dropout keys, then the autograd function: _AttentionQKVPacked when given qkv (q, k, v its views),
+    in eager calls only. Under torch.compile the backward's kernels would write into views of the packed gradient,
+    and Inductor clones a buffer written through views before each such kernel: two full copies and a merge where
+    the views' path costs one fused copy that joins three gradients (measured: docs/dev/kernel-notes.md, twelfth
+    session)."""
     _check_inputs(q, k, v, scale)
     p = kernel_dropout_p(float(dropout_p))
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     B, H, N, _ = q.shape
     keys = draw_dropout_keys(B, H, N, q.device) if p > 0 else None
     tensors, block_size = (mask.tensors(), mask.block_size) if mask is not None else ([], 0)
-    if qkv is not None:
+    if qkv is not None and not torch.compiler.is_compiling():
         return _AttentionQKVPacked.apply(qkv, keys, block_size, causal, p, scale, deterministic, *tensors)
     return _Attention.apply(q, k, v, keys, block_size, causal, p, scale, deterministic, *tensors)
 

@@ -94,7 +94,9 @@ def main() -> None:
     timed["fwd+bwd (autograd)"] = best_us(fwd_bwd)
     if hasattr(A, "flash_attention_qkvpacked"):  # the model's call: the projection whole
         qkv = torch.randn(1, 128, 3, 1, 64, dtype=torch.bfloat16, requires_grad=True)
-        do_packed = do.transpose(1, 2)
+        do_packed = do.transpose(1, 2).contiguous().transpose(1, 2)  # (B, H, N, D) stored as the model's (B, N, H, D)
+        views = lambda: A.flash_attention(*(t.transpose(1, 2) for t in qkv.unbind(2)), causal=True)
+        timed["fwd+bwd qkv views"] = best_us(lambda: views().backward(do_packed))
         timed["fwd+bwd packed"] = best_us(lambda: A.flash_attention_qkvpacked(qkv, causal=True).backward(do_packed))
     for name, us in timed.items():
         print(f"{name:20s} {us:7.1f} us")

@@ -455,4 +455,3 @@ def block_sparse_attention_qkvpacked(qkv: torch.Tensor, layout: torch.Tensor, *,
     q, k, v = _unpack(qkv)
     return _attention(q, k, v, _layout_mask(layout, q, causal, block_size), causal, dropout_p, scale, deterministic,
                       qkv=qkv)
-

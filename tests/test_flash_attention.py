@@ -195,6 +195,8 @@ def test_packed_qkv_matches_its_views(kernel_device, dropout_p, deterministic):
     o_packed, grad_packed = run(lambda: flash_attention_qkvpacked(qkv, causal=True, dropout_p=dropout_p,
                                                                   deterministic=deterministic))
     assert torch.equal(o_packed, o) and grad_packed.shape == qkv.shape and grad_packed.is_contiguous()
+    packed_fn = flash_attention_qkvpacked(qkv, causal=True, dropout_p=dropout_p).grad_fn
+    assert type(packed_fn).__name__ == "_AttentionQKVPackedBackward"  # eager: the packed gradient, no cat
     if dropout_p == 0 or deterministic or kernel_device == "cpu":
         assert torch.equal(grad_packed, grad)
     else:

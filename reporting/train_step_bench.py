@@ -16,6 +16,7 @@ import json
 import statistics
 import tempfile
 import time
+from collections.abc import Callable
 from contextlib import nullcontext
 from pathlib import Path
 
@@ -136,9 +137,14 @@ def round_order(attns: list[str], r: int) -> list[str]:
 
 def bench(cases: list[tuple[int, int]], attns: list[str], modes: list[str], model: str, device: str,
           warmup: int, steps: int, data_dir: str | None = None, attn_dropout: float = 0.0, rounds: int = 1,
-          bare: bool = True) -> dict:
+          bare: bool = True, on_row: Callable[[dict], None] | None = None) -> dict:
+    """Every row, each printed as it is measured; `on_row(result so far)` after each (e.g. to write it, so that a
+    run cut short by a time limit keeps what it measured)."""
     device = torch.device(device)
-    rows = []
+    result = {"environment": environment(), "model": model, "dtype": "bf16" if device.type == "cuda" else "fp32",
+              "attn_dropout": attn_dropout, "warmup": warmup, "steps": steps, "rounds": rounds,
+              "memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS (grows only)",
+              "rows": []}
     with tempfile.TemporaryDirectory() as tmp:
         data = data_dir or str(Path(tmp) / "stdlib_docs")
         for seq, batch in cases:
@@ -147,12 +153,11 @@ def bench(cases: list[tuple[int, int]], attns: list[str], modes: list[str], mode
                     for mode in modes:
                         row = measure(seq, batch, attn, mode, model, device, warmup, steps, data, attn_dropout,
                                       bare)
-                        rows.append({**row, "round": r})
+                        result["rows"].append({**row, "round": r})
                         print(markdown_row(row), flush=True)
-    return {"environment": environment(), "model": model, "dtype": "bf16" if device.type == "cuda" else "fp32",
-            "attn_dropout": attn_dropout, "warmup": warmup, "steps": steps, "rounds": rounds,
-            "memory": "torch.cuda.max_memory_allocated" if device.type == "cuda" else "process peak RSS (grows only)",
-            "rows": rows}
+                        if on_row:
+                            on_row(result)
+    return result
 
 
 def medians(rows: list[dict]) -> list[dict]:

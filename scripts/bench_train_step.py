@@ -8,7 +8,8 @@
         --warmup 1 --steps 2 --out /tmp/bench_step                                 # the same code path on a CPU
 
 Same attention function, dtype (bf16 on CUDA), fused AdamW and shapes in both loops; writes
-train_step_bench.json and .md (stamped with GPU, versions, commit, date) into --out. Logic:
+train_step_bench.json, .md and .png (stamped with GPU, versions, commit, date) into --out, rewritten after every
+row (a run cut short keeps the rows it measured). Logic:
 reporting/train_step_bench.py.
 """
 
@@ -60,11 +61,11 @@ def main() -> None:
     if args.device == "cuda" and not torch.cuda.is_available():
         sys.exit("no CUDA GPU here: run with --device cpu (and a tiny --model / --cases) to try the code path")
     logging.getLogger("train").setLevel(logging.WARNING)
+    command = " ".join(["python scripts/bench_train_step.py", *sys.argv[1:]])
     print(HEADER, flush=True)
-    result = bench(args.cases, args.attn, args.modes, args.model, args.device, args.warmup, args.steps, args.data_dir,
-                   args.attn_dropout, args.rounds, args.bare)
-    result["command"] = " ".join(["python scripts/bench_train_step.py", *sys.argv[1:]])
-    write(result, args.out)
+    bench(args.cases, args.attn, args.modes, args.model, args.device, args.warmup, args.steps, args.data_dir,
+          args.attn_dropout, args.rounds, args.bare, on_row=lambda result: write({**result, "command": command},
+                                                                                 args.out))
     print(f"wrote {args.out / 'train_step_bench.md'} and .json")
 
 

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from training.corpus import prepare_stdlib_docs
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -119,3 +121,25 @@ def test_bench_without_the_bare_loop_in_rounds(tmp_path):
     assert all(r["bare_tokens_per_sec"] is None and r["train_py_tokens_per_sec"] > 0 for r in out["rows"])
     md = (tmp_path / "out" / "train_step_bench.md").read_text()
     assert "`python scripts/bench_train_step.py --device cpu" in md and "--rounds 2 --no-bare" in md  # rerunnable
+
+
+def test_a_run_cut_short_keeps_the_rows_it_measured(tmp_path, monkeypatch):
+    """The files are rewritten after every row: a GPU call cut by its time limit mid-run still returns the rows
+    measured before (compiled GPT-2 steps take minutes each)."""
+    from reporting import train_step_bench as tsb
+
+    none = dict(bare_tokens_per_sec=None, bare_peak_gb=None, bare_loss=None, ratio=None, extra_memory_gb=None)
+
+    def measure(seq, batch, attn, mode, *rest):
+        if attn == "flash":
+            raise KeyboardInterrupt  # as `timeout -s INT` stops a run
+        return dict(seq=seq, batch=batch, attn=attn, mode=mode, train_py_tokens_per_sec=100.0, train_py_peak_gb=1.0,
+                    train_py_loss=5.0, **none)
+
+    monkeypatch.setattr(tsb, "measure", measure)
+    with pytest.raises(KeyboardInterrupt):
+        tsb.bench([(64, 2)], ["sdpa", "flash"], ["eager"], "gpt2-nano", "cpu", 1, 1, data_dir=str(tmp_path),
+                  bare=False, on_row=lambda result: tsb.write(result, tmp_path / "out"))
+    out = json.loads((tmp_path / "out" / "train_step_bench.json").read_text())
+    assert [(r["attn"], r["train_py_tokens_per_sec"]) for r in out["rows"]] == [("sdpa", 100.0)]
+    assert "| 64 x 2 | sdpa | eager |" in (tmp_path / "out" / "train_step_bench.md").read_text()

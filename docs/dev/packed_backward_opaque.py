@@ -36,9 +36,9 @@ def attention_bwd_qkvpacked_opaque(do: torch.Tensor, qkv: torch.Tensor, o: torch
                                    dropout_keys: torch.Tensor | None, mask: list[torch.Tensor], block_size: int,
                                    causal: bool, dropout_p: float, scale: float, deterministic: bool) -> torch.Tensor:
     """The library's triton_op, called inside: a triton_op run eagerly launches its kernels directly, where a
-    custom_op's body that launched them itself would go through wrap_triton's graph path, which rebuilds the
-    autotuner on every call and so re-tunes every launch (measured: 19.6 s a GPT-2 step; kernel notes, thirteenth
-    session)."""
+    custom_op's body that launched them itself would go through wrap_triton's graph path, which wraps our pruned
+    configs in a new autotuner on every call and so re-tunes every launch (measured: 19.6 s a GPT-2 step; kernel
+    notes, thirteenth session)."""
     return library.attention_bwd_qkvpacked(do, qkv, o, lse, dropout_keys, mask, block_size, causal, dropout_p,
                                            scale, deterministic)
 

@@ -10,7 +10,8 @@ Features
   the kernels, reproducible under torch.manual_seed: each call draws random keys per row and column, and the
   kernels hash them per element (kernels/attention_fwd.py); p applies at 2^-24 resolution.
 - One path: the forward and backward are torch custom ops (triton_op + wrap_triton) joined by one
-  torch.autograd.Function, called the same way eagerly and under torch.compile (no graph break). Host launch cost
+  torch.autograd.Function, called the same way eagerly and under torch.compile (no graph break). The packed
+  backward is an opaque custom op that launches its kernels itself (see attention_bwd_qkvpacked). Host launch cost
   is left to CUDA graphs (torch.compile(mode="reduce-overhead"), train.compile_mode in train.py).
 - Causal launches of long rows start the costliest tiles first (program_tile in kernels/attention_fwd.py).
 - On Hopper (sm_90), the dense forward without dropout at head dim 128 runs FlashAttention-3's warp-specialised
@@ -201,11 +202,20 @@ def _single_pass(dropout_p: float, deterministic: bool, head_dim: int) -> bool:
     return dropout_p > 0 and not deterministic and head_dim <= 64
 
 
-def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deterministic, dqkv=None):
+def _launch_directly(kernel):
+    """An opaque op's launch: the kernel itself, through our autotuners. (wrap_triton outside a triton_op routes
+    each launch through torch's kernel wrapper, which re-wraps our pruned configs in a new autotuner per call:
+    a full tuning on every launch; docs/dev/kernel-notes.md, thirteenth session.)"""
+    return kernel
+
+
+def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deterministic, dqkv=None, launch=None):
     """(dq, dk, dv); or, given `dqkv`, a (B, N, 3, H, D) gradient of q, k, v packed, the three written into it (no
     cat to join them afterwards). Each pass takes one stride set for its outputs: the dQ pass O's (dQ then copied
     into its slot), the dK/dV pass the packed slots, except in the single pass, whose fp32 dQ accumulator shares
-    dK's and dV's strides (they are copied in, and dQ converted straight into its slot)."""
+    dK's and dV's strides (they are copied in, and dQ converted straight into its slot). `launch`: wrap_triton
+    (a triton_op's body, which torch.compile traces) or _launch_directly (an opaque op's)."""
+    launch = launch or wrap_triton
     B, H, N, D = q.shape
     single_pass = _single_pass(dropout_p, deterministic, D)
     if do.stride(-1) != 1:
@@ -219,15 +229,15 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
     grid_m, grid_n = _grid(N, B * H, common["LPT"], "BLOCK_M"), _grid(N, B * H, common["LPT"], "BLOCK_N")
     if single_pass:  # delta and a zeroed fp32 dQ accumulator, then one pass that adds into it
         dq_acc = _empty_bhnd(q, torch.float32)
-        wrap_triton(attn_bwd_preprocess)[(triton.cdiv(N, 64), B * H)](
+        launch(attn_bwd_preprocess)[(triton.cdiv(N, 64), B * H)](
             o, do, delta, dq_acc, *_strides(o), *_strides(do), H, N, D=D, HEAD_D=common["HEAD_D"], BLOCK_M=64)
     else:  # dQ pass (writes delta), then the dK/dV pass; a one-element stand-in for the accumulator it never uses
         dq = _empty_bhnd(q)
-        wrap_triton(_bwd_dq)[grid_m](q, k, v, o, do, dq, lse, delta, keys, *_mask_args(mask, False, q.device),
-                                     *_strides(q), *_strides(do), *_strides(o), **common)
+        launch(_bwd_dq)[grid_m](q, k, v, o, do, dq, lse, delta, keys, *_mask_args(mask, False, q.device),
+                                *_strides(q), *_strides(do), *_strides(o), **common)
         dq_acc = lse.new_empty((1, 1, 1))
-    wrap_triton(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, keys, *_mask_args(mask, True, q.device),
-                                 *_strides(q), *_strides(do), *_strides(dk), DQ_ATOMIC=single_pass, **common)
+    launch(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, keys, *_mask_args(mask, True, q.device),
+                            *_strides(q), *_strides(do), *_strides(dk), DQ_ATOMIC=single_pass, **common)
     if slots is None:
         return (dq_acc.to(q.dtype) if single_pass else dq), dk, dv
     slots[0].copy_(dq_acc if single_pass else dq)
@@ -285,14 +295,24 @@ def attention_bwd(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.T
                        dropout_p, scale, deterministic)
 
 
-@triton_op(f"{OPS_NAMESPACE}::attention_bwd_qkvpacked", mutates_args=())
+@torch.library.custom_op(f"{OPS_NAMESPACE}::attention_bwd_qkvpacked", mutates_args=())
 def attention_bwd_qkvpacked(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor, lse: torch.Tensor,
                             dropout_keys: torch.Tensor | None, mask: list[torch.Tensor], block_size: int,
                             causal: bool, dropout_p: float, scale: float, deterministic: bool) -> torch.Tensor:
-    """attention_bwd for q, k, v packed in one (B, N, 3, H, D) tensor: their gradient, packed the same way."""
+    """attention_bwd for q, k, v packed in one (B, N, 3, H, D) tensor: their gradient, packed the same way.
+
+    Opaque to torch.compile, unlike the triton_ops: its kernels write through views of the packed gradient, and
+    Inductor, tracing them, would clone that gradient once per view and merge the clones (three full copies, more
+    than the fused copy that joins three separate gradients). Called as it is, it costs one dQ copy (measured in
+    GPT-2 small: docs/dev/kernel-notes.md, fourteenth session)."""
     q, k, v = _unpack(qkv)
     return _launch_bwd(do, q, k, v, o, lse, dropout_keys, _block_mask(mask, block_size, q.shape[2], causal), causal,
-                       dropout_p, scale, deterministic, dqkv=qkv.new_empty(qkv.shape))
+                       dropout_p, scale, deterministic, dqkv=qkv.new_empty(qkv.shape), launch=_launch_directly)
+
+
+@attention_bwd_qkvpacked.register_fake
+def _(do, qkv, o, lse, dropout_keys, mask, block_size, causal, dropout_p, scale, deterministic):
+    return qkv.new_empty(qkv.shape)
 
 
 class _Attention(torch.autograd.Function):
@@ -381,18 +401,15 @@ def _check_packed(qkv: torch.Tensor) -> None:
 
 
 def _attention(q, k, v, mask: BlockMask | None, causal, dropout_p, scale, deterministic, qkv=None) -> torch.Tensor:
-    """Checks, dropout keys, then the autograd function: _AttentionQKVPacked when given qkv (q, k, v its views),
-    in eager calls only. Under torch.compile the backward's kernels would write into views of the packed gradient,
-    and Inductor clones a buffer written through views before each such kernel: two full copies and a merge where
-    the views' path costs one fused copy that joins three gradients (measured: docs/dev/kernel-notes.md, twelfth
-    session)."""
+    """Checks, dropout keys, then the autograd function: _AttentionQKVPacked when given qkv (q, k, v its
+    views), _Attention otherwise."""
     _check_inputs(q, k, v, scale)
     p = kernel_dropout_p(float(dropout_p))
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
     B, H, N, _ = q.shape
     keys = draw_dropout_keys(B, H, N, q.device) if p > 0 else None
     tensors, block_size = (mask.tensors(), mask.block_size) if mask is not None else ([], 0)
-    if qkv is not None and not torch.compiler.is_compiling():
+    if qkv is not None:
         return _AttentionQKVPacked.apply(qkv, keys, block_size, causal, p, scale, deterministic, *tensors)
     return _Attention.apply(q, k, v, keys, block_size, causal, p, scale, deterministic, *tensors)
 

@@ -11,6 +11,7 @@ import pytest
 import torch
 from attention_checks import assert_matches_reference, packed_qkv, rel_err
 
+import kernels.attention as attention_ops
 from kernels import (
     draw_dropout_keys,
     dropout_keep_mask,
@@ -203,6 +204,16 @@ def test_packed_qkv_matches_its_views(kernel_device, dropout_p, deterministic):
         assert rel_err(grad_packed, grad) < 1e-3
 
 
+def test_packed_backward_is_a_well_formed_opaque_op(kernel_device):
+    """The packed backward is a custom op that torch.compile calls as it is: its schema, its fake implementation
+    (shapes and strides without running it) and its autograd registration agree with what it computes."""
+    qkv = packed_qkv(1, 2, 40, 32, kernel_device)[0].detach()  # the backward op has no backward of its own
+    do = torch.randn(1, 2, 40, 32, device=kernel_device, dtype=qkv.dtype)
+    o, lse = attention_ops.attention_fwd(*attention_ops._unpack(qkv), None, [], 0, True, 0.0, 32**-0.5, False)
+    torch.library.opcheck(attention_ops.attention_bwd_qkvpacked,
+                          (do, qkv, o, lse, None, [], 0, True, 0.0, 32**-0.5, False))
+
+
 def test_packed_qkv_matches_reference(kernel_device):
     qkv, (q, k, v) = packed_qkv(1, 2, 150, 64, kernel_device)
     assert_matches_reference(flash_attention_qkvpacked(qkv, causal=True), qkv, q, k, v, causal=True)
@@ -239,6 +250,31 @@ def test_compiled_matches_eager_on_views_of_a_packed_projection():
     assert rel_err(o, ref) < 5e-3 and rel_err(qkv.grad, ref_qkv.grad) < 5e-3
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.compile through Triton)")
+def test_compiled_packed_backward_tunes_once_and_matches_eager():
+    """Compiled, the packed backward runs as an opaque op through the library's autotuners: the first call tunes
+    them (or reads their disk cache) and a second call re-tunes nothing. (Launched through wrap_triton from such
+    an op, each launch was wrapped in a fresh autotuner and tuned again: 19.6 s a GPT-2 step.)"""
+    qkv, _ = packed_qkv(2, 4, 300, 64, device="cuda")
+    ref_qkv, _ = packed_qkv(2, 4, 300, 64, device="cuda")
+    attend = lambda qkv: flash_attention_qkvpacked(qkv, causal=True)  # noqa: E731
+    compiled = torch.compile(attend, fullgraph=True)
+    tuners = (attention_ops._bwd_dq, attention_ops._bwd_kv)
+    for tuner in tuners:
+        tuner.cache.clear()
+    do = torch.randn(2, 4, 300, 64, device="cuda", dtype=qkv.dtype)
+    compiled(qkv).backward(do)
+    tuned = [dict(tuner.cache) for tuner in tuners]
+    assert all(tuned), "the compiled backward did not launch through the library's autotuners"
+    grad = qkv.grad.clone()
+    qkv.grad = None
+    compiled(qkv).backward(do)
+    assert [tuner.cache for tuner in tuners] == tuned
+    assert torch.equal(qkv.grad, grad)
+    attend(ref_qkv).backward(do)
+    assert rel_err(grad, ref_qkv.grad) < 5e-3
+
+
 def test_compile_counts_only_the_outputs_as_written():
     """torch.compile copies every tensor its mutation analysis counts as written by a Triton kernel. A helper that
     took q, k, v and dO and returned the program's coordinates once made it count all four as written by the
@@ -265,10 +301,4 @@ def test_compile_counts_only_the_outputs_as_written():
         ("attn_fwd", "sparse, dropout"): {"O", "LSE"},
         ("attn_bwd_preprocess", "sparse, dropout"): {"Delta", "DQ_ACC"},
         ("attn_bwd_kv", "sparse, dropout"): single_pass,
-        ("attn_fwd", "dense, packed"): {"O", "LSE"},
-        ("attn_bwd_dq", "dense, packed"): {"DQ", "Delta"},
-        ("attn_bwd_kv", "dense, packed"): {"DK", "DV"},
-        ("attn_fwd", "dense, dropout, packed"): {"O", "LSE"},
-        ("attn_bwd_preprocess", "dense, dropout, packed"): {"Delta", "DQ_ACC"},
-        ("attn_bwd_kv", "dense, dropout, packed"): single_pass,
     }

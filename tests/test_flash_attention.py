@@ -13,6 +13,7 @@ from attention_checks import assert_matches_reference, packed_qkv, rel_err
 
 import kernels.attention as attention_ops
 from kernels import (
+    create_block_mask,
     draw_dropout_keys,
     dropout_keep_mask,
     flash_attention,
@@ -204,14 +205,20 @@ def test_packed_qkv_matches_its_views(kernel_device, dropout_p, deterministic):
         assert rel_err(grad_packed, grad) < 1e-3
 
 
-def test_packed_backward_is_a_well_formed_opaque_op(kernel_device):
+@pytest.mark.parametrize("dropout_p,sparse", [(0.0, False), (0.2, False), (0.2, True)])
+def test_packed_backward_is_a_well_formed_opaque_op(kernel_device, dropout_p, sparse):
     """The packed backward is a custom op that torch.compile calls as it is: its schema, its fake implementation
-    (shapes and strides without running it) and its autograd registration agree with what it computes."""
-    qkv = packed_qkv(1, 2, 40, 32, kernel_device)[0].detach()  # the backward op has no backward of its own
-    do = torch.randn(1, 2, 40, 32, device=kernel_device, dtype=qkv.dtype)
-    o, lse = attention_ops.attention_fwd(*attention_ops._unpack(qkv), None, [], 0, True, 0.0, 32**-0.5, False)
-    torch.library.opcheck(attention_ops.attention_bwd_qkvpacked,
-                          (do, qkv, o, lse, None, [], 0, True, 0.0, 32**-0.5, False))
+    (shapes and strides without running it) and its autograd registration agree with what it computes, dense or
+    with a block mask's tensors, with or without dropout keys."""
+    B, H, N, D = 1, 2, 48, 32
+    qkv = packed_qkv(B, H, N, D, kernel_device)[0].detach()  # the backward op has no backward of its own
+    do = torch.randn(B, H, N, D, device=kernel_device, dtype=qkv.dtype)
+    keys = draw_dropout_keys(B, H, N, kernel_device) if dropout_p else None
+    layout = torch.ones(N // 16, N // 16, dtype=torch.bool).tril().fill_diagonal_(False)
+    mask, block_size = (create_block_mask(layout, N, 16, True, kernel_device).tensors(), 16) if sparse else ([], 0)
+    options = (mask, block_size, True, dropout_p, D**-0.5, False)
+    o, lse = attention_ops.attention_fwd(*attention_ops._unpack(qkv), keys, *options)
+    torch.library.opcheck(attention_ops.attention_bwd_qkvpacked, (do, qkv, o, lse, keys, *options))
 
 
 def test_packed_qkv_matches_reference(kernel_device):

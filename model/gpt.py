@@ -61,8 +61,8 @@ class CausalSelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         B, N, C = x.shape
-        # the projection as q, k, v packed (B, N, 3, H, D): no copy forward; in eager steps backends with packed
-        # kernels (flash, block_sparse) write its gradient whole, elsewhere one copy joins the three gradients
+        # the projection as q, k, v packed (B, N, 3, H, D): no copy forward; backends with packed kernels (flash,
+        # block_sparse) write its gradient whole, elsewhere one copy joins the three gradients
         qkv = self.c_attn(x).view(B, N, 3, self.n_head, C // self.n_head)
         y = self.attention.attend_packed(qkv, causal=True, dropout_p=self.attn_dropout if self.training else 0.0,
                                          scale=None, **self.attn_options)

@@ -235,15 +235,19 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
                 stride_b, stride_h, stride_n, stride_dob, stride_doh, stride_don, stride_gb, stride_gh, stride_gn,
                 H, N, N_BUCKET, qk_scale, sm_scale, dropout_p,
                 D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
-                CAUSAL: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, LPT: tl.constexpr):
+                CAUSAL: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, LPT: tl.constexpr,
+                DQ_LIKE_Q: tl.constexpr):
     """Deterministic backward, first pass: one program per query tile writes its dQ rows, and the delta of its rows
-    for the key-tile pass that follows. Q, K, V share strides (stride_*), as do O and DQ (stride_g*)."""
+    for the key-tile pass that follows. Q, K, V share strides (stride_*), as do O and DQ (stride_g*); with
+    DQ_LIKE_Q, DQ has q's strides instead (q's slot of a packed gradient, written in place)."""
     SPARSE: tl.constexpr = SPARSE_BLOCK > 0
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
     start_m, bh, b, h, qkv_off, do_off, g_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
         H, stride_b, stride_h, stride_dob, stride_doh, stride_gb, stride_gh, qk_scale, sm_scale, dropout_p, LPT, True)
-    Q, K, V, DO, O, DQ = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off, O + g_off, DQ + g_off
+    Q, K, V, DO, O = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off, O + g_off
+    DQ += qkv_off if DQ_LIKE_Q else g_off
+    stride_dqn = stride_n if DQ_LIKE_Q else stride_gn
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
     row_a, row_b = own_dropout_keys(KEYS, bh, offs_m, N, False, DROPOUT)
@@ -267,5 +271,5 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
         dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, part_lo, part_hi, part_ptr,
                       KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, True, SPARSE,
                       PER_BLOCK, DROPOUT, EVEN_D)
-    _store_rows(DQ + offs_m[:, None] * stride_gn + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
+    _store_rows(DQ + offs_m[:, None] * stride_dqn + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
                 offs_m[:, None], N, offs_d[None, :], D, EVEN_D)

@@ -31,11 +31,11 @@ def train_step(model, optimizer, x, y) -> None:
 
 
 def profile_backend(attn: str, model_name: str = "gpt2", batch: int = 16, seq: int = 1024, compiled: bool = False,
-                    warmup: int = 5, steps: int = 10, top: int = 12) -> dict:
+                    warmup: int = 5, steps: int = 10, top: int = 12, attn_dropout: float = 0.0) -> dict:
     """One backend's step: wall and GPU-busy ms per step, attention kernels' ms per step, the top kernels. The GPU's
     idle share compares busy time with the wall time of the same (profiled) steps: clocks drift between phases."""
     torch.manual_seed(0)
-    config = GPTConfig.preset(model_name, attn=attn, block_size=max(1024, seq))
+    config = GPTConfig.preset(model_name, attn=attn, block_size=max(1024, seq), attn_dropout=attn_dropout)
     model = GPT(config).cuda()
     model.check_attention(torch.device("cuda"), torch.bfloat16)
     optimizer = model.configure_optimizers(0.1, 6e-4, (0.9, 0.95), "cuda")

@@ -1,16 +1,19 @@
-"""The dense forward with part of its exp2 computed on the FMA units (FlashAttention-4's trick): an experiment
-beside the library's kernel, not routed. At D = 64 the SFU's 16 exp2 per clock and SM take about as long as the
-tile's two matrix products, and a warpgroup's softmax waits for its score product, so the exp2 time sits on the
-critical path; without the causal mask our forward runs at 0.91-0.92x cuDNN's (kernel notes, fifteenth session).
+"""FlashAttention-4's two softmax tricks in the dense forward: an experiment beside the library's kernel, not
+routed. At D = 64 the SFU's 16 exp2 per clock and SM take about as long as the tile's two matrix products, and a
+warpgroup's softmax waits for its score product, so the softmax sits on the critical path; without the causal
+mask our forward runs at 0.91-0.92x cuDNN's (kernel notes, fifteenth session).
 
-2^x = 2^round(x) * p(x - round(x)), p a degree-3 fit on [-1/2, 1/2] (relative error 7.5e-5, far below bf16's
-3.9e-3, in which P meets V); round(x) by adding 1.5 * 2^23 (its integer lands in the low mantissa bits) and moved
-into the exponent with one shift and one integer add. Counted per element: ~7 FMA-pipe and 2 integer operations,
-against one SFU slot; the balance between the pipes is near a quarter of the elements (kernel notes). Variants of
-the unmasked key tiles (the masked ones run the library's loop):
-    every=0  all exp2 on the SFU (this file's copy of the library's loop: the control)
-    every=1  half of every tile's elements on the FMA units (register-only split of neighbouring columns)
-    every=2  half of every other tile's (a quarter)     every=4  half of every fourth tile's (an eighth)
+exp2 on the FMA units: 2^x = 2^round(x) * p(x - round(x)), p a degree-3 fit on [-1/2, 1/2] (relative error
+7.5e-5, far below bf16's 3.9e-3, in which P meets V); round(x) by adding 1.5 * 2^23 (its integer lands in the low
+mantissa bits), moved into the exponent with one shift and one integer add. ~7 FMA-pipe and 2 integer operations
+per element against one SFU slot: the pipes balance near a quarter of the elements (kernel notes).
+Lazy rescaling: the running maximum is a reference, moved (and acc and the row sums rescaled) only when a row's
+maximum passes it by more than 8 (log2), so most tiles skip BLOCK_M x D multiplies.
+Variants of the unmasked key tiles (the masked ones run the library's loop), VARIANTS below:
+    control   all exp2 on the SFU, rescaled every tile (this file's copy of the library's loop)
+    half      half of every tile's exp2 on the FMA units (register-only split of neighbouring columns)
+    quarter   the same in the first tile of every pair      eighth   in the first of every four
+    lazy, lazy-quarter, lazy-half: the same with lazy rescaling
 
     TRITON_INTERPRET=1 python docs/dev/fwd_exp2_fma.py check     # CPU: each variant against a float64 reference
     python docs/dev/fwd_exp2_fma.py compile                      # CPU: registers, spills, MUFU / FFMA counts, sm_90
@@ -36,8 +39,11 @@ sys.path.insert(0, str(Path(__file__).parent))
 from kernels.attention_fwd import _fwd_tiles, key_tile_ranges, key_tile_t, load_tile, program_tile  # noqa: E402
 
 LOG2E = 1.4426950408889634
-VARIANTS = (0, 1, 2, 4)
-CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 3), (64, 64, 4, 3)]  # (BLOCK_M, BLOCK_N, warps, stages)
+# name: (EVERY, LAZY): the first tile of every EVERY-th group of unmasked tiles splits its exp2 (0: none); LAZY:
+# acc and the row sums rescaled only when a row's maximum grows by more than 8 (log2), FlashAttention-4's rule
+VARIANTS = {"control": (0, False), "half": (1, False), "quarter": (2, False), "eighth": (4, False),
+            "lazy": (0, True), "lazy-quarter": (2, True), "lazy-half": (1, True)}
+CONFIGS = [(128, 64, 8, 3), (128, 128, 8, 3)]  # (BLOCK_M, BLOCK_N, warps, stages)
 
 
 @triton.jit
@@ -51,50 +57,69 @@ def exp2_fma(x):
 
 
 @triton.jit
-def _step(acc, l_i, m_i, q, K, V, stride_n, offs_d, i, N, qk_scale, D: tl.constexpr, BLOCK_M: tl.constexpr,
-          BLOCK_N: tl.constexpr, POLY: tl.constexpr):
-    """One unmasked key tile, as the library's loop folds it; POLY: half its exp2 (every other column) on FMA."""
-    offs_n, kT = key_tile_t(i, K, K, stride_n, offs_d, N, D, BLOCK_N, False, 1, False, True)
-    qk = tl.dot(q, kT)
-    m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
-    s = qk * qk_scale - m_new[:, None]
+def _exp2(s, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, POLY: tl.constexpr):
+    """exp2 of a tile; POLY: half of it (every other column) on the FMA units."""
     if POLY:
         a, b = tl.split(tl.reshape(s, (BLOCK_M, BLOCK_N // 2, 2)))
-        p = tl.reshape(tl.join(exp2_fma(a), tl.math.exp2(b)), (BLOCK_M, BLOCK_N))
+        return tl.reshape(tl.join(exp2_fma(a), tl.math.exp2(b)), (BLOCK_M, BLOCK_N))
     else:
-        p = tl.math.exp2(s)
-    alpha = tl.math.exp2(m_i - m_new)
-    l_i = l_i * alpha + tl.sum(p, 1)
-    acc = acc * alpha[:, None]
+        return tl.math.exp2(s)
+
+
+@triton.jit
+def _step(acc, l_i, m_i, q, K, V, stride_n, offs_d, i, N, qk_scale, D: tl.constexpr, BLOCK_M: tl.constexpr,
+          BLOCK_N: tl.constexpr, POLY: tl.constexpr, LAZY: tl.constexpr):
+    """One unmasked key tile, as the library's loop folds it. LAZY: m_i is a reference maximum, moved (and acc and
+    l_i rescaled) only when some row's maximum passes it by more than 8 (P up to 2^8, safe in fp32 and bf16)."""
+    offs_n, kT = key_tile_t(i, K, K, stride_n, offs_d, N, D, BLOCK_N, False, 1, False, True)
+    qk = tl.dot(q, kT)
+    m_tile = tl.max(qk, 1) * qk_scale
+    if LAZY:
+        if tl.max(m_tile - m_i, 0) > 8.0:  # one branch for the whole tile: m_i starts at -inf, so taken first
+            m_new = tl.maximum(m_i, m_tile)
+            alpha = tl.math.exp2(m_i - m_new)
+            acc = acc * alpha[:, None]
+            l_i = l_i * alpha
+            m_i = m_new
+        p = _exp2(qk * qk_scale - m_i[:, None], BLOCK_M, BLOCK_N, POLY)
+        l_i = l_i + tl.sum(p, 1)
+    else:
+        m_new = tl.maximum(m_i, m_tile)
+        p = _exp2(qk * qk_scale - m_new[:, None], BLOCK_M, BLOCK_N, POLY)
+        alpha = tl.math.exp2(m_i - m_new)
+        l_i = l_i * alpha + tl.sum(p, 1)
+        acc = acc * alpha[:, None]
+        m_i = m_new
     v = load_tile(V, offs_n, stride_n, offs_d, N, D, False, True)
     acc = tl.dot(p.to(v.dtype), v, acc)
-    return acc, l_i, m_new
+    return acc, l_i, m_i
 
 
 @triton.jit
 def _unmasked_tiles(acc, l_i, m_i, q, K, V, stride_n, offs_d, lo, hi, N, qk_scale, D: tl.constexpr,
-                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVERY: tl.constexpr):
+                    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, EVERY: tl.constexpr, LAZY: tl.constexpr):
     if EVERY <= 1:
         for i in tl.range(lo, hi):
             acc, l_i, m_i = _step(acc, l_i, m_i, q, K, V, stride_n, offs_d, i, N, qk_scale, D, BLOCK_M, BLOCK_N,
-                                  EVERY == 1)
+                                  EVERY == 1, LAZY)
     else:  # groups of EVERY tiles, the first with the split, then the tiles left over
         groups_hi = lo + (hi - lo) // EVERY * EVERY
         for i in tl.range(lo, groups_hi, EVERY):
             acc, l_i, m_i = _step(acc, l_i, m_i, q, K, V, stride_n, offs_d, i, N, qk_scale, D, BLOCK_M, BLOCK_N,
-                                  True)
+                                  True, LAZY)
             for u in tl.static_range(1, EVERY):
                 acc, l_i, m_i = _step(acc, l_i, m_i, q, K, V, stride_n, offs_d, i + u, N, qk_scale, D, BLOCK_M,
-                                      BLOCK_N, False)
+                                      BLOCK_N, False, LAZY)
         for i in tl.range(groups_hi, hi):
             acc, l_i, m_i = _step(acc, l_i, m_i, q, K, V, stride_n, offs_d, i, N, qk_scale, D, BLOCK_M, BLOCK_N,
-                                  False)
+                                  False, LAZY)
     return acc, l_i, m_i
 
 
 @triton.jit
 def fwd_fma(Q, K, V, O, LSE, stride_b, stride_h, stride_n, H, N, qk_scale, D: tl.constexpr, BLOCK_M: tl.constexpr,
-            BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, LPT: tl.constexpr, EVERY: tl.constexpr):
+            BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, LPT: tl.constexpr, EVERY: tl.constexpr,
+            LAZY: tl.constexpr):
     """Dense forward without dropout; Q, K, V and O share strides, D a power of two."""
     start_m, bh, b, h = program_tile(H, LPT, True)
     off = b.to(tl.int64) * stride_b + h.to(tl.int64) * stride_h
@@ -108,7 +133,7 @@ def fwd_fma(Q, K, V, O, LSE, stride_b, stride_h, stride_n, H, N, qk_scale, D: tl
     full_lo, full_hi, _, part_lo, part_hi, _ = key_tile_ranges(start_m, h, N, Q, Q, Q, Q, 0, 0, 0, 0, BLOCK_M,
                                                                BLOCK_N, CAUSAL, False, 0)
     acc, l_i, m_i = _unmasked_tiles(acc, l_i, m_i, q, K, V, stride_n, offs_d, full_lo, full_hi, N, qk_scale, D,
-                                    BLOCK_M, BLOCK_N, EVERY)
+                                    BLOCK_M, BLOCK_N, EVERY, LAZY)
     acc, l_i, m_i = _fwd_tiles(acc, l_i, m_i, q, K, V, stride_n, offs_m, offs_d, part_lo, part_hi, Q, Q, offs_m,
                                offs_m, bh, N, qk_scale, 0, D, BLOCK_N, CAUSAL, True, False, 1, False, True)
     tl.store(LSE + bh.to(tl.int64) * N + offs_m, m_i + tl.math.log2(l_i), mask=offs_m < N)
@@ -116,34 +141,36 @@ def fwd_fma(Q, K, V, O, LSE, stride_b, stride_h, stride_n, H, N, qk_scale, D: tl
     tl.store(o_ptrs, (acc / l_i[:, None]).to(O.dtype.element_ty), mask=offs_m[:, None] < N)
 
 
-def forward(q, k, v, causal: bool, every: int, config=CONFIGS[0]) -> tuple[torch.Tensor, torch.Tensor]:
-    """(o, lse base 2) of (B, H, N, D) contiguous q, k, v."""
+def forward(q, k, v, causal: bool, variant: str, config=CONFIGS[0]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(o, lse base 2) of (B, H, N, D) contiguous q, k, v; variant as VARIANTS names them."""
+    every, lazy = VARIANTS[variant]
     B, H, N, D = q.shape
     m, n, warps, stages = config
     o, lse = torch.empty_like(q), torch.empty((B, H, N), device=q.device, dtype=torch.float32)
     fwd_fma[(triton.cdiv(N, m), B * H)](q, k, v, o, lse, q.stride(0), q.stride(1), q.stride(2), H, N,
                                          LOG2E / math.sqrt(D), D=D, BLOCK_M=m, BLOCK_N=n, CAUSAL=causal, LPT=False,
-                                         EVERY=every, num_warps=warps, num_stages=stages)
+                                         EVERY=every, LAZY=lazy, num_warps=warps, num_stages=stages)
     return o, lse
 
 
 def check() -> None:
-    """Interpreter (CPU): every variant within the fit's error of a float64 reference, fp32 inputs."""
+    """Interpreter (CPU): every variant within the fit's error of a float64 reference, fp32 inputs; scores large
+    enough (std 3) that the lazy variants move their reference maximum more than once."""
     from kernels.reference import reference_attention
 
     torch.manual_seed(0)
     B, H, N, D = 1, 2, 200, 64
-    q, k, v = (torch.randn(B, H, N, D) for _ in range(3))
+    q, k, v = (torch.randn(B, H, N, D) * s for s in (3.0, 3.0, 1.0))
     for causal in (False, True):
         ref = reference_attention(q, k, v, causal=causal)
-        for every in VARIANTS:
-            o, _ = forward(q, k, v, causal, every, config=(32, 16, 4, 1))
+        for variant in VARIANTS:
+            o, _ = forward(q, k, v, causal, variant, config=(32, 16, 4, 1))
             err = ((o.double() - ref).norm() / ref.norm()).item()
-            print(f"causal={causal} every={every}: relative error {err:.2e}", flush=True)
+            print(f"causal={causal} {variant}: relative error {err:.2e}", flush=True)
             assert err < 5e-4, err
 
 
-def compile_report(every: int, config, causal: bool) -> str:
+def compile_report(variant: str, config, causal: bool) -> str:
     """Compile for sm_90 on a machine without a GPU (a faked driver whose launch does nothing) and count."""
     from host_time_cpu import FakeHopper
     from kernel_resources_cpu import CUOBJDUMP, memory_instructions, ptxas_log, resources
@@ -154,20 +181,20 @@ def compile_report(every: int, config, causal: bool) -> str:
     driver.set_active(FakeHopper())
     q, k, v = (torch.empty(1, 2, 4096, 64, dtype=torch.bfloat16) for _ in range(3))
     try:
-        forward(q, k, v, causal, every, config)
+        forward(q, k, v, causal, variant, config)
     except OutOfResources as e:  # EVERY tiles a loop step, each pipelined over the config's stages
-        return f"every={every} {config} causal={causal}: does not fit ({e})"
+        return f"{variant} {config} causal={causal}: does not fit ({e})"
     (cubin,) = dump.glob("*/fwd_fma.cubin")
     use = resources(cubin)
     sass = subprocess.run([str(CUOBJDUMP), "-sass", str(cubin)], capture_output=True, text=True, check=True).stdout
-    ops = {name: sass.count(name) for name in ("MUFU.EX2", "FFMA", "FMUL", "FADD", "SHF.L", "IMAD.SHL", "HGMMA")}
+    ops = {name: sass.count(name) for name in ("MUFU.EX2", "FFMA", "FMUL", "FADD", "HGMMA")}
     serialised = "serialized" in ptxas_log(cubin.with_suffix(".ptx"), dump / "again.cubin")
     shutil.rmtree(dump)
-    return (f"every={every} {config} causal={causal}: registers {use['REG']}, spill {use['STACK']} B, "
+    return (f"{variant:16s} {config} causal={causal}: registers {use['REG']}, spill {use['STACK']} B, "
             f"{'wgmma serialised, ' if serialised else ''}{ops}, LDS {memory_instructions(sass)['LDS']}")
 
 
-def time_shape(N: int, causal: bool, configs) -> None:
+def time_shape(N: int, causal: bool, configs, variants) -> None:
     """One shape: the library's forward (tuned), cuDNN's, and each variant at each config; CUDA-graph medians."""
     import torch.nn.functional as F
 
@@ -182,16 +209,16 @@ def time_shape(N: int, causal: bool, configs) -> None:
         with torch.nn.attention.sdpa_kernel(torch.nn.attention.SDPBackend.CUDNN_ATTENTION):
             ms["cudnn"] = bench(lambda: F.scaled_dot_product_attention(q, k, v, is_causal=causal))
         for config in configs:
-            for every in VARIANTS:
+            for variant in variants:
                 try:
-                    o, _ = forward(q, k, v, causal, every, config)
+                    o, _ = forward(q, k, v, causal, variant, config)
                 except OutOfResources:
                     continue
-                name = f"every={every} {config[0]}x{config[1]}x{config[2]}"
-                ms[name] = bench(lambda c=config, e=every: forward(q, k, v, causal, e, c))
+                name = f"{variant} {config[0]}x{config[1]}x{config[2]}"
+                ms[name] = bench(lambda c=config, w=variant: forward(q, k, v, causal, w, c))
                 err = ((o.float() - ref).norm() / ref.norm()).item()
                 print(f"  {name}: error against the library's output {err:.1e}", flush=True)
-    best = min(ms["library"], *[t for name, t in ms.items() if name.startswith("every=0")])
+    best = min(ms["library"], *[t for name, t in ms.items() if name.startswith("control")])
     print(f"N={N} causal={causal} forward ms: " + ", ".join(f"{name} {t:.4f} ({best / t:.3f})" for name, t in
                                                           ms.items()) + "  (in brackets: best control / it)",
           flush=True)
@@ -202,24 +229,28 @@ def main() -> None:
     ap.add_argument("mode", choices=("check", "compile", "time"))
     ap.add_argument("--seqs", type=int, nargs="+", default=[4096, 16384])
     ap.add_argument("--causal", nargs="+", choices=("yes", "no"), default=["no", "yes"])
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--configs", nargs="+", default=[",".join(map(str, c)) for c in CONFIGS],
+                    help="BLOCK_M,BLOCK_N,warps,stages each (default: %(default)s)")
     args = ap.parse_args()
     causals = [c == "yes" for c in args.causal]
+    configs = [tuple(int(x) for x in c.split(",")) for c in args.configs]
     if args.mode == "check":
         check()
     elif args.mode == "compile":
-        for config in CONFIGS:
-            for every in VARIANTS:  # one process each: Triton's in-memory cache would skip the dump
-                subprocess.run([sys.executable, __file__, "--one", str(every), ",".join(map(str, config)),
+        for config in configs:
+            for variant in args.variants:  # one process each: Triton's in-memory cache would skip the dump
+                subprocess.run([sys.executable, __file__, "--one", variant, ",".join(map(str, config)),
                                 str(int(causals[0]))], check=True)
     else:
         for causal in causals:
             for N in args.seqs:
-                time_shape(N, causal, CONFIGS)
+                time_shape(N, causal, configs, args.variants)
 
 
 if __name__ == "__main__":
     if sys.argv[1:2] == ["--one"]:
-        print(compile_report(int(sys.argv[2]), tuple(int(x) for x in sys.argv[3].split(",")), sys.argv[4] == "1"),
+        print(compile_report(sys.argv[2], tuple(int(x) for x in sys.argv[3].split(",")), sys.argv[4] == "1"),
               flush=True)
     else:
         main()

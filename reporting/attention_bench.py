@@ -25,7 +25,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from kernels import block_sparse_attention, flash_attention
+from kernels import block_sparse_attention, flash_attention, flash_attention_qkvpacked
 from kernels import sparsity_patterns as sp
 from model.attention import causal_density, get_backend
 
@@ -95,6 +95,10 @@ def flex(q, k, v, causal, dropout_p, layout_key=None, block_size=128):
 
 PROVIDERS: dict[str, Callable] = {"naive": naive, "flash": ours, "sdpa_flash": _sdpa("FLASH_ATTENTION"),
                                   "sdpa_cudnn": _sdpa("CUDNN_ATTENTION"), "flex": flex}
+# (qkv, causal, dropout_p) -> o over q, k, v packed in one (B, N, 3, H, D) tensor: what the model hands a backend
+# with packed kernels (model/attention/registry.py, attend_packed), timed with --storage packed
+PACKED_PROVIDERS: dict[str, Callable] = {
+    "flash": lambda qkv, causal, dropout_p: flash_attention_qkvpacked(qkv, causal=causal, dropout_p=dropout_p)}
 SPARSE_KERNELS: dict[str, Callable] = {"block_sparse": block_sparse_attention}  # (q, k, v, layout, ...) -> o
 
 
@@ -115,6 +119,8 @@ def load_baseline(checkout: str | Path, name: str = "baseline") -> tuple[str, st
     dense, sparse = f"flash@{name}", f"block_sparse@{name}"
     PROVIDERS[dense] = lambda q, k, v, causal, dropout_p: module.flash_attention(q, k, v, causal=causal,
                                                                                  dropout_p=dropout_p)
+    PACKED_PROVIDERS[dense] = lambda qkv, causal, dropout_p: module.flash_attention_qkvpacked(
+        qkv, causal=causal, dropout_p=dropout_p)
     SPARSE_KERNELS[sparse] = module.block_sparse_attention
     return dense, sparse
 
@@ -127,8 +133,9 @@ def provider(name: str) -> Callable:
 # ---- measurement ----
 
 STORAGES = {"bhnd": "q, k, v and dO contiguous (B, H, N, D)",
-            "packed": "q, k, v views of one (B, N, 3·H·D) projection and dO of (B, N, H, D) storage, as the model "
-                      "passes them; gradients into the projection"}
+            "packed": "one (B, N, 3·H·D) projection and dO of (B, N, H, D) storage, as the model passes them: "
+                      "whole to providers with packed kernels (ours), as q, k, v views to the others; gradients "
+                      "into the projection"}
 
 
 def inputs(B, H, N, D, dtype=torch.bfloat16, storage="bhnd", device="cuda"):
@@ -145,15 +152,26 @@ def inputs(B, H, N, D, dtype=torch.bfloat16, storage="bhnd", device="cuda"):
     return (x,), qkv, torch.randn(B, N, H, D, device=device, dtype=dtype).transpose(1, 2)
 
 
+def timed_call(fn, B, H, N, D, dtype=torch.bfloat16, storage="bhnd", packed=False, device="cuda"):
+    """(leaves, call, do): random inputs stored as `storage` says and the call timed on them, o = fn(q, k, v), or
+    with `packed` o = fn(qkv) on the projection viewed as (B, N, 3, H, D), as the model's attend_packed hands it."""
+    leaves, qkv, do = inputs(B, H, N, D, dtype, storage, device)
+    if not packed:
+        return leaves, lambda: fn(*qkv()), do
+    if storage != "packed":
+        raise ValueError(f"a packed provider takes storage 'packed', not '{storage}'")
+    return leaves, lambda: fn(leaves[0].view(B, N, 3, H, D)), do
+
+
 def measure(fn, B, H, N, D, dtype=torch.bfloat16, modes=TIMED_MODES, warmup=10, rep=60, storage="bhnd",
-            sustain: float = 0.0) -> dict:
+            sustain: float = 0.0, packed: bool = False) -> dict:
     """Median ms per mode and extra memory (MiB) of o = fn(q, k, v) on random (B, H, N, D) inputs stored as
-    `storage` says (STORAGES); with `sustain` seconds, the graph mode's replays sustained as well."""
+    `storage` says (STORAGES), or with `packed` (storage "packed") of o = fn(qkv), the projection viewed as
+    (B, N, 3, H, D); with `sustain` seconds, the graph mode's replays sustained as well."""
     import triton.testing
 
     torch.manual_seed(0)
-    leaves, qkv, do = inputs(B, H, N, D, dtype, storage)
-    call = lambda: fn(*qkv())
+    leaves, call, do = timed_call(fn, B, H, N, D, dtype, storage, packed)
     bench = lambda f: triton.testing.do_bench(f, warmup=warmup, rep=rep, return_mode="median")
     out = {}
     torch.autograd.grad(call(), leaves, do)  # compile / autotune (forward and backward) outside the
@@ -265,14 +283,15 @@ def run_dense(seqs, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0
                     for prov in providers:
                         if prov == "flex" and p:
                             continue
-                        impl = provider(prov)
-                        fn = lambda q, k, v, impl=impl, causal=causal, p=p: impl(q, k, v, causal, p)
+                        packed = storage == "packed" and prov in PACKED_PROVIDERS
+                        impl = PACKED_PROVIDERS[prov] if packed else provider(prov)
+                        fn = lambda *qkv, impl=impl, causal=causal, p=p: impl(*qkv, causal, p)
                         # naive is GPU-bound, and a graph's second memory pool would not fit beside it at 16K
                         modes = TIMED_MODES if prov != "naive" else TIMED_MODES[:3]
                         row = dict(part="dense", provider=prov, N=N, B=B, H=heads, D=D, causal=causal, dropout=p,
                                    **({"storage": storage} if storage != "bhnd" else {}),
                                    **guarded(fn, B, heads, N, D, dtype, modes=modes, storage=storage,
-                                             sustain=sustain))
+                                             sustain=sustain, packed=packed))
                         rows.append(add_rates(row, flops))
                         log(one_line(row))
                         if on_row:

@@ -11,7 +11,8 @@ results.json = {"env": environment(), "rows": [row, ...]}; a row:
   fwd_bwd_sustained (--sustain) with sustained_seconds, sustained_clock_mhz and sustained_power_w (medians of
   nvidia-smi's samples during the replays; None where it gave none);
   status only when the case did not run ("OOM" or "error: ..."); fwd_bwd_graph_status when no graph was captured;
-  storage "packed" when q, k, v were views of one projection (attention_bench.STORAGES), absent for (B, H, N, D).
+  storage "packed" when the inputs were one projection as the model passes them (attention_bench.STORAGES), absent
+  for (B, H, N, D).
 """
 
 from __future__ import annotations
@@ -106,9 +107,9 @@ def shape_note(rows: list[dict]) -> str:
     tokens = sorted({r["B"] * r["N"] for r in timed if r.get("B")})
     heads = sorted({r["H"] for r in timed if r.get("H")})
     packed = any(r.get("storage") == "packed" for r in timed)
+    note = "; q, k, v packed in one projection as the model passes them (whole to ours, as views to the others)"
     return (f"{'/'.join(f'{t:,}' for t in tokens) or '?'} tokens per batch (B = tokens / N), "
-            f"{'/'.join(map(str, heads)) or '?'} heads"
-            f"{'; q, k, v views of one packed projection, as the model passes them' if packed else ''}")
+            f"{'/'.join(map(str, heads)) or '?'} heads{note if packed else ''}")
 
 
 # ---- tables ----

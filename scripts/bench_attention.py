@@ -13,7 +13,7 @@ and how: reporting/attention_bench.py; the results' schema and tables: reporting
     python scripts/bench_attention.py --part dense --head-dims 128 --out DIR --append
     python scripts/bench_attention.py --part sparse --out DIR --append
     python scripts/bench_attention.py --part host --causal yes --dropout 0 --out DIR --append   # about a minute
-    # q, k, v as the model passes them (views of one packed projection):
+    # q, k, v as the model passes them: one packed projection, whole to ours, as views to the others:
     python scripts/bench_attention.py --part dense --storage packed --causal yes --dropout 0 --out DIR
     # sustained, as training runs them: each fwd+bwd graph also replayed 3 s, with the SM clock and power
     python scripts/bench_attention.py --quick --part dense --sustain 3 --out DIR

@@ -235,3 +235,35 @@ def test_profile_counts_our_kernels_and_pytorchs_as_attention():
     model = ["nvjet_sm90_tst_256x128_64x4_1x2_h_bz_coopA_NNT", "triton_poi_fused_gelu_view_10",
              "triton_per_fused__to_copy_add_native_layer_norm_backward_view_9"]
     assert all(map(is_attention_kernel, ours + theirs)) and not any(map(is_attention_kernel, model))
+
+
+def test_packed_storage_hands_ours_the_projection_whole_and_the_others_views(monkeypatch):
+    """With --storage packed, a provider with packed kernels (ours) is timed on the projection viewed as (B, N, 3,
+    H, D), the call model/attention/registry.py's attend_packed makes for it; the others on q, k, v views."""
+    B, H, N, D = 2, 3, 8, 4
+    seen = {}
+
+    def guarded(fn, B, H, N, D, dtype, storage, packed, **kwargs):
+        leaves, call, do = attention_bench.timed_call(fn, B, H, N, D, torch.float32, storage, packed, device="cpu")
+        (gx,) = torch.autograd.grad(call(), leaves, do)
+        assert gx.shape == (B, N, 3 * H * D) and gx.abs().sum() > 0
+        return {"fwd": 1.0, "extra_mib": 0.0}
+
+    def packed_flash(qkv, causal, dropout_p):
+        seen["flash"] = qkv.shape
+        return attention_bench.provider("naive")(*qkv.permute(2, 0, 3, 1, 4), causal, dropout_p)
+
+    def naive(q, k, v, causal, dropout_p):
+        seen["naive"] = q.shape
+        return attention_bench.provider("naive")(q, k, v, causal, dropout_p)
+
+    monkeypatch.setattr(attention_bench, "guarded", guarded)
+    monkeypatch.setitem(attention_bench.PACKED_PROVIDERS, "flash", packed_flash)
+    monkeypatch.setitem(attention_bench.PROVIDERS, "sdpa_flash", naive)
+    rows = attention_bench.run_dense([N], head_dims=(D,), causals=(True,), dropouts=(0.0,),
+                                     providers=("flash", "sdpa_flash"), heads=H, tokens=B * N, log=lambda row: None,
+                                     storage="packed")
+    assert seen == {"flash": (B, N, 3, H, D), "naive": (B, H, N, D)}
+    assert [r["storage"] for r in rows] == ["packed", "packed"]
+    with pytest.raises(ValueError, match="takes storage 'packed'"):
+        attention_bench.timed_call(packed_flash, B, H, N, D, torch.float32, "bhnd", True, device="cpu")

@@ -147,9 +147,11 @@ def forward(q, k, v, causal: bool, variant: str, config=CONFIGS[0]) -> tuple[tor
     B, H, N, D = q.shape
     m, n, warps, stages = config
     o, lse = torch.empty_like(q), torch.empty((B, H, N), device=q.device, dtype=torch.float32)
-    fwd_fma[(triton.cdiv(N, m), B * H)](q, k, v, o, lse, q.stride(0), q.stride(1), q.stride(2), H, N,
-                                         LOG2E / math.sqrt(D), D=D, BLOCK_M=m, BLOCK_N=n, CAUSAL=causal, LPT=False,
-                                         EVERY=every, LAZY=lazy, num_warps=warps, num_stages=stages)
+    lpt = causal and triton.next_power_of_2(N) >= 4096  # the library's order (kernels/attention.py, _grid)
+    grid = (B * H, triton.cdiv(N, m)) if lpt else (triton.cdiv(N, m), B * H)
+    fwd_fma[grid](q, k, v, o, lse, q.stride(0), q.stride(1), q.stride(2), H, N, LOG2E / math.sqrt(D), D=D,
+                  BLOCK_M=m, BLOCK_N=n, CAUSAL=causal, LPT=lpt, EVERY=every, LAZY=lazy, num_warps=warps,
+                  num_stages=stages)
     return o, lse
 
 

@@ -46,8 +46,8 @@ def compile_config(A, kind: str, D: int, tile: tuple, dropout_p: float) -> None:
         t.configs = [config] if t is tuned else t.early_config_prune(configs, args)[:1]
     B, H, N = 1, 2, 4096
     q, k, v, do = (torch.randn(B, H, N, D, dtype=torch.bfloat16) for _ in range(4))
-    qkv = torch.randn(B, N, 3, H, D, dtype=torch.bfloat16)
-    if kind == "dqp":
+    if kind == "dqp":  # q, k, v views of one packed projection, its gradient packed alike
+        qkv = torch.randn(B, N, 3, H, D, dtype=torch.bfloat16)
         q, k, v = A._unpack(qkv)
     o, lse = torch.empty_like(q), torch.zeros(B, H, N)
     keys = A.draw_dropout_keys(B, H, N, "cpu") if dropout_p else None

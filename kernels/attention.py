@@ -212,10 +212,10 @@ def _launch_directly(kernel):
 def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deterministic, dqkv=None, launch=None):
     """(dq, dk, dv); or, given `dqkv`, a (B, N, 3, H, D) gradient of q, k, v packed, the three written into it (no
     cat to join them afterwards). Each pass takes one stride set for its outputs: the dQ pass O's, or q's when dQ
-    goes straight into its packed slot (which has q's strides when qkv and dqkv are laid out alike), the dK/dV
-    pass the packed slots, except in the single pass, whose fp32 dQ accumulator shares dK's and dV's strides (they
-    are copied in, and dQ converted straight into its slot). `launch`: wrap_triton (a triton_op's body, which
-    torch.compile traces) or _launch_directly (an opaque op's)."""
+    goes straight into its packed slot (the slots have q's strides when qkv and dqkv are laid out alike); the
+    dK/dV pass the packed slots, or in the single pass its fp32 dQ accumulator's, laid out as O, with dK and dV
+    stored through q's (dQ then converted into its slot). Slots not laid out as q get buffers and copies.
+    `launch`: wrap_triton (a triton_op's body, which torch.compile traces) or _launch_directly (an opaque op's)."""
     launch = launch or wrap_triton
     B, H, N, D = q.shape
     single_pass = _single_pass(dropout_p, deterministic, D)
@@ -224,7 +224,8 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
     q, k, v = _shared_strides(q, k, v)
     o = _as_bhnd(o)  # the forward's output already is, unless a caller passes another o
     slots = _unpack(dqkv) if dqkv is not None else None
-    dk, dv = slots[1:] if slots and not single_pass else (_empty_bhnd(q), _empty_bhnd(q))
+    slots_like_q = slots is not None and slots[0].stride() == q.stride()  # the three slots share their strides
+    dk, dv = slots[1:] if slots and (slots_like_q or not single_pass) else (_empty_bhnd(q), _empty_bhnd(q))
     delta = torch.empty_like(lse)
     common = dict(qk_scale=scale * LOG2E, sm_scale=scale, **_common(q, causal, dropout_p, mask))
     grid_m, grid_n = _grid(N, B * H, common["LPT"], "BLOCK_M"), _grid(N, B * H, common["LPT"], "BLOCK_N")
@@ -233,19 +234,22 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
         launch(attn_bwd_preprocess)[(triton.cdiv(N, 64), B * H)](
             o, do, delta, dq_acc, *_strides(o), *_strides(do), H, N, D=D, HEAD_D=common["HEAD_D"], BLOCK_M=64)
     else:  # dQ pass (writes delta), then the dK/dV pass; a one-element stand-in for the accumulator it never uses
-        dq_in_slot = slots is not None and slots[0].stride() == q.stride()
-        dq = slots[0] if dq_in_slot else _empty_bhnd(q)
+        dq = slots[0] if slots_like_q else _empty_bhnd(q)
         launch(_bwd_dq)[grid_m](q, k, v, o, do, dq, lse, delta, keys, *_mask_args(mask, False, q.device),
-                                *_strides(q), *_strides(do), *_strides(o), DQ_LIKE_Q=dq_in_slot, **common)
+                                *_strides(q), *_strides(do), *_strides(o), DQ_LIKE_Q=slots_like_q, **common)
         dq_acc = lse.new_empty((1, 1, 1))
+    dkv_like_q = single_pass and slots_like_q
     launch(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, keys, *_mask_args(mask, True, q.device),
-                            *_strides(q), *_strides(do), *_strides(dk), DQ_ATOMIC=single_pass, **common)
+                            *_strides(q), *_strides(do), *_strides(dq_acc if dkv_like_q else dk),
+                            DQ_ATOMIC=single_pass, DKV_LIKE_Q=dkv_like_q, **common)
     if slots is None:
         return (dq_acc.to(q.dtype) if single_pass else dq), dk, dv
     if single_pass:
-        for slot, grad in zip(slots, (dq_acc, dk, dv), strict=True):
-            slot.copy_(grad)
-    elif not dq_in_slot:
+        slots[0].copy_(dq_acc)
+        if not slots_like_q:
+            slots[1].copy_(dk)
+            slots[2].copy_(dv)
+    elif not slots_like_q:
         slots[0].copy_(dq)
     return dqkv
 

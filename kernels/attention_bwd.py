@@ -168,17 +168,19 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
                 H, N, N_BUCKET, qk_scale, sm_scale, dropout_p,
                 D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 CAUSAL: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, LPT: tl.constexpr,
-                DQ_ATOMIC: tl.constexpr):
+                DQ_ATOMIC: tl.constexpr, DKV_LIKE_Q: tl.constexpr):
     """One program per key tile of BLOCK_N rows, visiting query tiles of BLOCK_M rows: writes dK, dV, and with
     DQ_ATOMIC adds dQ (scaled) into the fp32 DQ_ACC. Q, K, V share strides (stride_*), as do DK, DV and DQ_ACC
-    (stride_g*). N_BUCKET is only an autotuning key."""
+    (stride_g*); with DKV_LIKE_Q, DK and DV have q's strides instead (k's and v's slots of a packed gradient,
+    written in place while DQ_ACC keeps its own layout). N_BUCKET is only an autotuning key."""
     SPARSE: tl.constexpr = SPARSE_BLOCK > 0
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_M
     start_n, bh, b, h, qkv_off, do_off, g_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
         H, stride_b, stride_h, stride_dob, stride_doh, stride_gb, stride_gh, qk_scale, sm_scale, dropout_p, LPT, False)
     Q, K, V, DO = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off
-    DK, DV, DQ_ACC = DK + g_off, DV + g_off, DQ_ACC + g_off
+    DK, DV = (DK + qkv_off, DV + qkv_off) if DKV_LIKE_Q else (DK + g_off, DV + g_off)
+    DQ_ACC += g_off
     LSE += bh.to(tl.int64) * N
     Delta += bh.to(tl.int64) * N
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -202,7 +204,7 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
                        threshold, D, BLOCK_M, BLOCK_N, CAUSAL, True, False, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
     if DROPOUT:
         dv = dv * (1.0 / (1.0 - dropout_p))
-    g_ptrs = offs_n[:, None] * stride_gn + offs_d[None, :]
+    g_ptrs = offs_n[:, None] * (stride_n if DKV_LIKE_Q else stride_gn) + offs_d[None, :]
     _store_rows(DK + g_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), offs_n[:, None], N, offs_d[None, :], D, EVEN_D)
     _store_rows(DV + g_ptrs, dv.to(DV.dtype.element_ty), offs_n[:, None], N, offs_d[None, :], D, EVEN_D)
 

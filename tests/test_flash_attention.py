@@ -181,12 +181,14 @@ def test_dropout_mask_rectangles_are_independent():
 
 
 @pytest.mark.parametrize("dropout_p,deterministic,padded", [(0.0, False, False), (0.0, False, True),
-                                                             (0.3, False, False), (0.3, True, False)])
+                                                             (0.3, False, False), (0.3, False, True),
+                                                             (0.3, True, False)])
 def test_packed_qkv_matches_its_views(kernel_device, dropout_p, deterministic, padded):
     """flash_attention_qkvpacked runs the kernels of flash_attention on q, k, v views of the same tensor: the same
-    output, and the gradient it writes packed equals the one autograd joins from three (the two passes: dQ, dK, dV
-    stored into the packed slots, or dQ copied there when qkv's strides are not the gradient's, as in a padded
-    qkv; the single pass: its dQ accumulator's atomics reorder only the last bits)."""
+    output, and the gradient it writes packed equals the one autograd joins from three (dQ, dK, dV stored into
+    the packed slots, the single pass's dQ converted there from its accumulator; or copied there when qkv's
+    strides are not the gradient's, as in a padded qkv: dQ in the two passes, all three in the single pass, whose
+    dQ atomics reorder only the last bits on the GPU)."""
     qkv, (q, k, v) = packed_qkv(2, 3, 70, 32 + 8 * padded, kernel_device)
     if padded:
         qkv = qkv[..., :32]

@@ -7,7 +7,9 @@ score product q k^T stays in flight while the softmax runs (it does not if its w
     python docs/dev/kernel_resources_cpu.py kv:128:64,128,8,4 fwd:64:128,64,8,3
 
 A config is kernel:head_dim:BLOCK_M,BLOCK_N,warps,stages[:dropout_p] (kernel: fwd, kv, dq, or dqp: the dQ pass
-writing into a packed gradient, as the model's backward runs it); causal, bf16, N = 4096.
+writing into a packed gradient, as the model's backward runs it; kv1 / kvp: the single pass's dK/dV pass, which
+needs dropout_p > 0, on separate q, k, v / writing dK, dV into a packed gradient); causal, bf16, N = 4096.
+kv, dq and dqp are the two passes' (deterministic).
 Also printed: the integer instructions of the SASS (IMAD, LOP3, SHF, IADD3), where dropout's hash spends its time,
 and its memory instructions (local: spills; shared; global, with cp.async's LDGSTS and the atomics) and HGMMAs.
 The codegen is the installed Triton's, which may differ from the GPU host's version.
@@ -27,7 +29,8 @@ from host_time_cpu import FakeHopper
 from torch._library.triton import set_wrap_triton_enabled
 from triton.runtime.driver import driver
 
-KERNELS = {"fwd": "attn_fwd", "kv": "attn_bwd_kv", "dq": "attn_bwd_dq", "dqp": "attn_bwd_dq"}
+KERNELS = {"fwd": "attn_fwd", "kv": "attn_bwd_kv", "dq": "attn_bwd_dq", "dqp": "attn_bwd_dq", "kv1": "attn_bwd_kv",
+           "kvp": "attn_bwd_kv"}
 DEFAULT = ["fwd:64:128,64,8,3", "fwd:128:128,64,8,3", "fwd:128:128,128,8,3", "kv:64:32,128,4,3",
            "kv:64:64,128,8,3", "kv:128:64,128,8,3", "kv:128:64,128,8,4", "dq:64:64,64,4,3", "dq:128:128,64,8,3"]
 REGISTERS_PER_SM = 65536
@@ -39,14 +42,15 @@ def compile_config(A, kind: str, D: int, tile: tuple, dropout_p: float) -> None:
     """Compile one config of one kernel (the others keep their first fitting config) by a faked launch."""
     m, n, w, s = tile
     config = triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
-    tuned = {"fwd": A._fwd, "kv": A._bwd_kv, "dq": A._bwd_dq, "dqp": A._bwd_dq}[kind]
+    tuned = {"fwd": A._fwd, "dq": A._bwd_dq, "dqp": A._bwd_dq}.get(kind, A._bwd_kv)
     every = {t: t.configs for t in (A._fwd, A._bwd_kv, A._bwd_dq)}
     args = {"SPARSE_BLOCK": 0, "HEAD_D": max(16, 1 << (D - 1).bit_length())}
     for t, configs in every.items():  # one config each: an autotuner with several would time them
         t.configs = [config] if t is tuned else t.early_config_prune(configs, args)[:1]
     B, H, N = 1, 2, 4096
     q, k, v, do = (torch.randn(B, H, N, D, dtype=torch.bfloat16) for _ in range(4))
-    if kind == "dqp":  # q, k, v views of one packed projection, its gradient packed alike
+    packed = kind in ("dqp", "kvp")
+    if packed:  # q, k, v views of one packed projection, its gradient packed alike
         qkv = torch.randn(B, N, 3, H, D, dtype=torch.bfloat16)
         q, k, v = A._unpack(qkv)
     o, lse = torch.empty_like(q), torch.zeros(B, H, N)
@@ -55,9 +59,10 @@ def compile_config(A, kind: str, D: int, tile: tuple, dropout_p: float) -> None:
         with torch.no_grad(), set_wrap_triton_enabled(False):
             if kind == "fwd":
                 A._launch_fwd(q, k, v, keys, None, True, dropout_p, 0.125)
-            else:  # the two-pass backward (deterministic)
-                dqkv = torch.empty_like(qkv) if kind == "dqp" else None
-                A._launch_bwd(do, q, k, v, o, lse, keys, None, True, dropout_p, 0.125, True, dqkv=dqkv)
+            else:  # the two-pass backward (deterministic), or the single pass for kv1 / kvp
+                dqkv = torch.empty_like(qkv) if packed else None
+                deterministic = kind not in ("kv1", "kvp")
+                A._launch_bwd(do, q, k, v, o, lse, keys, None, True, dropout_p, 0.125, deterministic, dqkv=dqkv)
     finally:
         for t, configs in every.items():
             t.configs = configs

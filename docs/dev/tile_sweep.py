@@ -101,7 +101,7 @@ def profile_kernels(D: int, N: int) -> None:
             if event.device_time_total > 0 and event.count >= 10:
                 print(f"   {event.key[:72]:72s} {event.device_time_total / event.count / 1000:.3f}")
     chosen = {kind: getattr(getattr(A, name), "best_config", None) for kind, (name, _) in KERNELS.items()}
-    print(f"   autotuned: {chosen}", flush=True)
+    print("   autotuned: " + "; ".join(f"{kind} {config}" for kind, config in chosen.items()), flush=True)
 
 
 def single_pass_vs_two(D: int, N: int) -> None:

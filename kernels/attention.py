@@ -310,9 +310,9 @@ def attention_bwd_qkvpacked(do: torch.Tensor, qkv: torch.Tensor, o: torch.Tensor
 
     Opaque to torch.compile, unlike the triton_ops: its kernels write through views of the packed gradient, and
     Inductor, tracing them, would clone that gradient once per view and merge the clones (three full copies, more
-    than the fused copy that joins three separate gradients). Called as it is, the two passes write all three
-    slots in place; the single pass copies its fp32 dQ accumulator, dK and dV into them (measured in GPT-2 small:
-    docs/dev/kernel-notes.md, fourteenth and fifteenth sessions)."""
+    than the fused copy that joins three separate gradients). Called as it is, the kernels write the slots in
+    place; only the single pass's fp32 dQ accumulator is converted into its slot afterwards (measured in GPT-2
+    small: docs/dev/kernel-notes.md, fourteenth to sixteenth sessions)."""
     q, k, v = _unpack(qkv)
     return _launch_bwd(do, q, k, v, o, lse, dropout_keys, _block_mask(mask, block_size, q.shape[2], causal), causal,
                        dropout_p, scale, deterministic, dqkv=qkv.new_empty(qkv.shape), launch=_launch_directly)

@@ -7,8 +7,8 @@ order, LPT, measured 5 % slower at 1K: it spreads every head's K and V over the 
 `paired`: program p of a head runs query tile n - 1 - p, then tile p (the middle one alone when n is odd): every
 program the same cost, half as many programs, a head's programs still side by side. The makespan over the ideal
 at 1K, 132 SMs x 2-4 resident programs (`python docs/dev/schedule_model.py --block-m 64 --per-sm 2 3 4`): 1.10-1.19
-in the library's order, 1.03 paired (an
-upper bound on the gain: resident programs share an SM, so a lone tail program runs faster than the model says).
+in the library's order, 1.03 paired (an upper bound on the gain: resident programs share an SM, so a lone tail
+program runs faster than the model says).
 `single` is this file's copy of the library's forward (dense, causal, no dropout): the control. The price, on the
 CPU (triton 3.9 for sm_90): paired takes 168 registers against 127 at 64 x 64 x 4 warps x 3 stages, so 3 programs
 fit an SM by registers instead of 4 (the tile's code twice; a runtime loop over one or two tiles took more).

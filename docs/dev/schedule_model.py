@@ -4,7 +4,8 @@ O). Prints the makespan of each order over the ideal (total work / slots), per N
     python docs/dev/schedule_model.py                                   # 128-row query tiles, 1-2 programs an SM
     python docs/dev/schedule_model.py --block-m 64 --per-sm 2 3 4 --seqs 1024 2048 4096
 Orders: the library's (tiles, B*H) with a head's tiles in order; the same last-first; LPT, (B*H, tiles) last-first;
-and paired, a program per two tiles of a head, n - 1 - p then p (docs/dev/paired_tiles.py).
+and paired, a program per two tiles of a head, n - 1 - p then p (measured 15 % slower at 1K: kernel notes,
+seventeenth session).
 It ignores memory contention and that resident programs share an SM, so its gaps are upper bounds (it favoured
 LPT at 1K, which measured 5 % slower there: kernel notes, fourth session)."""
 

@@ -24,6 +24,7 @@ from .attention_fwd import (
     dropout_keys,
     dropout_threshold,
     head_offset,
+    keep_factor,
     key_tile_ranges,
     key_tile_t,
     load_tile,
@@ -144,9 +145,10 @@ def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, st
         dpT = tl.dot(v, tl.trans(do))
         if DROPOUT:  # the 1 / (1 - p) of the kept values: on dV once at the end, on dP fused into the FMA below
             row_a, row_b = dropout_keys(KEYS, bh, offs_m, N, False, MASK)
-            keepT = dropout_keep(row_a[None, :], row_b[None, :], col_a[:, None], col_b[:, None], threshold)
-            dv = tl.dot(tl.where(keepT, pT, 0.0).to(do.dtype), do, dv)
-            dsT = (pT * (tl.where(keepT, dpT, 0.0) * (1.0 / (1.0 - dropout_p)) - delta[None, :])).to(qT.dtype)
+            keepT = keep_factor(dropout_keep(row_a[None, :], row_b[None, :], col_a[:, None], col_b[:, None],
+                                             threshold))
+            dv = tl.dot((pT * keepT).to(do.dtype), do, dv)
+            dsT = (pT * (dpT * keepT * (1.0 / (1.0 - dropout_p)) - delta[None, :])).to(qT.dtype)
         else:
             dv = tl.dot(pT.to(do.dtype), do, dv)
             dsT = (pT * (dpT - delta[None, :])).to(qT.dtype)

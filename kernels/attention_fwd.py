@@ -65,12 +65,22 @@ def dropout_keep(row_a, row_b, col_a, col_b, threshold):
     return (((row_a ^ col_a) * 0x7FEB352D) ^ row_b ^ col_b) >= threshold
 
 
+# Dropping elements whose bf16 conversion follows: tl.where(keep, x, 0.0) is moved by LLVM past the conversion,
+# into selects of 16-bit halves (unpack, select, repack: 2.25 integer instructions an element where one FSEL was
+# meant; kernel notes, seventeenth session). Both forms below keep the select on fp32 and give the same values.
+
+
+@triton.jit
+def zero_unless(keep, x, scalar):
+    """tl.where(keep, x, 0.0), its 0.0 made from a finite runtime scalar (scalar * 0.0), which LLVM cannot fold
+    and so leaves the select where it is: one FSEL an element (the forward's P)."""
+    return tl.where(keep, x, scalar * 0.0)
+
+
 @triton.jit
 def keep_factor(keep):
-    """1.0 where kept, 0.0 where dropped, to multiply by: a select of fp32 values that a bf16 conversion follows
-    is moved past it by LLVM, into selects of 16-bit halves (unpack, select, repack: 2.25 integer instructions an
-    element where the multiply costs one FMA-pipe instruction; kernel notes, seventeenth session). Exact: the
-    values it multiplies are finite."""
+    """1.0 where kept, 0.0 where dropped, to multiply by: one FSEL and one FMA-pipe multiply per use. The dK/dV
+    pass drops P and dP with it; there two zero_unless selects compiled to more integer instructions."""
     return tl.where(keep, 1.0, 0.0)
 
 
@@ -217,7 +227,7 @@ def _fwd_tiles(acc, l_i, m_i, q, K, V, stride_n, offs_m, offs_d, lo, hi, idx_ptr
         l_i = l_i * alpha + tl.sum(p, 1)
         acc = acc * alpha[:, None]
         if DROPOUT:
-            p = p * keep_factor(rows_keep(KEYS, bh, row_a, row_b, offs_n, N, threshold, MASK))
+            p = zero_unless(rows_keep(KEYS, bh, row_a, row_b, offs_n, N, threshold, MASK), p, qk_scale)
         v = load_tile(V, offs_n, stride_n, offs_d, N, D, MASK, EVEN_D)
         acc = tl.dot(p.to(v.dtype), v, acc)
         m_i = m_new

@@ -10,7 +10,8 @@ A config is kernel:head_dim:BLOCK_M,BLOCK_N,warps,stages[:dropout_p] (kernel: fw
 writing into a packed gradient, as the model's backward runs it; kv1 / kvp: the single pass's dK/dV pass, which
 needs dropout_p > 0, on separate q, k, v / writing dK, dV into a packed gradient); causal, bf16, N = 4096.
 kv, dq and dqp are the two passes' (deterministic).
-Also printed: the integer instructions of the SASS (IMAD, LOP3, SHF, IADD3), where dropout's hash spends its time,
+Also printed: the integer instructions of the SASS (IMAD, LOP3, SHF, IADD3, where dropout's hash spends its time;
+PRMT and SEL, where a select moved past a bf16 conversion works on 16-bit halves: seventeenth session),
 and its memory instructions (local: spills; shared; global, with cp.async's LDGSTS and the atomics) and HGMMAs.
 The codegen is the installed Triton's, which may differ from the GPU host's version.
 """
@@ -90,7 +91,7 @@ def resources(cubin: Path) -> dict:
 def integer_instructions(sass: str) -> dict:
     """Static counts of the integer instructions in the kernel's SASS."""
     ops = OPCODE.findall(sass)
-    return {op: ops.count(op) for op in ("IMAD", "LOP3", "SHF", "IADD3")}
+    return {op: ops.count(op) for op in ("IMAD", "LOP3", "SHF", "IADD3", "PRMT", "SEL")}
 
 
 def memory_instructions(sass: str) -> dict:

@@ -397,9 +397,9 @@ def kernel_dropout_p(dropout_p: float) -> float:
 
 
 def draw_dropout_keys(B: int, H: int, N: int, device: torch.device | str) -> torch.Tensor:
-    """The random keys of one attention call with dropout: (B*H, 4, N) int32, two per row then two per column of
+    """The random keys of one attention call with dropout: (B*H, 3, N) int32, two per row then one per column of
     each head, drawn from torch's generator (torch.manual_seed reproduces them)."""
-    return torch.randint(-2**31, 2**31, (B * H, 4, N), dtype=torch.int32, device=device)
+    return torch.randint(-2**31, 2**31, (B * H, 3, N), dtype=torch.int32, device=device)
 
 
 def _check_packed(qkv: torch.Tensor) -> None:

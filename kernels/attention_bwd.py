@@ -21,7 +21,6 @@ import triton.language as tl
 
 from .attention_fwd import (
     dropout_keep,
-    dropout_keys,
     dropout_threshold,
     head_offset,
     keep_factor,
@@ -29,8 +28,10 @@ from .attention_fwd import (
     key_tile_t,
     load_tile,
     load_tile_t,
-    own_dropout_keys,
+    own_column_key,
+    own_row_keys,
     program_tile,
+    row_keys,
     rows_keep,
     tile_index,
     tile_keep,
@@ -123,7 +124,7 @@ def attn_bwd_preprocess(O, DO, Delta, DQ_ACC, stride_gb, stride_gh, stride_gn, s
 
 @triton.jit
 def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, stride_an, offs_n, offs_d,
-              lo, hi, idx_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p, threshold,
+              lo, hi, idx_ptr, KEYS, col, bh, N, qk_scale, sm_scale, dropout_p, threshold,
               D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
               MASK: tl.constexpr, SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, DROPOUT: tl.constexpr,
               EVEN_D: tl.constexpr, DQ_ATOMIC: tl.constexpr):
@@ -144,9 +145,8 @@ def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, st
         do = load_tile(DO, offs_m, stride_don, offs_d, N, D, MASK, EVEN_D)
         dpT = tl.dot(v, tl.trans(do))
         if DROPOUT:  # the 1 / (1 - p) of the kept values: on dV once at the end, on dP fused into the FMA below
-            row_a, row_b = dropout_keys(KEYS, bh, offs_m, N, False, MASK)
-            keepT = keep_factor(dropout_keep(row_a[None, :], row_b[None, :], col_a[:, None], col_b[:, None],
-                                             threshold))
+            row_a, row_b = row_keys(KEYS, bh, offs_m, N, MASK)
+            keepT = keep_factor(dropout_keep(row_a[None, :], row_b[None, :], col[:, None], threshold))
             dv = tl.dot((pT * keepT).to(do.dtype), do, dv)
             dsT = (pT * (dpT * keepT * (1.0 / (1.0 - dropout_p)) - delta[None, :])).to(qT.dtype)
         else:
@@ -187,7 +187,7 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
     Delta += bh.to(tl.int64) * N
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
-    col_a, col_b = own_dropout_keys(KEYS, bh, offs_n, N, True, DROPOUT)
+    col = own_column_key(KEYS, bh, offs_n, N, DROPOUT)
     k = load_tile(K, offs_n, stride_n, offs_d, N, D, True, EVEN_D)
     v = load_tile(V, offs_n, stride_n, offs_d, N, D, True, EVEN_D)
     dk = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
@@ -196,13 +196,13 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
         start_n, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
         BLOCK_M, BLOCK_N, CAUSAL, SPARSE, SPARSE_BLOCK)
     dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_n, stride_don, stride_gn, offs_n,
-                       offs_d, part_lo, part_hi, part_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p,
+                       offs_d, part_lo, part_hi, part_ptr, KEYS, col, bh, N, qk_scale, sm_scale, dropout_p,
                        threshold, D, BLOCK_M, BLOCK_N, CAUSAL, True, SPARSE, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
     dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_n, stride_don, stride_gn, offs_n,
-                       offs_d, full_lo, full_hi, full_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p,
+                       offs_d, full_lo, full_hi, full_ptr, KEYS, col, bh, N, qk_scale, sm_scale, dropout_p,
                        threshold, D, BLOCK_M, BLOCK_N, CAUSAL, False, SPARSE, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
     dk, dv = _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_n, stride_don, stride_gn, offs_n,
-                       offs_d, tail_lo, tail_hi, part_ptr, KEYS, col_a, col_b, bh, N, qk_scale, sm_scale, dropout_p,
+                       offs_d, tail_lo, tail_hi, part_ptr, KEYS, col, bh, N, qk_scale, sm_scale, dropout_p,
                        threshold, D, BLOCK_M, BLOCK_N, CAUSAL, True, False, PER_BLOCK, DROPOUT, EVEN_D, DQ_ATOMIC)
     if DROPOUT:
         dv = dv * (1.0 / (1.0 - dropout_p))
@@ -254,7 +254,7 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
     stride_dqn = stride_n if DQ_LIKE_Q else stride_gn
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, HEAD_D)
-    row_a, row_b = own_dropout_keys(KEYS, bh, offs_m, N, False, DROPOUT)
+    row_a, row_b = own_row_keys(KEYS, bh, offs_m, N, DROPOUT)
     q = load_tile(Q, offs_m, stride_n, offs_d, N, D, True, EVEN_D)
     do = load_tile(DO, offs_m, stride_don, offs_d, N, D, True, EVEN_D)
     delta = _row_delta(O, DO, stride_gn, stride_don, offs_m, offs_d, N, D, EVEN_D)

@@ -9,11 +9,11 @@ Features
   computed range; the constexpr SPARSE picks which, so dense and sparse share every line of the inner loop. A
   layout block of SPARSE_BLOCK tokens is visited as SPARSE_BLOCK // BLOCK_N key tiles.
 - Dropout inside the kernel (the paper's Algorithm 2) without storing a mask and without shuffling random bits
-  into the tile's layout: every row and every column of a head has two random 32-bit keys (a (B*H, 4, N) tensor
+  into the tile's layout: every row of a head has two random 32-bit keys and every column one (a (B*H, 3, N) tensor
   drawn from torch's generator per call, so torch.manual_seed reproduces a run), and element (row, col) is kept
-  iff a 32-bit hash of its row's and column's keys is >= p * 2^32 (p at 2^-24 resolution). The hash is four
-  integer operations per element, computed in whatever layout the tile already has, in either orientation, so the
-  backward regenerates the same mask on transposed tiles; kept values are scaled by 1 / (1 - p).
+  iff a 32-bit hash of its row's and column's keys is >= p * 2^32 (p at 2^-24 resolution). The hash is an
+  XOR and a multiply-add per element, computed in whatever layout the tile already has, in either orientation, so
+  the backward regenerates the same mask on transposed tiles; kept values are scaled by 1 / (1 - p).
 
 Limits: head dims up to 128 (padded to a power of two inside the kernel); unit last-dim strides, one stride set
 shared by Q, K and V.
@@ -31,38 +31,57 @@ import triton.language as tl
 
 
 @triton.jit
-def dropout_keys(KEYS, bh, offs, N, COLUMNS: tl.constexpr, MASK: tl.constexpr):
-    """The two uint32 keys of rows (or, with COLUMNS, columns) `offs` of head bh; KEYS is (B*H, 4, N) int32 holding
-    row keys a, b then column keys a, b."""
-    ptrs = KEYS + bh.to(tl.int64) * 4 * N + (2 * N if COLUMNS else 0) + offs
+def _load_key(ptrs, offs, N, MASK: tl.constexpr):
     if MASK:
-        a = tl.load(ptrs, mask=offs < N, other=0)
-        b = tl.load(ptrs + N, mask=offs < N, other=0)
+        key = tl.load(ptrs, mask=offs < N, other=0)
     else:
-        a = tl.load(ptrs)
-        b = tl.load(ptrs + N)
-    return a.to(tl.uint32, bitcast=True), b.to(tl.uint32, bitcast=True)
+        key = tl.load(ptrs)
+    return key.to(tl.uint32, bitcast=True)
 
 
 @triton.jit
-def own_dropout_keys(KEYS, bh, offs, N, COLUMNS: tl.constexpr, DROPOUT: tl.constexpr):
-    """The keys of the rows (or columns) a program owns, loaded once; without dropout, placeholders never read."""
+def row_keys(KEYS, bh, offs, N, MASK: tl.constexpr):
+    """The two uint32 keys of rows `offs` of head bh; KEYS is (B*H, 3, N) int32 holding row keys a, b, then the
+    column key."""
+    ptrs = KEYS + bh.to(tl.int64) * 3 * N + offs
+    return _load_key(ptrs, offs, N, MASK), _load_key(ptrs + N, offs, N, MASK)
+
+
+@triton.jit
+def column_key(KEYS, bh, offs, N, MASK: tl.constexpr):
+    """The uint32 key of columns `offs` of head bh."""
+    return _load_key(KEYS + bh.to(tl.int64) * 3 * N + 2 * N + offs, offs, N, MASK)
+
+
+@triton.jit
+def own_row_keys(KEYS, bh, offs, N, DROPOUT: tl.constexpr):
+    """The keys of the rows a program owns, loaded once; without dropout, placeholders never read."""
     if DROPOUT:
-        return dropout_keys(KEYS, bh, offs, N, COLUMNS, True)
+        return row_keys(KEYS, bh, offs, N, True)
     else:
         return offs, offs
 
 
 @triton.jit
-def dropout_keep(row_a, row_b, col_a, col_b, threshold):
+def own_column_key(KEYS, bh, offs, N, DROPOUT: tl.constexpr):
+    """The key of the columns a program owns, loaded once; without dropout, a placeholder never read."""
+    if DROPOUT:
+        return column_key(KEYS, bh, offs, N, True)
+    else:
+        return offs
+
+
+@triton.jit
+def dropout_keep(row_a, row_b, col, threshold):
     """Keep mask of the elements whose row and column keys are broadcast against each other here (rows x columns or
-    columns x rows alike), kernels/reference.py mirrors it in torch: one odd multiply of row_a ^ col_a (its top
-    bits, which the comparison reads, depend on every bit of the product's input), then XOR row_b ^ col_b, so that
-    two elements whose first keys collide still draw differently. Four integer operations per element, where
-    integer throughput (half the fp32 rate on Hopper) bounds the cost of dropout. The keys are uniform, so one round
-    suffices: elements of a row, of a column and of any 2 x 2 rectangle (where the row_a ^ col_a are linearly
-    related) come out independent (tests/test_flash_attention.py; 10^8 rectangles in docs/dev/kernel-notes.md)."""
-    return (((row_a ^ col_a) * 0x7FEB352D) ^ row_b ^ col_b) >= threshold
+    columns x rows alike), kernels/reference.py mirrors it in torch: (row_a ^ col) times an odd constant plus row_b,
+    one XOR and one multiply-add per element, where integer throughput (half the fp32 rate on Hopper) bounds the
+    cost of dropout. The comparison reads the top bits, which depend on every bit of row_a ^ col; row_b, uniform
+    per row, decorrelates rows whose row_a collide. The keys are uniform, so one round suffices: elements of a row,
+    of a column and of any 2 x 2 rectangle (where the row_a ^ col are linearly related) come out independent
+    (tests/test_flash_attention.py; 10^8 - 3 x 10^8 rectangles, docs/dev/dropout_hash_stats.py and
+    docs/dev/kernel-notes.md, seventeenth session)."""
+    return ((row_a ^ col) * 0x7FEB352D + row_b) >= threshold
 
 
 # Dropping elements whose bf16 conversion follows: tl.where(keep, x, 0.0) is moved by LLVM past the conversion,
@@ -87,8 +106,7 @@ def keep_factor(keep):
 @triton.jit
 def rows_keep(KEYS, bh, row_a, row_b, offs_n, N, threshold, MASK: tl.constexpr):
     """Dropout keep mask of a (query rows, key tile) tile: the rows' keys given, the tile's column keys loaded."""
-    col_a, col_b = dropout_keys(KEYS, bh, offs_n, N, True, MASK)
-    return dropout_keep(row_a[:, None], row_b[:, None], col_a[None, :], col_b[None, :], threshold)
+    return dropout_keep(row_a[:, None], row_b[:, None], column_key(KEYS, bh, offs_n, N, MASK)[None, :], threshold)
 
 
 @triton.jit
@@ -253,7 +271,7 @@ def attn_fwd(Q, K, V, O, LSE, KEYS,
     Q, K, V = Q + qkv_off, K + qkv_off, V + qkv_off
     O += head_offset(b, h, stride_ob, stride_oh)
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    row_a, row_b = own_dropout_keys(KEYS, bh, offs_m, N, False, DROPOUT)
+    row_a, row_b = own_row_keys(KEYS, bh, offs_m, N, DROPOUT)
     offs_d = tl.arange(0, HEAD_D)
     q = load_tile(Q, offs_m, stride_n, offs_d, N, D, True, EVEN_D)
     m_i = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)

@@ -21,8 +21,8 @@ def dropout_keep_mask(keys: torch.Tensor, B: int, H: int, dropout_p: float) -> t
     """(B, H, N, N) bool: the keep mask the kernels apply for these keys (draw_dropout_keys; small N only). The same
     hash as kernels/attention_fwd.py's dropout_keep, in int64 arithmetic."""
     k = keys.long() & _U32
-    row_a, row_b, col_a, col_b = k[:, 0, :, None], k[:, 1, :, None], k[:, 2, None, :], k[:, 3, None, :]
-    x = _mul_u32(row_a ^ col_a, 0x7FEB352D) ^ row_b ^ col_b
+    row_a, row_b, col = k[:, 0, :, None], k[:, 1, :, None], k[:, 2, None, :]
+    x = (_mul_u32(row_a ^ col, 0x7FEB352D) + row_b) & _U32
     threshold = round(kernel_dropout_p(dropout_p) * DROPOUT_LEVELS) << 8
     N = keys.shape[-1]
     return (x >= threshold).view(B, H, N, N)

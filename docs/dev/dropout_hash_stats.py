@@ -18,19 +18,20 @@ def mul_u32(x: torch.Tensor, c: int) -> torch.Tensor:
 
 
 def one_multiply(row_a, row_b, col_a, col_b):
-    """The kernels' hash (kernels/attention_fwd.py dropout_keep) since the fifth session."""
+    """The kernels' hash from the fifth session to the seventeenth."""
     return mul_u32(row_a ^ col_a, 0x7FEB352D) ^ row_b ^ col_b
 
 
 def two_rounds(row_a, row_b, col_a, col_b):
-    """The hash before it: two multiply-xorshift rounds."""
+    """The hash before that: two multiply-xorshift rounds."""
     x = mul_u32(row_a ^ col_a, 0x7FEB352D)
     return mul_u32(x ^ (x >> 15), 0x846CA68B) ^ row_b ^ col_b
 
 
 def multiply_add(row_a, row_b, col_a, col_b):
-    """A candidate one instruction an element cheaper (kernel notes, seventeenth session): the row's second key
-    added by the multiply's own addend (one IMAD), no column second key (half the column keys' loads)."""
+    """The kernels' hash (kernels/attention_fwd.py dropout_keep) since the eighteenth session, one instruction an
+    element cheaper than one_multiply: the row's second key added by the multiply's own addend (one IMAD), no
+    column second key (col_b unused)."""
     return (mul_u32(row_a ^ col_a, 0x7FEB352D) + row_b) & U32
 
 

@@ -48,7 +48,7 @@ B, H, N, D = 2, 2, 256, 64
 qkv = torch.randn(B, N, 3, H, D, dtype=torch.bfloat16)
 q, k, v = qkv.permute(2, 0, 3, 1, 4)
 do = torch.randn_like(q)
-keys = torch.zeros(B * H, 4, N, dtype=torch.int32)
+keys = torch.zeros(B * H, 3, N, dtype=torch.int32)
 mask = create_block_mask(torch.ones(N // 64, N // 64, dtype=torch.bool).tril(), N, 64, True, "cpu")
 # (the packed backward, an opaque op, launches its kernels itself: torch.compile does not trace them)
 for case, (dropout, block_mask, deterministic) in {

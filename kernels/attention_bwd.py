@@ -139,14 +139,16 @@ def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, st
         else:
             lse = tl.load(LSE + offs_m)
             delta = tl.load(Delta + offs_m)
-        pT = tl.math.exp2(tl.dot(k, qT) * qk_scale - lse[None, :])
+        sT = tl.dot(k, qT)
+        if DROPOUT:  # the hash while the product runs; the 1 / (1 - p): on dV once at the end, on dP in the FMA below
+            row_a, row_b = row_keys(KEYS, bh, offs_m, N, MASK)
+            keepT = keep_factor(dropout_keep(row_a[None, :], row_b[None, :], col[:, None], threshold))
+        pT = tl.math.exp2(sT * qk_scale - lse[None, :])
         if MASK:
             pT = tl.where(tl.trans(tile_keep(offs_m, offs_n, N, CAUSAL)), pT, 0.0)
         do = load_tile(DO, offs_m, stride_don, offs_d, N, D, MASK, EVEN_D)
         dpT = tl.dot(v, tl.trans(do))
-        if DROPOUT:  # the 1 / (1 - p) of the kept values: on dV once at the end, on dP fused into the FMA below
-            row_a, row_b = row_keys(KEYS, bh, offs_m, N, MASK)
-            keepT = keep_factor(dropout_keep(row_a[None, :], row_b[None, :], col[:, None], threshold))
+        if DROPOUT:
             dv = tl.dot((pT * keepT).to(do.dtype), do, dv)
             dsT = (pT * (dpT * keepT * (1.0 / (1.0 - dropout_p)) - delta[None, :])).to(qT.dtype)
         else:

@@ -140,7 +140,9 @@ def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, st
             lse = tl.load(LSE + offs_m)
             delta = tl.load(Delta + offs_m)
         sT = tl.dot(k, qT)
-        if DROPOUT:  # the hash while the product runs; the 1 / (1 - p): on dV once at the end, on dP in the FMA below
+        # the keep mask before P: ptxas then interleaves the hash with dP's product (placed after it, it ran after
+        # dP's wait, alone: kernel notes, eighteenth session). The 1 / (1 - p): on dV once at the end, on dP below.
+        if DROPOUT:
             row_a, row_b = row_keys(KEYS, bh, offs_m, N, MASK)
             keepT = keep_factor(dropout_keep(row_a[None, :], row_b[None, :], col[:, None], threshold))
         pT = tl.math.exp2(sT * qk_scale - lse[None, :])

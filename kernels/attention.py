@@ -166,6 +166,11 @@ def _mask_args(mask: BlockMask | None, by_key: bool, device: torch.device) -> tu
 # it the many short heads keep their tiles side by side, sharing each head's K and V in L2. (A guess between the
 # scheduling model's gain and the L2 traffic: docs/dev/kernel-notes.md; measure before moving it.)
 _LPT_MIN_N_BUCKET = 4096
+# The single pass adds dQ into the fp32 accumulators of the heads its programs run. With LPT's order (heads fastest)
+# every head's is written at once (50 MB at 16K tokens and 12 heads, the H200's L2); from this N bucket on its
+# dK/dV launch runs head-major (tiles fastest; a key-tile pass's first tiles are its costliest anyway), which keeps
+# about one head's live: 3 % faster with dropout at 16K, level at 4K (docs/dev/kernel-notes.md, nineteenth session).
+_SINGLE_PASS_HEAD_MAJOR_N_BUCKET = 16384
 
 
 def _grid(N, BH, lpt, block):
@@ -228,7 +233,10 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
     dk, dv = slots[1:] if slots and (slots_like_q or not single_pass) else (_empty_bhnd(q), _empty_bhnd(q))
     delta = torch.empty_like(lse)
     common = dict(qk_scale=scale * LOG2E, sm_scale=scale, **_common(q, causal, dropout_p, mask))
-    grid_m, grid_n = _grid(N, B * H, common["LPT"], "BLOCK_M"), _grid(N, B * H, common["LPT"], "BLOCK_N")
+    kv_common = common
+    if single_pass and common["N_BUCKET"] >= _SINGLE_PASS_HEAD_MAJOR_N_BUCKET:
+        kv_common = {**common, "LPT": False}
+    grid_m, grid_n = _grid(N, B * H, common["LPT"], "BLOCK_M"), _grid(N, B * H, kv_common["LPT"], "BLOCK_N")
     if single_pass:  # delta and a zeroed fp32 dQ accumulator, then one pass that adds into it
         dq_acc = _empty_bhnd(q, torch.float32)
         launch(attn_bwd_preprocess)[(triton.cdiv(N, 64), B * H)](
@@ -241,7 +249,7 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
     dkv_like_q = single_pass and slots_like_q
     launch(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, keys, *_mask_args(mask, True, q.device),
                             *_strides(q), *_strides(do), *_strides(dq_acc if dkv_like_q else dk),
-                            DQ_ATOMIC=single_pass, DKV_LIKE_Q=dkv_like_q, **common)
+                            DQ_ATOMIC=single_pass, DKV_LIKE_Q=dkv_like_q, **kv_common)
     if slots is None:
         return (dq_acc.to(q.dtype) if single_pass else dq), dk, dv
     if single_pass:

@@ -127,7 +127,8 @@ def test_inputs_of_different_layouts(kernel_device):
 def test_costliest_tiles_first_changes_the_order_not_the_results(kernel_device, monkeypatch):
     """Causal launches of long rows run their programs costliest first (program_tile's LPT; from N = 4096 on, here
     forced on at a small N): every program computes what it did in grid order, so without dropout the outputs and
-    gradients are bitwise those of the in-order grid; with dropout (the single pass) they match the reference."""
+    gradients are bitwise those of the in-order grid; with dropout (the single pass) they match the reference, with
+    the single pass's dK/dV launch in LPT order and in the head-major order it takes from the 16K bucket on."""
     from kernels import attention
 
     qkv, (q, k, v) = packed_qkv(2, 3, 150, 64, kernel_device)
@@ -141,10 +142,13 @@ def test_costliest_tiles_first_changes_the_order_not_the_results(kernel_device, 
     monkeypatch.setattr(attention, "_LPT_MIN_N_BUCKET", 1)
     assert all(torch.equal(a, b) for a, b in zip(in_order, run(), strict=True))
     torch.manual_seed(5)
-    o = flash_attention(q, k, v, causal=True, dropout_p=0.2)
-    torch.manual_seed(5)
     keep = dropout_keep_mask(draw_dropout_keys(2, 3, 150, q.device), 2, 3, 0.2)
-    assert_matches_reference(o, qkv, q, k, v, causal=True, keep=keep, dropout_p=kernel_dropout_p(0.2))
+    for head_major_from in (None, 1):
+        if head_major_from:
+            monkeypatch.setattr(attention, "_SINGLE_PASS_HEAD_MAJOR_N_BUCKET", head_major_from)
+        torch.manual_seed(5)
+        o = flash_attention(q, k, v, causal=True, dropout_p=0.2)
+        assert_matches_reference(o, qkv, q, k, v, causal=True, keep=keep, dropout_p=kernel_dropout_p(0.2))
 
 
 def test_dropout_mask_keeps_at_rate_1_minus_p_with_independent_neighbours():

@@ -65,6 +65,15 @@ EDITS = {
          f"    Q = {DESCRIPTOR.format('Q', 'stride_n', 'BLOCK_M')}\n"
          f"    DO = {DESCRIPTOR.format('DO', 'stride_don', 'BLOCK_M')}\n"),
     ],
+    # device-side descriptors live in a per-launch global scratch that Triton asks its allocator for; the allocator
+    # is a context variable, so it is set on each launcher's call (the backward runs in autograd's own thread)
+    "attention.py": [
+        ("def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):\n",
+         "def _scratch(size, alignment, stream):\n    return torch.empty(size, dtype=torch.int8, device=\"cuda\")\n\n\n"
+         "def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):\n    triton.set_allocator(_scratch)\n"),
+        ("    launch = launch or wrap_triton\n",
+         "    launch = launch or wrap_triton\n    triton.set_allocator(_scratch)\n"),
+    ],
 }
 
 
@@ -81,8 +90,6 @@ def tma_variant(name: str = "tma_kernels"):
     for file, edits in EDITS.items():
         for old, new in edits:
             _edit(root / "kernels" / file, old, new)
-    # device-side descriptors live in a per-launch global scratch that Triton asks the allocator for
-    triton.set_allocator(lambda size, alignment, stream: torch.empty(size, dtype=torch.int8, device="cuda"))
     load_baseline(root, name)
     return sys.modules[f"{name}.attention"]
 
@@ -119,7 +126,7 @@ def check(variant, q, k, v, do, causal: bool, p: float) -> str:
         o = module.flash_attention(q, k, v, causal=causal, dropout_p=p)
         results.append((o, *torch.autograd.grad(o, (q, k, v), do)))
     return ", ".join(f"{name} {(a.float() - b.float()).abs().max().item():.2e}"
-                     for name, a, b in zip(("o", "dq", "dk", "dv"), *results))
+                     for name, a, b in zip(("o", "dq", "dk", "dv"), *results, strict=True))
 
 
 def main() -> None:
@@ -146,7 +153,7 @@ def main() -> None:
                     for part in ("fwd", "fwd+bwd"):
                         ms = {}
                         for name, attend in providers.items():
-                            f = lambda q, k, v, attend=attend: attend(q, k, v, causal=causal, dropout_p=p)
+                            f = lambda q, k, v, attend=attend, c=causal, p=p: attend(q, k, v, causal=c, dropout_p=p)
                             ms[name] = forward_ms(f, q, k, v) if part == "fwd" else fwd_bwd_ms(f, q, k, v, do)
                         print(f"{label} {part} ms: " + ", ".join(f"{n} {t:.4f}" for n, t in ms.items()) +
                               f"; library / tma {ms['library'] / ms['tma']:.3f}, "

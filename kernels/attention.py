@@ -169,7 +169,8 @@ _LPT_MIN_N_BUCKET = 4096
 # The single pass adds dQ into the fp32 accumulators of the heads its programs run. With LPT's order (heads fastest)
 # every head's is written at once (50 MB at 16K tokens and 12 heads, the H200's L2); from this N bucket on its
 # dK/dV launch runs head-major (tiles fastest; a key-tile pass's first tiles are its costliest anyway), which keeps
-# about one head's live: 3 % faster with dropout at 16K, level at 4K (docs/dev/kernel-notes.md, nineteenth session).
+# about one head's live. With dropout at 16K: backward 4 % faster on (B, H, N, D) tensors, level on the model's
+# packed projection; level at 4K (docs/dev/kernel-notes.md, nineteenth and twentieth sessions).
 _SINGLE_PASS_HEAD_MAJOR_N_BUCKET = 16384
 
 

@@ -10,7 +10,10 @@ A variant (a copy of kernels/ imported as its own package; --variants names the 
 makes device-side descriptors of its head's streamed operands, (N, D) with the row stride of q, k, v or dO, and loads
 every visited tile through them: K and V in the forward and the dQ pass, Q and dO in the dK/dV pass. The tile a
 program keeps (its own Q, or K and V in the dK/dV pass) and every store stay as they are. Rows past N come back as
-zeros, as the masked loads give. Limits of the copy: the head dim a power of two (D == HEAD_D), rows 16-byte
+zeros, as the masked loads give. `dq-host` (alone: it edits the dQ pass as `dq` does) gives the dQ pass host-side
+descriptors instead, one per operand over all heads' rows (no creation in the kernel, no allocator), block shapes set
+per config by the autotuner's pre-hook; rows past a head's N read the next head's, which the kernel masks as it
+masks the padded ones. Limits of the copy: the head dim a power of two (D == HEAD_D), rows 16-byte
 aligned. --check compares each variant's output and gradients with the library's.
 """
 
@@ -69,6 +72,33 @@ EDITS = {  # pass: (file, old, new) edits
          f"    Q = {DESCRIPTOR.format('Q', 'stride_n', 'BLOCK_M')}\n"
          f"    DO = {DESCRIPTOR.format('DO', 'stride_don', 'BLOCK_M')}\n"),
     ],
+    "dq-host": [  # the dQ pass's key tiles through host-side descriptors of all rows: no creation in the kernel
+        ("attention_bwd.py", "def _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, lo, hi, idx_ptr,",
+         "def _q_tiles(dq, q, do, lse, delta, K, V, row0, offs_m, col0, lo, hi, idx_ptr,"),
+        ("attention_bwd.py",
+         "        offs_n, kT = key_tile_t(i, idx_ptr, K, stride_n, offs_d, N, D, BLOCK_N, SPARSE, PER_BLOCK, MASK, "
+         "EVEN_D)\n        vT = load_tile_t(V, offs_n, stride_n, offs_d, N, D, MASK, EVEN_D)\n",
+         "        start_n = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_N\n"
+         "        offs_n = start_n + tl.arange(0, BLOCK_N)\n        kT = tl.trans(K.load([row0 + start_n, col0]))\n"
+         "        vT = tl.trans(V.load([row0 + start_n, col0]))\n"),
+        ("attention_bwd.py",
+         "    Q, K, V, DO, O = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off, O + g_off\n",
+         "    Q, DO, O = Q + qkv_off, DO + do_off, O + g_off\n"
+         "    row0, col0 = (qkv_off // stride_n).to(tl.int32), (qkv_off % stride_n).to(tl.int32)\n"),
+        ("attention_bwd.py", "_q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d,",
+         "_q_tiles(dq, q, do, lse, delta, K, V, row0, offs_m, col0,", 3),
+        ("attention.py", "        launch(_bwd_dq)[grid_m](q, k, v, o, do, dq,",
+         "        launch(_bwd_dq)[grid_m](q, _rows(k), _rows(v), o, do, dq,"),
+        ("attention.py", "def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):\n",
+         "def _rows(t):\n"
+         "    \"\"\"A descriptor of t's storage as rows of t.stride(2) elements: head (b, h), row n at\n"
+         "    row (b * sb + h * sh) // sn + n, column (b * sb + h * sh) % sn (packed or (B, H, N, D) alike).\"\"\"\n"
+         "    from triton.tools.tensor_descriptor import TensorDescriptor\n\n"
+         "    B, H, N, D = t.shape\n    sb, sh, sn, _ = t.stride()\n"
+         "    rows = ((B - 1) * sb + (H - 1) * sh + (N - 1) * sn) // sn + 1\n"
+         "    return TensorDescriptor(t, [rows, sn], [sn, 1], [16, 16])  # block shape: _dq_block_shapes\n\n\n"
+         "def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):\n"),
+    ],
     # device-side descriptors live in a per-launch global scratch that Triton asks its allocator for; the allocator
     # is a context variable, so it is set on each launcher's call (the backward runs in autograd's own thread)
     "launchers": [
@@ -81,10 +111,16 @@ EDITS = {  # pass: (file, old, new) edits
 }
 
 
-def _edit(path: Path, old: str, new: str) -> None:
+def _edit(path: Path, old: str, new: str, count: int = 1) -> None:
     text = path.read_text()
-    assert text.count(old) == 1, f"{path.name} changed where this probe edits it: update the probe"
+    assert text.count(old) == count, f"{path.name} changed where this probe edits it: update the probe"
     path.write_text(text.replace(old, new))
+
+
+def _dq_block_shapes(nargs: dict) -> None:
+    """The autotuner's pre-hook: the host-side descriptors' block shape for the config about to run."""
+    for name in ("K", "V"):
+        nargs[name].block_shape = [nargs["BLOCK_N"], nargs["HEAD_D"]]
 
 
 def tma_variant(passes: tuple[str, ...] = ("fwd", "dq", "kv")):
@@ -94,45 +130,71 @@ def tma_variant(passes: tuple[str, ...] = ("fwd", "dq", "kv")):
     root = Path(tempfile.mkdtemp(prefix=f"{name}_"))
     shutil.copytree(Path.cwd() / "kernels", root / "kernels")
     for part in ("launchers", *passes):
-        for file, old, new in EDITS[part]:
-            _edit(root / "kernels" / file, old, new)
-    load_baseline(root, name)
-    return sys.modules[f"{name}.attention"]
+        for file, *edit in EDITS[part]:
+            _edit(root / "kernels" / file, *edit)
+    load_baseline(root, name.replace("-", "_"))
+    module = sys.modules[f"{name.replace('-', '_')}.attention"]
+    if "dq-host" in passes:
+        for config in module._bwd_dq.configs:
+            config.pre_hook = _dq_block_shapes
+    return module
 
 
-def inputs(N: int, D: int, packed: bool, device: str, dtype: torch.dtype):
-    B, H = max(1, 16384 // N), 12 if D == 64 else 6
-    if packed:  # views of one (B, N, 3, H, D) projection, as the model passes them
-        qkv = torch.randn(B, N, 3, H, D, device=device, dtype=dtype)
-        q, k, v = (t.transpose(1, 2).detach().requires_grad_() for t in qkv.unbind(2))
-    else:
-        q, k, v = (torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
-    return q, k, v, torch.randn_like(q)
+class Inputs:
+    """`tokens` (16K) of q, k, v: views of one packed (B, N, 3, H, D) projection (`qkv`, the leaf; ours take it whole,
+    as the model calls them) or separate (B, H, N, D) tensors (the leaves)."""
+
+    def __init__(self, N: int, D: int, packed: bool, device: str = "cuda", dtype: torch.dtype = torch.bfloat16,
+                 tokens: int = 16384, heads: int | None = None):
+        B, H = max(1, tokens // N), heads or (12 if D == 64 else 6)
+        if packed:
+            self.qkv = torch.randn(B, N, 3, H, D, device=device, dtype=dtype, requires_grad=True)
+            self.leaves = (self.qkv,)
+            self.q, self.k, self.v = (t.transpose(1, 2) for t in self.qkv.unbind(2))
+        else:
+            self.qkv = None
+            self.leaves = self.q, self.k, self.v = tuple(
+                torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+        self.do = torch.randn(B, H, N, D, device=device, dtype=dtype)
 
 
-def forward_ms(attend, q, k, v) -> float:
+def ours(module):
+    """The (inputs, causal, p) -> o function of a kernels module: the packed op when q, k, v are packed."""
+    def attend(x: Inputs, causal: bool, p: float):
+        if x.qkv is not None:
+            return module.flash_attention_qkvpacked(x.qkv, causal=causal, dropout_p=p)
+        return module.flash_attention(x.q, x.k, x.v, causal=causal, dropout_p=p)
+    return attend
+
+
+def cudnn(x: Inputs, causal: bool, p: float):
+    return F.scaled_dot_product_attention(x.q, x.k, x.v, is_causal=causal, dropout_p=p)
+
+
+def forward_ms(attend, x: Inputs) -> float:
     with torch.no_grad():
-        attend(q, k, v)
+        attend(x)
         torch.cuda.synchronize()
-        return triton.testing.do_bench_cudagraph(lambda: attend(q, k, v))
+        return triton.testing.do_bench_cudagraph(lambda: attend(x))
 
 
-def fwd_bwd_ms(attend, q, k, v, do) -> float:
-    step = lambda: torch.autograd.grad(attend(q, k, v), (q, k, v), do)
+def fwd_bwd_ms(attend, x: Inputs) -> float:
+    step = lambda: torch.autograd.grad(attend(x), x.leaves, x.do)
     step()  # autotune and compile outside the graph
     torch.cuda.synchronize()
     return triton.testing.do_bench_cudagraph(step)
 
 
-def check(variant, q, k, v, do, causal: bool, p: float) -> str:
+def check(variant, x: Inputs, causal: bool, p: float) -> str:
     """Largest difference of the variant's output and gradients from the library's (same dropout keys)."""
     results = []
     for module in (library, variant):
         torch.manual_seed(0)
-        o = module.flash_attention(q, k, v, causal=causal, dropout_p=p)
-        results.append((o, *torch.autograd.grad(o, (q, k, v), do)))
+        o = ours(module)(x, causal, p)
+        results.append((o, *torch.autograd.grad(o, x.leaves, x.do)))
+    names = ("o", "dqkv") if x.qkv is not None else ("o", "dq", "dk", "dv")
     return ", ".join(f"{name} {(a.float() - b.float()).abs().max().item():.2e}"
-                     for name, a, b in zip(("o", "dq", "dk", "dv"), *results, strict=True))
+                     for name, a, b in zip(names, *results, strict=True))
 
 
 def main() -> None:
@@ -143,27 +205,25 @@ def main() -> None:
     ap.add_argument("--seqs", type=int, nargs="+", default=[1024, 4096, 16384])
     ap.add_argument("--storage", choices=["packed", "bhnd"], default="packed")
     ap.add_argument("--variants", nargs="+", default=["fwd,dq,kv"],
-                    help="one variant per item: the passes (fwd, dq, kv) that load through descriptors")
+                    help="one variant per item: the passes (fwd, dq, kv; or dq-host) that load through descriptors")
     ap.add_argument("--parts", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])
     ap.add_argument("--check", action="store_true", help="compare each variant's results with the library's")
     args = ap.parse_args()
     variants = {f"tma[{v}]": tma_variant(tuple(v.split(","))) for v in args.variants}
-    providers = {"library": library.flash_attention, **{n: m.flash_attention for n, m in variants.items()},
-                 "cudnn": lambda q, k, v, causal, dropout_p: F.scaled_dot_product_attention(
-                     q, k, v, is_causal=causal, dropout_p=dropout_p)}
+    providers = {"library": ours(library), **{n: ours(m) for n, m in variants.items()}, "cudnn": cudnn}
     for D in args.head_dims:
         for causal in (c == "yes" for c in args.causal):
             for p in args.p:
                 for N in args.seqs:
-                    q, k, v, do = inputs(N, D, args.storage == "packed", "cuda", torch.bfloat16)
+                    x = Inputs(N, D, args.storage == "packed")
                     label = f"D={D} N={N} causal={causal} p={p} {args.storage}"
                     for name, variant in variants.items() if args.check else ():
-                        print(f"{label} {name} - library: {check(variant, q, k, v, do, causal, p)}", flush=True)
+                        print(f"{label} {name} - library: {check(variant, x, causal, p)}", flush=True)
                     for part in args.parts:
                         ms = {}
                         for name, attend in providers.items():
-                            f = lambda q, k, v, attend=attend, c=causal, p=p: attend(q, k, v, causal=c, dropout_p=p)
-                            ms[name] = forward_ms(f, q, k, v) if part == "fwd" else fwd_bwd_ms(f, q, k, v, do)
+                            f = lambda x, attend=attend, c=causal, p=p: attend(x, c, p)
+                            ms[name] = forward_ms(f, x) if part == "fwd" else fwd_bwd_ms(f, x)
                         print(f"{label} {part} ms: " + ", ".join(f"{n} {t:.4f}" for n, t in ms.items()) + "; " +
                               ", ".join(f"library / {n} {ms['library'] / ms[n]:.3f}" for n in variants) +
                               f", cudnn / library {ms['cudnn'] / ms['library']:.3f}", flush=True)

@@ -185,7 +185,10 @@ def fwd_bwd_ms(attend, x: Inputs) -> float:
     step()  # autotune and compile outside the graph
     torch.cuda.synchronize()
     bench = lambda f: triton.testing.do_bench(f, warmup=10, rep=60, return_mode="median")
-    return graphed(step, bench)["fwd_bwd_graph"]
+    result = graphed(step, bench)
+    if "fwd_bwd_graph" not in result:
+        print(result["fwd_bwd_graph_status"], flush=True)
+    return result.get("fwd_bwd_graph", float("nan"))
 
 
 def check(variant, x: Inputs, causal: bool, p: float) -> str:

@@ -150,12 +150,18 @@ class Inputs:
         if packed:
             self.qkv = torch.randn(B, N, 3, H, D, device=device, dtype=dtype, requires_grad=True)
             self.leaves = (self.qkv,)
-            self.q, self.k, self.v = (t.transpose(1, 2) for t in self.qkv.unbind(2))
         else:
             self.qkv = None
-            self.leaves = self.q, self.k, self.v = tuple(
-                torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True) for _ in range(3))
+            self.leaves = tuple(torch.randn(B, H, N, D, device=device, dtype=dtype, requires_grad=True)
+                                for _ in range(3))
         self.do = torch.randn(B, H, N, D, device=device, dtype=dtype)
+
+    def views(self):
+        """q, k, v as (B, H, N, D): made in each call (views made once, outside a CUDA graph's capture, would put
+        their backward on the default stream, which the capture refuses)."""
+        if self.qkv is None:
+            return self.leaves
+        return tuple(t.transpose(1, 2) for t in self.qkv.unbind(2))
 
 
 def ours(module):
@@ -163,12 +169,12 @@ def ours(module):
     def attend(x: Inputs, causal: bool, p: float):
         if x.qkv is not None:
             return module.flash_attention_qkvpacked(x.qkv, causal=causal, dropout_p=p)
-        return module.flash_attention(x.q, x.k, x.v, causal=causal, dropout_p=p)
+        return module.flash_attention(*x.views(), causal=causal, dropout_p=p)
     return attend
 
 
 def cudnn(x: Inputs, causal: bool, p: float):
-    return F.scaled_dot_product_attention(x.q, x.k, x.v, is_causal=causal, dropout_p=p)
+    return F.scaled_dot_product_attention(*x.views(), is_causal=causal, dropout_p=p)
 
 
 def forward_ms(attend, x: Inputs) -> float:

@@ -185,8 +185,7 @@ def forward_ms(attend, x: Inputs) -> float:
 
 
 def fwd_bwd_ms(attend, x: Inputs) -> float:
-    """fwd+bwd replayed from a CUDA graph, captured as the benchmark does (after a warm-up on a side stream, which
-    the packed op's backward needs: it launches its kernels itself, in autograd's thread)."""
+    """fwd+bwd replayed from a CUDA graph, captured as the benchmark captures it (reporting.attention_bench)."""
     step = lambda: torch.autograd.grad(attend(x), x.leaves, x.do)
     step()  # autotune and compile outside the graph
     torch.cuda.synchronize()
@@ -239,6 +238,7 @@ def main() -> None:
                         print(f"{label} {part} ms: " + ", ".join(f"{n} {t:.4f}" for n, t in ms.items()) + "; " +
                               ", ".join(f"library / {n} {ms['library'] / ms[n]:.3f}" for n in variants) +
                               f", cudnn / library {ms['cudnn'] / ms['library']:.3f}", flush=True)
+
 
 if __name__ == "__main__":
     main()

@@ -13,8 +13,10 @@ program keeps (its own Q, or K and V in the dK/dV pass) and every store stay as 
 zeros, as the masked loads give. `dq-host` (alone: it edits the dQ pass as `dq` does) gives the dQ pass host-side
 descriptors instead, one per operand over all heads' rows (no creation in the kernel, no allocator), block shapes set
 per config by the autotuner's pre-hook; rows past a head's N read the next head's, which the kernel masks as it
-masks the padded ones. Limits of the copy: the head dim a power of two (D == HEAD_D), rows 16-byte
-aligned. --check compares each variant's output and gradients with the library's.
+masks the padded ones. `dq-host4d`: the same with one descriptor per operand over its (B, H, N, D) view (block
+1 x 1 x BLOCK_N x D), whose rows end at each head's N as the device-side ones do. Limits of the copy: the head dim a
+power of two (D == HEAD_D), rows 16-byte aligned. --check compares each variant's output and gradients with the
+library's.
 """
 
 import argparse
@@ -99,6 +101,29 @@ EDITS = {  # pass: (file, old, new) edits
          "    return TensorDescriptor(t, [rows, sn], [sn, 1], [16, 16])  # block shape: _dq_block_shapes\n\n\n"
          "def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):\n"),
     ],
+    "dq-host4d": [  # as dq-host, but one descriptor per operand over its (B, H, N, D) view: per-head row ends
+        ("attention_bwd.py", "def _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, lo, hi, idx_ptr,",
+         "def _q_tiles(dq, q, do, lse, delta, K, V, b, offs_m, h, lo, hi, idx_ptr,"),
+        ("attention_bwd.py",
+         "        offs_n, kT = key_tile_t(i, idx_ptr, K, stride_n, offs_d, N, D, BLOCK_N, SPARSE, PER_BLOCK, MASK, "
+         "EVEN_D)\n        vT = load_tile_t(V, offs_n, stride_n, offs_d, N, D, MASK, EVEN_D)\n",
+         "        start_n = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_N\n"
+         "        offs_n = start_n + tl.arange(0, BLOCK_N)\n"
+         "        kT = tl.trans(K.load([b, h, start_n, 0]).reshape(BLOCK_N, D))\n"
+         "        vT = tl.trans(V.load([b, h, start_n, 0]).reshape(BLOCK_N, D))\n"),
+        ("attention_bwd.py",
+         "    Q, K, V, DO, O = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off, O + g_off\n",
+         "    Q, DO, O = Q + qkv_off, DO + do_off, O + g_off\n"),
+        ("attention_bwd.py", "_q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d,",
+         "_q_tiles(dq, q, do, lse, delta, K, V, b, offs_m, h,", 3),
+        ("attention.py", "        launch(_bwd_dq)[grid_m](q, k, v, o, do, dq,",
+         "        launch(_bwd_dq)[grid_m](q, _heads(k), _heads(v), o, do, dq,"),
+        ("attention.py", "def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):\n",
+         "def _heads(t):\n"
+         "    from triton.tools.tensor_descriptor import TensorDescriptor\n\n"
+         "    return TensorDescriptor.from_tensor(t, [1, 1, 16, 16])  # block shape: _dq_block_shapes\n\n\n"
+         "def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):\n"),
+    ],
     # device-side descriptors live in a per-launch global scratch that Triton asks its allocator for; the allocator
     # is a context variable, so it is set on each launcher's call (the backward runs in autograd's own thread)
     "launchers": [
@@ -120,7 +145,8 @@ def _edit(path: Path, old: str, new: str, count: int = 1) -> None:
 def _dq_block_shapes(nargs: dict) -> None:
     """The autotuner's pre-hook: the host-side descriptors' block shape for the config about to run."""
     for name in ("K", "V"):
-        nargs[name].block_shape = [nargs["BLOCK_N"], nargs["HEAD_D"]]
+        block = [nargs["BLOCK_N"], nargs["HEAD_D"]]
+        nargs[name].block_shape = [1] * (len(nargs[name].shape) - 2) + block
 
 
 def tma_variant(passes: tuple[str, ...] = ("fwd", "dq", "kv")):
@@ -134,7 +160,7 @@ def tma_variant(passes: tuple[str, ...] = ("fwd", "dq", "kv")):
             _edit(root / "kernels" / file, *edit)
     load_baseline(root, name.replace("-", "_"))
     module = sys.modules[f"{name.replace('-', '_')}.attention"]
-    if "dq-host" in passes:
+    if "dq-host" in passes or "dq-host4d" in passes:
         for config in module._bwd_dq.configs:
             config.pre_hook = _dq_block_shapes
     return module
@@ -216,7 +242,8 @@ def main() -> None:
     ap.add_argument("--seqs", type=int, nargs="+", default=[1024, 4096, 16384])
     ap.add_argument("--storage", choices=["packed", "bhnd"], default="packed")
     ap.add_argument("--variants", nargs="+", default=["fwd,dq,kv"],
-                    help="one variant per item: the passes (fwd, dq, kv; or dq-host) that load through descriptors")
+                    help="one variant per item: the passes (fwd, dq, kv; or dq-host, dq-host4d) that load through "
+                         "descriptors")
     ap.add_argument("--parts", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])
     ap.add_argument("--check", action="store_true", help="compare each variant's results with the library's")
     args = ap.parse_args()

@@ -14,6 +14,8 @@ Features
   backward is an opaque custom op that launches its kernels itself (see attention_bwd_qkvpacked). Host launch cost
   is left to CUDA graphs (torch.compile(mode="reduce-overhead"), train.compile_mode in train.py).
 - Causal launches of long rows start the costliest tiles first (program_tile in kernels/attention_fwd.py).
+- The packed backward's dQ pass (the model's path) loads its key tiles through tensor descriptors, TMA copies on
+  Hopper, at head dims up to 64 (_dq_key_values).
 - On Hopper (sm_90), the dense forward without dropout at head dim 128 runs FlashAttention-3's warp-specialised
   pipeline, written in Gluon (kernels/attention_fwd_hopper.py), an opaque custom op under torch.compile; every
   other call runs the Triton kernels. FLASHGPT_GLUON=0 turns it off.
@@ -41,6 +43,7 @@ import os
 import torch
 import triton
 from torch.library import triton_op, wrap_triton
+from triton.tools.tensor_descriptor import TensorDescriptor
 
 from . import block_mask as block_masks
 from .attention_bwd import attn_bwd_dq, attn_bwd_kv, attn_bwd_preprocess
@@ -64,19 +67,20 @@ DROPOUT_LEVELS = 2**24  # resolution of the dropout thresholds
 _KEY = ["N_BUCKET", "HEAD_D", "CAUSAL", "DROPOUT", "SPARSE_BLOCK"]
 
 # (query tile, key tile, warps, stages). Dense causal needs the diagonal on a tile edge: the forward's and the dQ
-# pass's query tile is a multiple of its key tile, the dK/dV pass's key tile a multiple of its query tile.
+# pass's query tile is a multiple of its key tile, the dK/dV pass's key tile a multiple of its query tile. The dQ
+# pass's key tile is set by the host (_dq_key_tile), not tuned: its tiles are (query tile, warps, stages).
 _FWD_TILES = [(128, 64, 4, 3), (128, 64, 8, 3), (128, 128, 8, 3), (128, 32, 4, 4), (64, 64, 4, 3), (64, 64, 4, 4),
               (64, 32, 4, 3), (32, 32, 4, 3), (16, 16, 4, 2)]
 _KV_TILES = [(64, 128, 8, 3), (32, 128, 4, 3), (64, 128, 4, 3), (32, 64, 4, 3), (64, 64, 4, 3), (128, 128, 8, 2),
              (32, 32, 4, 3), (16, 16, 4, 2)]
-_DQ_TILES = [(128, 64, 8, 3), (128, 64, 4, 3), (64, 64, 4, 3), (128, 32, 4, 3), (64, 32, 4, 3), (32, 32, 4, 3),
-             (16, 16, 4, 2)]
+_DQ_TILES = [(128, 8, 3), (128, 4, 3), (64, 4, 3), (32, 4, 3), (16, 4, 2)]
 _INTERPRET_TILES = {"fwd": [(32, 16, 4, 1), (16, 16, 4, 1)], "kv": [(16, 32, 4, 1), (16, 16, 4, 1)],
-                    "dq": [(32, 16, 4, 1), (16, 16, 4, 1)]}  # small, so that tests cross tile edges
+                    "dq": [(32, 4, 1), (16, 4, 1)]}  # small, so that tests cross tile edges
 
 
-def _configs(tiles):
-    return [triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s) for m, n, w, s in tiles]
+def _configs(tiles, names=("BLOCK_M", "BLOCK_N")):
+    return [triton.Config(dict(zip(names, tile, strict=False)), num_warps=tile[-2], num_stages=tile[-1])
+            for tile in tiles]
 
 
 def _prune(configs, named_args, **kwargs):
@@ -87,24 +91,25 @@ def _prune(configs, named_args, **kwargs):
     limit = block if block else 128
 
     def fits(c):
-        m, n = c.kwargs["BLOCK_M"], c.kwargs["BLOCK_N"]
+        m, n = c.kwargs["BLOCK_M"], c.kwargs.get("BLOCK_N", args.get("BLOCK_N"))
         small_ok = block or INTERPRET or min(m, n) >= 32
-        return m <= limit and n <= limit and (head_d <= 64 or m * n <= 8192) and small_ok
+        on_edge = "BLOCK_N" in c.kwargs or m % n == 0  # the listed pairs are on tile edges by construction
+        return m <= limit and n <= limit and (head_d <= 64 or m * n <= 8192) and small_ok and on_edge
 
     fitting = [c for c in configs if fits(c)] or configs[-1:]
     return fitting if AUTOTUNE and not INTERPRET else fitting[:1]  # the interpreter cannot time configs
 
 
-def _tuned(kernel, name, tiles, key=(), **options):
+def _tuned(kernel, name, tiles, key=(), names=("BLOCK_M", "BLOCK_N"), **options):
     tiles = _INTERPRET_TILES[name] if INTERPRET else tiles
-    return triton.autotune(_configs(tiles), key=_KEY + list(key), prune_configs_by={"early_config_prune": _prune},
-                           cache_results=True, **options)(kernel)
+    return triton.autotune(_configs(tiles, names), key=_KEY + list(key),
+                           prune_configs_by={"early_config_prune": _prune}, cache_results=True, **options)(kernel)
 
 
 _fwd = _tuned(attn_fwd, "fwd", _FWD_TILES)
 # the single pass (DQ_ATOMIC) tunes apart from the two passes' dK/dV pass; its tuning runs add into DQ_ACC
 _bwd_kv = _tuned(attn_bwd_kv, "kv", _KV_TILES, key=["DQ_ATOMIC"], reset_to_zero=["DQ_ACC"])
-_bwd_dq = _tuned(attn_bwd_dq, "dq", _DQ_TILES)
+_bwd_dq = _tuned(attn_bwd_dq, "dq", _DQ_TILES, names=("BLOCK_M",))
 
 # ----------------------------------------------------------------------------------------------------------------
 # launchers
@@ -208,6 +213,33 @@ def _single_pass(dropout_p: float, deterministic: bool, head_dim: int) -> bool:
     return dropout_p > 0 and not deterministic and head_dim <= 64
 
 
+def _dq_key_tile(mask: BlockMask | None) -> int:
+    """The dQ pass's key tile: 64 (every dQ config the H200 tuned had it), within a layout block; 16 in the
+    interpreter. Set here, not tuned: the block shape of its key tiles' descriptors is fixed when they are made,
+    and torch.compile refuses the autotuner hook that could set it per config."""
+    if INTERPRET:
+        return 16
+    return min(64, mask.block_size) if mask is not None else 64
+
+
+# The packed backward's dQ pass (the model's path) loads its key tiles through tensor descriptors, TMA copies on
+# Hopper, at head dims up to 64: fwd+bwd 2-5 % faster from 8K, level at 4K, 2 % slower at D = 128 on the H200
+# (docs/dev/kernel-notes.md, twentieth and twenty-first sessions). Not in the triton_ops: torch.compile's tracing of
+# their bodies does not capture descriptors (torch 2.11 to 2.13 hand the kernel wrapper no TMA metadata there).
+_DQ_DESCRIPTOR_MAX_HEAD_D = 64
+
+
+def _dq_key_values(k, v, head_d: int, block_n: int, launch) -> tuple:
+    """(K, V, KV_DESC) for the dQ pass: descriptors of k and v (block 1 x 1 x block_n x head_d) where the rule
+    above takes them and TMA can address the tensors (16-byte aligned start and strides), else k and v."""
+    aligned = all(t.data_ptr() % 16 == 0 for t in (k, v)) and all(s * k.element_size() % 16 == 0
+                                                                   for s in k.stride()[:-1])
+    if launch is not _launch_directly or head_d > _DQ_DESCRIPTOR_MAX_HEAD_D or not aligned:
+        return k, v, False
+    block = [1, 1, block_n, head_d]
+    return TensorDescriptor.from_tensor(k, block), TensorDescriptor.from_tensor(v, block), True
+
+
 def _launch_directly(kernel):
     """An opaque op's launch: the kernel itself, through our autotuners. (wrap_triton outside a triton_op routes
     each launch through torch's kernel wrapper, which re-wraps our pruned configs in a new autotuner per call:
@@ -244,8 +276,11 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
             o, do, delta, dq_acc, *_strides(o), *_strides(do), H, N, D=D, HEAD_D=common["HEAD_D"], BLOCK_M=64)
     else:  # dQ pass (writes delta), then the dK/dV pass; a one-element stand-in for the accumulator it never uses
         dq = slots[0] if slots_like_q else _empty_bhnd(q)
-        launch(_bwd_dq)[grid_m](q, k, v, o, do, dq, lse, delta, keys, *_mask_args(mask, False, q.device),
-                                *_strides(q), *_strides(do), *_strides(o), DQ_LIKE_Q=slots_like_q, **common)
+        block_n = _dq_key_tile(mask)
+        dq_k, dq_v, kv_desc = _dq_key_values(k, v, common["HEAD_D"], block_n, launch)
+        launch(_bwd_dq)[grid_m](q, dq_k, dq_v, o, do, dq, lse, delta, keys, *_mask_args(mask, False, q.device),
+                                *_strides(q), *_strides(do), *_strides(o), BLOCK_N=block_n, DQ_LIKE_Q=slots_like_q,
+                                KV_DESC=kv_desc, **common)
         dq_acc = lse.new_empty((1, 1, 1))
     dkv_like_q = single_pass and slots_like_q
     launch(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, keys, *_mask_args(mask, True, q.device),

@@ -10,6 +10,8 @@ Features
 - Causal tiles, block-sparse index lists (the transposed BlockMask lists for the key-tile pass) and dropout
   (the forward's mask regenerated from the row and column keys, on transposed tiles in the key-tile pass) as in
   kernels/attention_fwd.py, whose jit helpers this reuses.
+- The dQ pass loads its key tiles through pointers or, with KV_DESC, through host-side tensor descriptors of k and
+  v (TMA copies on Hopper); kernels/attention.py decides which (_dq_key_values).
 
 Tested: triton 3.6 (H200, torch 2.11, compiled) and the triton 3.9 interpreter (torch 2.13 CPU).
 """
@@ -216,14 +218,32 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
 
 
 @triton.jit
-def _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, lo, hi, idx_ptr,
+def _key_value_tiles_t(i, idx_ptr, K, V, b, h, stride_n, offs_d, N, D: tl.constexpr, HEAD_D: tl.constexpr,
+                       BLOCK_N: tl.constexpr, SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, MASK: tl.constexpr,
+                       EVEN_D: tl.constexpr, KV_DESC: tl.constexpr):
+    """The i-th key tile's columns, K^T and V^T: through pointers into head (b, h)'s rows, or with KV_DESC through
+    tensor descriptors of the (B, H, N, D) k and v (TMA copies on Hopper; rows past N and columns past D come back
+    as zeros, as the masked loads give)."""
+    if KV_DESC:
+        start_n = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_N
+        kT = tl.trans(K.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_D))
+        vT = tl.trans(V.load([b, h, start_n, 0]).reshape(BLOCK_N, HEAD_D))
+        return start_n + tl.arange(0, BLOCK_N), kT, vT
+    else:
+        offs_n, kT = key_tile_t(i, idx_ptr, K, stride_n, offs_d, N, D, BLOCK_N, SPARSE, PER_BLOCK, MASK, EVEN_D)
+        return offs_n, kT, load_tile_t(V, offs_n, stride_n, offs_d, N, D, MASK, EVEN_D)
+
+
+@triton.jit
+def _q_tiles(dq, q, do, lse, delta, K, V, b, h, stride_n, offs_m, offs_d, lo, hi, idx_ptr,
              KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold,
-             D: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, MASK: tl.constexpr,
-             SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, EVEN_D: tl.constexpr):
+             D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr,
+             MASK: tl.constexpr, SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr, DROPOUT: tl.constexpr,
+             EVEN_D: tl.constexpr, KV_DESC: tl.constexpr):
     """Accumulate one query tile's dQ over key tiles lo..hi: the forward's iteration, recomputing P from the LSE."""
     for i in tl.range(lo, hi):
-        offs_n, kT = key_tile_t(i, idx_ptr, K, stride_n, offs_d, N, D, BLOCK_N, SPARSE, PER_BLOCK, MASK, EVEN_D)
-        vT = load_tile_t(V, offs_n, stride_n, offs_d, N, D, MASK, EVEN_D)
+        offs_n, kT, vT = _key_value_tiles_t(i, idx_ptr, K, V, b, h, stride_n, offs_d, N, D, HEAD_D, BLOCK_N, SPARSE,
+                                            PER_BLOCK, MASK, EVEN_D, KV_DESC)
         p = tl.math.exp2(tl.dot(q, kT) * qk_scale - lse[:, None])
         if MASK:
             p = tl.where(tile_keep(offs_m, offs_n, N, CAUSAL), p, 0.0)
@@ -244,16 +264,19 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
                 H, N, N_BUCKET, qk_scale, sm_scale, dropout_p,
                 D: tl.constexpr, HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
                 CAUSAL: tl.constexpr, SPARSE_BLOCK: tl.constexpr, DROPOUT: tl.constexpr, LPT: tl.constexpr,
-                DQ_LIKE_Q: tl.constexpr):
+                DQ_LIKE_Q: tl.constexpr, KV_DESC: tl.constexpr):
     """Deterministic backward, first pass: one program per query tile writes its dQ rows, and the delta of its rows
     for the key-tile pass that follows. Q, K, V share strides (stride_*), as do O and DQ (stride_g*); with
-    DQ_LIKE_Q, DQ has q's strides instead (q's slot of a packed gradient, written in place)."""
+    DQ_LIKE_Q, DQ has q's strides instead (q's slot of a packed gradient, written in place). With KV_DESC, K and V
+    are tensor descriptors of the (B, H, N, D) k and v, block 1 x 1 x BLOCK_N x HEAD_D."""
     SPARSE: tl.constexpr = SPARSE_BLOCK > 0
     EVEN_D: tl.constexpr = D == HEAD_D
     PER_BLOCK: tl.constexpr = SPARSE_BLOCK // BLOCK_N
     start_m, bh, b, h, qkv_off, do_off, g_off, qk_scale, sm_scale, dropout_p, threshold = _bwd_program(
         H, stride_b, stride_h, stride_dob, stride_doh, stride_gb, stride_gh, qk_scale, sm_scale, dropout_p, LPT, True)
-    Q, K, V, DO, O = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off, O + g_off
+    Q, DO, O = Q + qkv_off, DO + do_off, O + g_off
+    if not KV_DESC:
+        K, V = K + qkv_off, V + qkv_off
     DQ += qkv_off if DQ_LIKE_Q else g_off
     stride_dqn = stride_n if DQ_LIKE_Q else stride_gn
     offs_m = start_m * BLOCK_M + tl.arange(0, BLOCK_M)
@@ -269,15 +292,15 @@ def attn_bwd_dq(Q, K, V, O, DO, DQ, LSE, Delta, KEYS,
         start_m, h, N, full_cnt, full_idx, part_cnt, part_idx, s_ch, s_cm, s_ih, s_im,
         BLOCK_M, BLOCK_N, CAUSAL, SPARSE, SPARSE_BLOCK)
     if DROPOUT:  # masked tiles first, as in the forward (C7515)
-        dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, part_lo, part_hi, part_ptr,
-                      KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, True, SPARSE,
-                      PER_BLOCK, DROPOUT, EVEN_D)
-    dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, full_lo, full_hi, full_ptr,
-                  KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, False, SPARSE,
-                  PER_BLOCK, DROPOUT, EVEN_D)
+        dq = _q_tiles(dq, q, do, lse, delta, K, V, b, h, stride_n, offs_m, offs_d, part_lo, part_hi, part_ptr,
+                      KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, HEAD_D, BLOCK_N, CAUSAL, True,
+                      SPARSE, PER_BLOCK, DROPOUT, EVEN_D, KV_DESC)
+    dq = _q_tiles(dq, q, do, lse, delta, K, V, b, h, stride_n, offs_m, offs_d, full_lo, full_hi, full_ptr,
+                  KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, HEAD_D, BLOCK_N, CAUSAL, False,
+                  SPARSE, PER_BLOCK, DROPOUT, EVEN_D, KV_DESC)
     if not DROPOUT:
-        dq = _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, part_lo, part_hi, part_ptr,
-                      KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, BLOCK_N, CAUSAL, True, SPARSE,
-                      PER_BLOCK, DROPOUT, EVEN_D)
+        dq = _q_tiles(dq, q, do, lse, delta, K, V, b, h, stride_n, offs_m, offs_d, part_lo, part_hi, part_ptr,
+                      KEYS, row_a, row_b, bh, N, qk_scale, dropout_p, threshold, D, HEAD_D, BLOCK_N, CAUSAL, True,
+                      SPARSE, PER_BLOCK, DROPOUT, EVEN_D, KV_DESC)
     _store_rows(DQ + offs_m[:, None] * stride_dqn + offs_d[None, :], (dq * sm_scale).to(DQ.dtype.element_ty),
                 offs_m[:, None], N, offs_d[None, :], D, EVEN_D)

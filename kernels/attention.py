@@ -232,9 +232,9 @@ _DQ_DESCRIPTOR_MAX_HEAD_D = 64
 def _dq_key_values(k, v, head_d: int, block_n: int, launch) -> tuple:
     """(K, V, KV_DESC) for the dQ pass: descriptors of k and v (block 1 x 1 x block_n x head_d) where the rule
     above takes them and TMA can address the tensors (16-byte aligned start and strides), else k and v."""
-    aligned = all(t.data_ptr() % 16 == 0 for t in (k, v)) and all(s * k.element_size() % 16 == 0
-                                                                   for s in k.stride()[:-1])
-    if launch is not _launch_directly or head_d > _DQ_DESCRIPTOR_MAX_HEAD_D or not aligned:
+    if launch is not _launch_directly or head_d > _DQ_DESCRIPTOR_MAX_HEAD_D:  # (traced: no data pointers)
+        return k, v, False
+    if any(t.data_ptr() % 16 for t in (k, v)) or any(s * k.element_size() % 16 for s in k.stride()[:-1]):
         return k, v, False
     block = [1, 1, block_n, head_d]
     return TensorDescriptor.from_tensor(k, block), TensorDescriptor.from_tensor(v, block), True

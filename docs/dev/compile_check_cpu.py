@@ -54,7 +54,8 @@ def compile_variant(A, D: int, causal: bool, p: float, sparse: bool) -> tuple[in
     layout = torch.ones(N // 128, N // 128, dtype=torch.bool)
     mask = create_block_mask(layout, N, 128, causal, "cpu") if sparse else None
     keys = A.draw_dropout_keys(B, H, N, "cpu") if p else None
-    args = {"SPARSE_BLOCK": 128 if sparse else 0, "HEAD_D": max(16, 1 << (D - 1).bit_length())}
+    args = {"SPARSE_BLOCK": 128 if sparse else 0, "HEAD_D": max(16, 1 << (D - 1).bit_length()),
+            "BLOCK_N": A._dq_key_tile(mask)}  # the dQ pass's key tile (the others' configs carry theirs)
     launches = {"fwd": (A._fwd, lambda: A._launch_fwd(q, k, v, keys, mask, causal, p, 0.125)),
                 "dq": (A._bwd_dq, lambda: A._launch_bwd(do, q, k, v, o, lse, keys, mask, causal, p, 0.125, True)),
                 "kv": (A._bwd_kv, lambda: A._launch_bwd(do, q, k, v, o, lse, keys, mask, causal, p, 0.125, False))}

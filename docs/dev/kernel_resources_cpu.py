@@ -7,8 +7,9 @@ score product q k^T stays in flight while the softmax runs (it does not if its w
     python docs/dev/kernel_resources_cpu.py kv:128:64,128,8,4 fwd:64:128,64,8,3
 
 A config is kernel:head_dim:BLOCK_M,BLOCK_N,warps,stages[:dropout_p] (kernel: fwd, kv, dq, or dqp: the dQ pass
-writing into a packed gradient, as the model's backward runs it; kv1 / kvp: the single pass's dK/dV pass, which
-needs dropout_p > 0, on separate q, k, v / writing dK, dV into a packed gradient); causal, bf16, N = 4096.
+writing into a packed gradient, as the model's backward runs it, key tiles through tensor descriptors; kv1 / kvp:
+the single pass's dK/dV pass, which needs dropout_p > 0, on separate q, k, v / writing dK, dV into a packed
+gradient); causal, bf16, N = 4096. The dQ pass's BLOCK_N is the host's (64).
 kv, dq and dqp are the two passes' (deterministic).
 Also printed: the integer instructions of the SASS (IMAD, LOP3, SHF, IADD3, where dropout's hash spends its time;
 PRMT and SEL, where a select moved past a bf16 conversion works on 16-bit halves: seventeenth session),
@@ -42,10 +43,14 @@ OPCODE = re.compile(r"^\s*/\*[0-9a-f]+\*/\s+(?:@!?U?P\w+\s+)?([A-Z][A-Z0-9_]*)",
 def compile_config(A, kind: str, D: int, tile: tuple, dropout_p: float) -> None:
     """Compile one config of one kernel (the others keep their first fitting config) by a faked launch."""
     m, n, w, s = tile
-    config = triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
     tuned = {"fwd": A._fwd, "dq": A._bwd_dq, "dqp": A._bwd_dq}.get(kind, A._bwd_kv)
+    dq_key_tile = A._dq_key_tile(None)  # the dQ pass's key tile is the host's, not a config's
+    if tuned is A._bwd_dq and n != dq_key_tile:
+        raise ValueError(f"the dQ pass's key tile is {dq_key_tile} (kernels/attention.py, _dq_key_tile), not {n}")
+    tile_kwargs = {"BLOCK_M": m} if tuned is A._bwd_dq else {"BLOCK_M": m, "BLOCK_N": n}
+    config = triton.Config(tile_kwargs, num_warps=w, num_stages=s)
     every = {t: t.configs for t in (A._fwd, A._bwd_kv, A._bwd_dq)}
-    args = {"SPARSE_BLOCK": 0, "HEAD_D": max(16, 1 << (D - 1).bit_length())}
+    args = {"SPARSE_BLOCK": 0, "HEAD_D": max(16, 1 << (D - 1).bit_length()), "BLOCK_N": dq_key_tile}
     for t, configs in every.items():  # one config each: an autotuner with several would time them
         t.configs = [config] if t is tuned else t.early_config_prune(configs, args)[:1]
     B, H, N = 1, 2, 4096
@@ -63,7 +68,8 @@ def compile_config(A, kind: str, D: int, tile: tuple, dropout_p: float) -> None:
             else:  # the two-pass backward (deterministic), or the single pass for kv1 / kvp
                 dqkv = torch.empty_like(qkv) if packed else None
                 deterministic = kind not in ("kv1", "kvp")
-                A._launch_bwd(do, q, k, v, o, lse, keys, None, True, dropout_p, 0.125, deterministic, dqkv=dqkv)
+                A._launch_bwd(do, q, k, v, o, lse, keys, None, True, dropout_p, 0.125, deterministic, dqkv=dqkv,
+                              launch=A._launch_directly if packed else None)  # packed: the opaque op's launches
     finally:
         for t, configs in every.items():
             t.configs = configs

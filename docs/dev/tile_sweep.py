@@ -43,7 +43,7 @@ def candidates(kind: str, head_d: int) -> list[tuple]:
     """Tile configs worth timing: the forward's and the dQ pass's query tile a multiple of the key tile, the dK/dV
     pass's key tile a multiple of the query tile (kernels/attention.py); 8 warps only from 64 x 64; 5 stages and
     128 x 128 only where they fit in shared memory at this head dim."""
-    pairs = {"fwd": [(64, 64), (128, 32), (128, 64), (128, 128)], "dq": [(64, 32), (64, 64), (128, 32), (128, 64)],
+    pairs = {"fwd": [(64, 64), (128, 32), (128, 64), (128, 128)], "dq": [(64, 64), (128, 64)],  # dQ: the host's 64
              "kv": [(32, 64), (32, 128), (64, 64), (64, 128)]}[kind]
     return [(m, n, w, s) for m, n in pairs for w in (4, 8) for s in (2, 3, 4, 5)
             if not (w == 8 and m * n < 4096) and not (w == 4 and m * n >= 16384)
@@ -55,7 +55,8 @@ def install(kind: str, tile: tuple) -> None:
     m, n, w, s = tile
     name, kernel = KERNELS[kind]
     options = {"reset_to_zero": ["DQ_ACC"]} if kind == "kv" else {}
-    config = triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=w, num_stages=s)
+    tile_kwargs = {"BLOCK_M": m} if kind == "dq" else {"BLOCK_M": m, "BLOCK_N": n}  # dQ: the host sets BLOCK_N
+    config = triton.Config(tile_kwargs, num_warps=w, num_stages=s)
     setattr(A, name, triton.autotune([config], key=A._KEY, **options)(kernel))
 
 

@@ -4,19 +4,19 @@ cuDNN beside (docs/dev/kernel-notes.md, twentieth session).
 
     python docs/dev/tma_loads.py                           # D = 64 causal, 1K / 4K / 16K, packed q, k, v
     python docs/dev/tma_loads.py --causal yes no --head-dims 64 128 --p 0 0.1 --check
-    python docs/dev/tma_loads.py --variants kv dq --parts fwd+bwd --seqs 4096 16384    # one pass at a time
+    python docs/dev/tma_loads.py --variants kv fwd --parts fwd+bwd --seqs 4096 16384    # one pass at a time
 
 A variant (a copy of kernels/ imported as its own package; --variants names the passes it changes): each program
 makes device-side descriptors of its head's streamed operands, (N, D) with the row stride of q, k, v or dO, and loads
-every visited tile through them: K and V in the forward and the dQ pass, Q and dO in the dK/dV pass. The tile a
-program keeps (its own Q, or K and V in the dK/dV pass) and every store stay as they are. Rows past N come back as
-zeros, as the masked loads give. `dq-host` (alone: it edits the dQ pass as `dq` does) gives the dQ pass host-side
-descriptors instead, one per operand over all heads' rows (no creation in the kernel, no allocator), block shapes set
-per config by the autotuner's pre-hook; rows past a head's N read the next head's, which the kernel masks as it
-masks the padded ones. `dq-host4d`: the same with one descriptor per operand over its (B, H, N, D) view (block
-1 x 1 x BLOCK_N x D), whose rows end at each head's N as the device-side ones do. Limits of the copy: the head dim a
-power of two (D == HEAD_D), rows 16-byte aligned. --check compares each variant's output and gradients with the
-library's.
+every visited tile through them: K and V in the forward, Q and dO in the dK/dV pass. The tile a program keeps and
+every store stay as they are. Rows past N come back as zeros, as the masked loads give. Limits of the copy: the head
+dim a power of two (D == HEAD_D), rows 16-byte aligned. --check compares each variant's output and gradients with
+the library's.
+
+The dQ pass's key tiles load through descriptors in the library itself since cb98863 (the packed backward, host-side
+descriptors of the (B, H, N, D) k and v: kernels/attention.py, _dq_key_values); the variants that measured its forms
+against the kernels before (`dq` device-side, `dq-host` over all heads' rows, `dq-host4d`, the form taken):
+`git show d88c02c:docs/dev/tma_loads.py`, run in a checkout of d88c02c.
 """
 
 import argparse
@@ -48,19 +48,6 @@ EDITS = {  # pass: (file, old, new) edits
          f"    K = {DESCRIPTOR.format('K', 'stride_n', 'BLOCK_N')}\n"
          f"    V = {DESCRIPTOR.format('V', 'stride_n', 'BLOCK_N')}\n"),
     ],
-    "dq": [  # the dQ pass's key tiles
-        ("attention_bwd.py",
-         "        offs_n, kT = key_tile_t(i, idx_ptr, K, stride_n, offs_d, N, D, BLOCK_N, SPARSE, PER_BLOCK, MASK, "
-         "EVEN_D)\n        vT = load_tile_t(V, offs_n, stride_n, offs_d, N, D, MASK, EVEN_D)\n",
-         "        start_n = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_N\n"
-         "        offs_n = start_n + tl.arange(0, BLOCK_N)\n        kT = tl.trans(K.load([start_n, 0]))\n"
-         "        vT = tl.trans(V.load([start_n, 0]))\n"),
-        ("attention_bwd.py",
-         "    Q, K, V, DO, O = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off, O + g_off\n",
-         "    Q, K, V, DO, O = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off, O + g_off\n"
-         f"    K = {DESCRIPTOR.format('K', 'stride_n', 'BLOCK_N')}\n"
-         f"    V = {DESCRIPTOR.format('V', 'stride_n', 'BLOCK_N')}\n"),
-    ],
     "kv": [  # the dK/dV pass's query tiles
         ("attention_bwd.py",
          "        offs_m = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_M + tl.arange(0, BLOCK_M)\n"
@@ -73,56 +60,6 @@ EDITS = {  # pass: (file, old, new) edits
          "    Q, K, V, DO = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off\n"
          f"    Q = {DESCRIPTOR.format('Q', 'stride_n', 'BLOCK_M')}\n"
          f"    DO = {DESCRIPTOR.format('DO', 'stride_don', 'BLOCK_M')}\n"),
-    ],
-    "dq-host": [  # the dQ pass's key tiles through host-side descriptors of all rows: no creation in the kernel
-        ("attention_bwd.py", "def _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, lo, hi, idx_ptr,",
-         "def _q_tiles(dq, q, do, lse, delta, K, V, row0, offs_m, col0, lo, hi, idx_ptr,"),
-        ("attention_bwd.py",
-         "        offs_n, kT = key_tile_t(i, idx_ptr, K, stride_n, offs_d, N, D, BLOCK_N, SPARSE, PER_BLOCK, MASK, "
-         "EVEN_D)\n        vT = load_tile_t(V, offs_n, stride_n, offs_d, N, D, MASK, EVEN_D)\n",
-         "        start_n = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_N\n"
-         "        offs_n = start_n + tl.arange(0, BLOCK_N)\n        kT = tl.trans(K.load([row0 + start_n, col0]))\n"
-         "        vT = tl.trans(V.load([row0 + start_n, col0]))\n"),
-        ("attention_bwd.py",
-         "    Q, K, V, DO, O = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off, O + g_off\n",
-         "    Q, DO, O = Q + qkv_off, DO + do_off, O + g_off\n"
-         "    row0, col0 = (qkv_off // stride_n).to(tl.int32), (qkv_off % stride_n).to(tl.int32)\n"),
-        ("attention_bwd.py", "_q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d,",
-         "_q_tiles(dq, q, do, lse, delta, K, V, row0, offs_m, col0,", 3),
-        ("attention.py", "        launch(_bwd_dq)[grid_m](q, k, v, o, do, dq,",
-         "        launch(_bwd_dq)[grid_m](q, _rows(k), _rows(v), o, do, dq,"),
-        ("attention.py", "def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):\n",
-         "def _rows(t):\n"
-         "    \"\"\"A descriptor of t's storage as rows of t.stride(2) elements: head (b, h), row n at\n"
-         "    row (b * sb + h * sh) // sn + n, column (b * sb + h * sh) % sn (packed or (B, H, N, D) alike).\"\"\"\n"
-         "    from triton.tools.tensor_descriptor import TensorDescriptor\n\n"
-         "    B, H, N, D = t.shape\n    sb, sh, sn, _ = t.stride()\n"
-         "    rows = ((B - 1) * sb + (H - 1) * sh + (N - 1) * sn) // sn + 1\n"
-         "    return TensorDescriptor(t, [rows, sn], [sn, 1], [16, 16])  # block shape: _dq_block_shapes\n\n\n"
-         "def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):\n"),
-    ],
-    "dq-host4d": [  # as dq-host, but one descriptor per operand over its (B, H, N, D) view: per-head row ends
-        ("attention_bwd.py", "def _q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d, lo, hi, idx_ptr,",
-         "def _q_tiles(dq, q, do, lse, delta, K, V, b, offs_m, h, lo, hi, idx_ptr,"),
-        ("attention_bwd.py",
-         "        offs_n, kT = key_tile_t(i, idx_ptr, K, stride_n, offs_d, N, D, BLOCK_N, SPARSE, PER_BLOCK, MASK, "
-         "EVEN_D)\n        vT = load_tile_t(V, offs_n, stride_n, offs_d, N, D, MASK, EVEN_D)\n",
-         "        start_n = tile_index(i, idx_ptr, SPARSE, PER_BLOCK) * BLOCK_N\n"
-         "        offs_n = start_n + tl.arange(0, BLOCK_N)\n"
-         "        kT = tl.trans(K.load([b, h, start_n, 0]).reshape(BLOCK_N, D))\n"
-         "        vT = tl.trans(V.load([b, h, start_n, 0]).reshape(BLOCK_N, D))\n"),
-        ("attention_bwd.py",
-         "    Q, K, V, DO, O = Q + qkv_off, K + qkv_off, V + qkv_off, DO + do_off, O + g_off\n",
-         "    Q, DO, O = Q + qkv_off, DO + do_off, O + g_off\n"),
-        ("attention_bwd.py", "_q_tiles(dq, q, do, lse, delta, K, V, stride_n, offs_m, offs_d,",
-         "_q_tiles(dq, q, do, lse, delta, K, V, b, offs_m, h,", 3),
-        ("attention.py", "        launch(_bwd_dq)[grid_m](q, k, v, o, do, dq,",
-         "        launch(_bwd_dq)[grid_m](q, _heads(k), _heads(v), o, do, dq,"),
-        ("attention.py", "def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):\n",
-         "def _heads(t):\n"
-         "    from triton.tools.tensor_descriptor import TensorDescriptor\n\n"
-         "    return TensorDescriptor.from_tensor(t, [1, 1, 16, 16])  # block shape: _dq_block_shapes\n\n\n"
-         "def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):\n"),
     ],
     # device-side descriptors live in a per-launch global scratch that Triton asks its allocator for; the allocator
     # is a context variable, so it is set on each launcher's call (the backward runs in autograd's own thread)
@@ -142,14 +79,7 @@ def _edit(path: Path, old: str, new: str, count: int = 1) -> None:
     path.write_text(text.replace(old, new))
 
 
-def _dq_block_shapes(nargs: dict) -> None:
-    """The autotuner's pre-hook: the host-side descriptors' block shape for the config about to run."""
-    for name in ("K", "V"):
-        block = [nargs["BLOCK_N"], nargs["HEAD_D"]]
-        nargs[name].block_shape = [1] * (len(nargs[name].shape) - 2) + block
-
-
-def tma_variant(passes: tuple[str, ...] = ("fwd", "dq", "kv")):
+def tma_variant(passes: tuple[str, ...] = ("fwd", "kv")):
     """The attention module of a copy of kernels/ whose passes `passes` load their streamed tiles through tensor
     descriptors."""
     name = "tma_" + "_".join(passes)
@@ -158,12 +88,8 @@ def tma_variant(passes: tuple[str, ...] = ("fwd", "dq", "kv")):
     for part in ("launchers", *passes):
         for file, *edit in EDITS[part]:
             _edit(root / "kernels" / file, *edit)
-    load_baseline(root, name.replace("-", "_"))
-    module = sys.modules[f"{name.replace('-', '_')}.attention"]
-    if "dq-host" in passes or "dq-host4d" in passes:
-        for config in module._bwd_dq.configs:
-            config.pre_hook = _dq_block_shapes
-    return module
+    load_baseline(root, name)
+    return sys.modules[f"{name}.attention"]
 
 
 class Inputs:
@@ -241,9 +167,8 @@ def main() -> None:
     ap.add_argument("--p", type=float, nargs="+", default=[0.0])
     ap.add_argument("--seqs", type=int, nargs="+", default=[1024, 4096, 16384])
     ap.add_argument("--storage", choices=["packed", "bhnd"], default="packed")
-    ap.add_argument("--variants", nargs="+", default=["fwd,dq,kv"],
-                    help="one variant per item: the passes (fwd, dq, kv; or dq-host, dq-host4d) that load through "
-                         "descriptors")
+    ap.add_argument("--variants", nargs="+", default=["fwd,kv"],
+                    help="one variant per item: the passes (fwd, kv) that load through descriptors")
     ap.add_argument("--parts", nargs="+", choices=["fwd", "fwd+bwd"], default=["fwd", "fwd+bwd"])
     ap.add_argument("--check", action="store_true", help="compare each variant's results with the library's")
     args = ap.parse_args()

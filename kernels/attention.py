@@ -223,7 +223,7 @@ def _dq_key_tile(mask: BlockMask | None) -> int:
 
 
 # The packed backward's dQ pass (the model's path) loads its key tiles through tensor descriptors, TMA copies on
-# Hopper, at head dims up to 64: fwd+bwd 2-5 % faster from 8K, level at 4K, 2 % slower at D = 128 on the H200
+# Hopper, at head dims up to 64: fwd+bwd 1-3 % faster at 1K-16K on the H200; at D = 128 they lost 2 % at 16K
 # (docs/dev/kernel-notes.md, twentieth and twenty-first sessions). Not in the triton_ops: torch.compile's tracing of
 # their bodies does not capture descriptors (torch 2.11 to 2.13 hand the kernel wrapper no TMA metadata there).
 _DQ_DESCRIPTOR_MAX_HEAD_D = 64

@@ -9,9 +9,10 @@ like any other). Run from a checkout's root:
 Variants: causal D = 64; non-causal D = 64; causal D = 128 with dropout (two passes: the dropout backward's
 choice at D = 128); causal D = 64 block-sparse; non-causal D = 48 with dropout (the single pass); non-causal D = 64
 with dropout; non-causal D = 128. N = 4096 (causal launches there use the costliest-first order, if the kernels have
-it). Each of the forward, dQ-pass and dK/dV-pass configs is compiled once per variant. Then the Gluon forward for
-Hopper (kernels/attention_fwd_hopper.py), where the installed Triton has Gluon: D = 64 and 128, causal or not, heads
-in rows and in columns.
+it). Each of the forward, dQ-pass and dK/dV-pass configs is compiled once per variant, the dQ pass's again as
+the packed backward runs it at head dims up to 64 (dqp: key tiles through tensor descriptors). Then the Gluon
+forward for Hopper (kernels/attention_fwd_hopper.py), where the installed Triton has Gluon: D = 64 and 128, causal
+or not, heads in rows and in columns.
 """
 
 import os
@@ -31,7 +32,7 @@ from triton.runtime.driver import driver
 VARIANTS = [(64, True, 0.0, False), (64, False, 0.0, False), (128, True, 0.1, False), (64, True, 0.0, True),
             (48, False, 0.1, False), (64, False, 0.1, False), (128, False, 0.0, False)]
 DUMP = Path(tempfile.mkdtemp(prefix="compile_check_"))  # each compiled kernel's PTX, for ptxas' verdict
-KERNELS = {"fwd": "attn_fwd", "dq": "attn_bwd_dq", "kv": "attn_bwd_kv"}
+KERNELS = {"fwd": "attn_fwd", "dq": "attn_bwd_dq", "dqp": "attn_bwd_dq", "kv": "attn_bwd_kv"}
 
 
 def serialised(kernel: str) -> str | None:
@@ -59,6 +60,11 @@ def compile_variant(A, D: int, causal: bool, p: float, sparse: bool) -> tuple[in
     launches = {"fwd": (A._fwd, lambda: A._launch_fwd(q, k, v, keys, mask, causal, p, 0.125)),
                 "dq": (A._bwd_dq, lambda: A._launch_bwd(do, q, k, v, o, lse, keys, mask, causal, p, 0.125, True)),
                 "kv": (A._bwd_kv, lambda: A._launch_bwd(do, q, k, v, o, lse, keys, mask, causal, p, 0.125, False))}
+    if args["HEAD_D"] <= A._DQ_DESCRIPTOR_MAX_HEAD_D:  # the packed op's dQ pass: key tiles through descriptors
+        qkv = torch.randn(B, N, 3, H, D, dtype=torch.bfloat16)
+        launches["dqp"] = (A._bwd_dq, lambda: A._launch_bwd(do, *A._unpack(qkv), o, lse, keys, mask, causal, p, 0.125,
+                                                            True, dqkv=torch.empty_like(qkv),
+                                                            launch=A._launch_directly))
     every = {tuned: tuned.configs for tuned, _ in launches.values()}
     fitting = {tuned: tuned.early_config_prune(configs, args) for tuned, configs in every.items()}
     compiled = failed = 0

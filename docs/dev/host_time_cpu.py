@@ -98,6 +98,12 @@ def main() -> None:
         views = lambda: A.flash_attention(*(t.transpose(1, 2) for t in qkv.unbind(2)), causal=True)
         timed["fwd+bwd qkv views"] = best_us(lambda: views().backward(do_packed))
         timed["fwd+bwd packed"] = best_us(lambda: A.flash_attention_qkvpacked(qkv, causal=True).backward(do_packed))
+    if hasattr(A, "block_sparse_attention"):  # a local window of two 64-token blocks, the layout on the CPU
+        from kernels.sparsity_patterns import build_layout
+        layout = build_layout("local", 128, 64, window=128)
+        sparse = lambda: A.block_sparse_attention(q, k, v, layout, causal=True, block_size=64)
+        timed["fwd+bwd block-sparse"] = best_us(lambda: sparse().backward(do))
+        timed["  of it, the mask"] = best_us(lambda: A.block_masks.create_block_mask(layout, 128, 64, True, "cpu"))
     for name, us in timed.items():
         print(f"{name:20s} {us:7.1f} us")
     if "--profile" in sys.argv:

@@ -377,12 +377,21 @@ def plan(quick: bool, seqs=None, head_dims=(64, 128), causals=(True, False), dro
     return {**sizes, "head_dims": tuple(head_dims), "causals": tuple(causals), "dropouts": tuple(dropouts)}
 
 
+def heads_conflict(results: str | Path, heads: int) -> str | None:
+    """Why rows with `heads` heads cannot join results.json (it holds rows with another head count), or None."""
+    other = {r["H"] for r in load(results)[1] if r.get("H")} - {heads}
+    if other:
+        return f"{results} holds rows with {', '.join(map(str, sorted(other)))} heads, not {heads}: write another --out"
+    return None
+
+
 def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_PROVIDERS, append: bool = False,
           env: dict | None = None, baseline: str | Path | None = None, storage: str = "bhnd",
-          sustain: float = 0.0) -> list[dict]:
+          sustain: float = 0.0, heads: int = 12) -> list[dict]:
     """Measure `part` ("dense", "sparse", "host" or "all": dense, sparse and, where sizes ask, host) at `sizes`
-    (plan()) into out_dir: results.json grows row by row, so a run stopped at a time limit keeps what it measured;
-    with append, rows of an earlier run stay unless re-measured. With a baseline checkout, its kernels run beside
+    (plan()) with `heads` heads into out_dir: results.json grows row by row, so a run stopped at a time limit keeps
+    what it measured; with append, rows of an earlier run stay unless re-measured (an earlier run with another head
+    count is refused: its rows would share the tables' cells). With a baseline checkout, its kernels run beside
     ours (load_baseline); with `sustain` seconds, each dense graph is also replayed that long (fwd_bwd_sustained).
     Writes results.md and the plots at the end; returns all rows."""
     sparse_providers = SPARSE_PROVIDERS
@@ -390,6 +399,8 @@ def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_P
         dense, sparse = load_baseline(baseline)
         providers, sparse_providers = (*providers, dense), (*SPARSE_PROVIDERS, sparse)
     results = Path(out_dir) / "results.json"
+    if append and (conflict := heads_conflict(results, heads)):
+        raise ValueError(conflict)
     earlier = load(results)[1] if append else []
     env = env or environment()
     rows: list[dict] = []
@@ -400,10 +411,10 @@ def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_P
 
     if part in ("dense", "all"):
         run_dense(sizes["seqs"], sizes["head_dims"], sizes["causals"], sizes["dropouts"], tuple(providers),
-                  on_row=keep, storage=storage, sustain=sustain)
+                  heads=heads, on_row=keep, storage=storage, sustain=sustain)
     if part in ("sparse", "all"):
         run_sparse(sizes["sparse_seqs"], windows=sizes["windows"], density_seq=sizes["density_seq"],
-                   providers=sparse_providers, on_row=keep)
+                   providers=sparse_providers, heads=heads, on_row=keep)
     if part == "host" or (part == "all" and sizes["host"]):
         run_host(tuple(providers), sizes["causals"], sizes["dropouts"], on_row=keep)
     rows = merge_rows(earlier, rows)

@@ -15,6 +15,8 @@ and how: reporting/attention_bench.py; the results' schema and tables: reporting
     python scripts/bench_attention.py --part host --causal yes --dropout 0 --out DIR --append   # about a minute
     # q, k, v as the model passes them: one packed projection, whole to ours, as views to the others:
     python scripts/bench_attention.py --part dense --storage packed --causal yes --dropout 0 --out DIR
+    # GPT-2 small's width (768) at head dim 128: 6 heads
+    python scripts/bench_attention.py --part dense --head-dims 128 --heads 6 --dropout 0 --out DIR
     # sustained, as training runs them: each fwd+bwd graph also replayed 3 s, with the SM clock and power
     python scripts/bench_attention.py --quick --part dense --sustain 3 --out DIR
     # ours against another checkout's kernels (e.g. main), in one process:
@@ -47,6 +49,8 @@ def main(argv=None) -> list[dict]:
     ap.add_argument("--windows", type=int, nargs="+",
                     help="local windows of the block-sparse sweep over N (default 256; a density sweep at 8K follows)")
     ap.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    ap.add_argument("--heads", type=int, default=12,
+                    help="heads per batch (12; GPT-2 small's width at D = 128 is 6)")
     ap.add_argument("--causal", choices=("yes", "no", "both"), default="both")
     ap.add_argument("--dropout", type=float, nargs="+", default=[0.0, 0.1])
     ap.add_argument("--providers", nargs="+", default=list(DENSE_PROVIDERS), choices=DENSE_PROVIDERS)
@@ -67,8 +71,10 @@ def main(argv=None) -> list[dict]:
     sizes = attention_bench.plan(args.quick, args.seqs, args.head_dims, causals, args.dropout, args.windows)
     if args.sustain < 0:
         ap.error(f"--sustain {args.sustain}: seconds, 0 (off) or more")
+    if args.append and (conflict := attention_bench.heads_conflict(Path(args.out) / "results.json", args.heads)):
+        ap.error(f"--append: {conflict}")
     rows = attention_bench.sweep(args.out, sizes, args.part, args.providers, args.append, baseline=args.baseline,
-                                 storage=args.storage, sustain=args.sustain)
+                                 storage=args.storage, sustain=args.sustain, heads=args.heads)
     print((Path(args.out) / "results.md").read_text())
     return rows
 

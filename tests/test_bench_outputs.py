@@ -107,6 +107,28 @@ def test_results_json_grows_row_by_row(tmp_path, monkeypatch):
     assert (tmp_path / "dense.png").stat().st_size > 1000
 
 
+def test_heads_reach_the_sweep_and_another_head_count_is_not_appended(tmp_path, monkeypatch, capsys):
+    seen = []
+
+    def record(*args, heads=12, on_row=None, **kwargs):
+        seen.append(heads)
+        on_row(fake_rows(1)[0])  # 12 heads
+
+    cli = load_script("bench_attention")
+    monkeypatch.setattr(cli.torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(attention_bench, "environment", lambda: {"gpu": "test GPU", "torch": "x", "triton": "y"})
+    monkeypatch.setattr(attention_bench, "run_dense", record)
+    cli.main(["--out", str(tmp_path), "--part", "dense", "--quick"])
+    cli.main(["--out", str(tmp_path / "d128"), "--part", "dense", "--quick", "--heads", "6"])
+    assert seen == [12, 6]
+    with pytest.raises(SystemExit):
+        cli.main(["--out", str(tmp_path), "--part", "dense", "--quick", "--heads", "6", "--append"])
+    assert "holds rows with 12 heads, not 6: write another --out" in capsys.readouterr().err
+    assert seen == [12, 6]  # refused before anything ran
+    with pytest.raises(ValueError, match="12 heads, not 6"):
+        attention_bench.sweep(tmp_path, attention_bench.QUICK, "dense", append=True, heads=6)
+
+
 def test_sustained_rows_render_their_clock_and_the_cli_passes_the_seconds(tmp_path, monkeypatch):
     from reporting.sustained import parse
 

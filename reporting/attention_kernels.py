@@ -113,6 +113,7 @@ def plot(rows: list[dict], path, title: str) -> None:
         bottom = [b + m for b, m in zip(bottom, ms, strict=True)]
     ax.set_xticks(range(len(rows)), labels, fontsize=7)
     ax.set_ylabel("GPU ms per forward+backward")
+    ax.set_ylim(0, 1.05 * max(bottom))
     ax.set_title(title, fontsize=8)
     ax.legend(fontsize=7)
     fig.tight_layout()

@@ -147,20 +147,20 @@ def _kv_tiles(dk, dv, k, v, Q, DO, DQ_ACC, LSE, Delta, stride_qn, stride_don, st
         if DROPOUT:
             row_a, row_b = row_keys(KEYS, bh, offs_m, N, MASK)
             keepT = keep_factor(dropout_keep(row_a[None, :], row_b[None, :], col[:, None], threshold))
-        pT = tl.math.exp2(sT * (qk_scale * 0.5) - lse[None, :])
+        pT = tl.math.exp2(sT * qk_scale - lse[None, :])
         if MASK:
             pT = tl.where(tl.trans(tile_keep(offs_m, offs_n, N, CAUSAL)), pT, 0.0)
         do = load_tile(DO, offs_m, stride_don, offs_d, N, D, MASK, EVEN_D)
         dpT = tl.dot(v, tl.trans(do))
         if DROPOUT:
             dv = tl.dot((pT * keepT).to(do.dtype), do, dv)
-            dsT = (pT * (dpT * keepT * (0.5 / (1.0 - dropout_p)) - delta[None, :])).to(qT.dtype)
+            dsT = (pT * (dpT * keepT * (1.0 / (1.0 - dropout_p)) - delta[None, :])).to(qT.dtype)
         else:
             dv = tl.dot(pT.to(do.dtype), do, dv)
-            dsT = (pT * (dpT * 0.5 - delta[None, :])).to(qT.dtype)
+            dsT = (pT * (dpT - delta[None, :])).to(qT.dtype)
         dk = tl.dot(dsT, tl.trans(qT), dk)
         if DQ_ATOMIC:
-            dq = tl.dot(tl.trans(dsT), k) * (sm_scale * 0.5)
+            dq = tl.dot(tl.trans(dsT), k) * sm_scale
             dq_ptrs = DQ_ACC + offs_m[:, None] * stride_an + offs_d[None, :]
             if MASK or not EVEN_D:
                 tl.atomic_add(dq_ptrs, dq, mask=(offs_m[:, None] < N) & (offs_d[None, :] < D), sem="relaxed")
@@ -194,10 +194,8 @@ def attn_bwd_kv(Q, K, V, DO, DK, DV, DQ_ACC, LSE, Delta, KEYS,
     offs_n = start_n * BLOCK_N + tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, HEAD_D)
     col = own_column_key(KEYS, bh, offs_n, N, DROPOUT)
-    # K and V doubled (exact), halved back in the scales of S^T, dP^T and dQ: a computed operand is read into
-    # registers for the score products, where a loaded one stays in shared memory beside the streamed tile
-    k = load_tile(K, offs_n, stride_n, offs_d, N, D, True, EVEN_D) * 2.0
-    v = load_tile(V, offs_n, stride_n, offs_d, N, D, True, EVEN_D) * 2.0
+    k = load_tile(K, offs_n, stride_n, offs_d, N, D, True, EVEN_D)
+    v = load_tile(V, offs_n, stride_n, offs_d, N, D, True, EVEN_D)
     dk = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, HEAD_D], dtype=tl.float32)
     part_lo, part_hi, part_ptr, full_lo, full_hi, full_ptr, tail_lo, tail_hi = _query_tile_ranges(

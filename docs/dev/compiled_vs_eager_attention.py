@@ -5,29 +5,51 @@ attention kernels ran slower than the eager one's (docs/dev/kernel-notes.md, ele
 code for the compiled calls of ours to OUT/compiled_<provider>_code.py. flash_packed: the projection handed whole to
 flash_attention_qkvpacked, as the model does since the twelfth session (its backward writes the packed gradient).
 
-    python docs/dev/compiled_vs_eager_attention.py [OUT]
+    python docs/dev/compiled_vs_eager_attention.py --out OUT                        # B = 4, N = 4096
+    python docs/dev/compiled_vs_eager_attention.py --batch 16 --seq 1024 --out OUT
+
+Also times the forward alone (the kernel Inductor launches itself: the triton_op's traced body) and prints the
+configs Inductor's autotuning chose for our kernels in this run (its cache's .best_config files).
 """
 
+import argparse
+import json
 import sys
+import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 import triton
+from torch._inductor.runtime.cache_dir_utils import cache_dir
 from torch._inductor.utils import run_and_get_code
 
 sys.path.insert(0, str(Path.cwd()))
 from kernels import flash_attention, flash_attention_qkvpacked  # noqa: E402 (from the checkout's root)
 
-B, N, H, D = 4, 4096, 12, 64
+H, D = 12, 64
 
 
-def layer(attend, packed: bool = False):
+def layer(attend, B, N, packed: bool = False):
     def f(x):
         qkv = x.view(B, N, 3, H, D)
         o = attend(qkv) if packed else attend(*(t.transpose(1, 2) for t in qkv.unbind(2)))
         return o.transpose(1, 2).reshape(B, N, H * D)
     return f
+
+
+def fwd_ms(f, x) -> float:
+    with torch.no_grad():
+        for _ in range(3):
+            f(x)
+        torch.cuda.synchronize()
+        return triton.testing.do_bench(lambda: f(x), warmup=50, rep=300)
+
+
+def chosen_configs(since: float) -> list[str]:
+    """Inductor's autotuning choices written since `since` (one .best_config file per tuned kernel)."""
+    return [f"{p.parent.name}/{p.name}: {json.loads(p.read_text())}" for p in Path(cache_dir()).rglob("*.best_config")
+            if p.stat().st_mtime >= since]
 
 
 def fwd_bwd_ms(f, x, do) -> float:
@@ -39,7 +61,12 @@ def fwd_bwd_ms(f, x, do) -> float:
 
 
 def main() -> None:
-    out = Path(sys.argv[1]) if len(sys.argv) > 1 else Path(".")
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--batch", type=int, default=4)
+    p.add_argument("--seq", type=int, default=4096)
+    p.add_argument("--out", type=Path, default=Path("."))
+    args = p.parse_args()
+    B, N, out = args.batch, args.seq, args.out
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)
     x = torch.randn(B, N, 3 * H * D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -47,18 +74,20 @@ def main() -> None:
     attends = {"flash": lambda q, k, v: flash_attention(q, k, v, causal=True),
                "flash_packed": lambda qkv: flash_attention_qkvpacked(qkv, causal=True),
                "cudnn": lambda q, k, v: F.scaled_dot_product_attention(q, k, v, is_causal=True)}
-    layers = {name: layer(a, packed=name == "flash_packed") for name, a in attends.items()}
+    layers = {name: layer(a, B, N, packed=name == "flash_packed") for name, a in attends.items()}
     compiled = {name: torch.compile(f) for name, f in layers.items()}
+    start = time.time()
     for name in ("flash", "flash_packed"):
         _, code = run_and_get_code(lambda name=name: torch.autograd.grad(compiled[name](x), x, do))
         (out / f"compiled_{name}_code.py").write_text("\n\n# ----- next graph -----\n\n".join(code))
+    print("Inductor's choices:", *chosen_configs(start) or ["none found"], sep="\n  ")
     for round_ in range(2):  # twice, the order reversed: clocks drift as the GPU heats
         names = list(attends) if round_ == 0 else list(attends)[::-1]
         for name in names:
-            eager = fwd_bwd_ms(layers[name], x, do)
-            comp = fwd_bwd_ms(compiled[name], x, do)
-            print(f"round {round_} {name}: eager {eager:.3f} ms, compiled {comp:.3f} ms "
-                  f"(compiled / eager {comp / eager:.3f})", flush=True)
+            eager, comp = fwd_bwd_ms(layers[name], x, do), fwd_bwd_ms(compiled[name], x, do)
+            eager_f, comp_f = fwd_ms(layers[name], x), fwd_ms(compiled[name], x)
+            print(f"round {round_} {name}: fwd+bwd eager {eager:.3f} ms, compiled {comp:.3f} ({comp / eager:.3f}); "
+                  f"fwd eager {eager_f:.3f}, compiled {comp_f:.3f} ({comp_f / eager_f:.3f})", flush=True)
 
 
 if __name__ == "__main__":

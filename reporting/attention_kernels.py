@@ -9,12 +9,19 @@ backward is one pass of 5. A provider that runs more products at a higher rate c
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import torch
 from torch.profiler import ProfilerActivity, profile
 
 from model.attention import causal_density
 
 from .attention_bench import PACKED_PROVIDERS, fwd_flops, provider, timed_call
+from .environment import one_line
+
+PROVIDERS = ("flash", "sdpa_cudnn", "sdpa_flash")  # those whose kernels KERNEL_ROLES names
+TOKENS = 16384  # per batch: B = TOKENS / N, as in the benchmark
 
 # (name fragment, role, products of N x N x D). The first fragment a kernel's name contains decides; the dK/dV pass
 # runs 5 products when no dQ pass ran (the single pass), else 4. Every other kernel (preprocess, dQ conversion,
@@ -68,6 +75,31 @@ def breakdown(name: str, B: int, H: int, N: int, D: int, causal: bool, dropout: 
     products = sum(k["products"] for k in kernels)
     return dict(provider=name, B=B, H=H, N=N, D=D, causal=causal, dropout=dropout, storage=storage, ms=total,
                 products=products, tflops=products * product_flops / (total * 1e9), kernels=kernels)
+
+
+def sweep(providers, seqs, head_dims=(64,), heads: int = 12, causals=(True,), dropouts=(0.0,),
+          storage: str = "packed", iters: int = 20, log=print) -> list[dict]:
+    """breakdown() of each provider at each shape, TOKENS tokens per batch."""
+    rows = []
+    for D in head_dims:
+        for causal in causals:
+            for dropout in dropouts:
+                for N in seqs:
+                    for name in providers:
+                        rows.append(breakdown(name, max(1, TOKENS // N), heads, N, D, causal, dropout, storage, iters))
+                        log(f"{name} N={N} D={D} causal={causal} p={dropout:g}: {rows[-1]['ms']:.3f} ms")
+    return rows
+
+
+def write(rows: list[dict], out: Path, env: dict, args: dict) -> str:
+    """out/attention_kernels.{json,md,png}, stamped with env (GPU, versions, commit, date); returns the Markdown."""
+    title = f"Attention kernels per forward+backward (bf16, {args['storage']} q, k, v); {one_line(env)}"
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "attention_kernels.json").write_text(json.dumps({"env": env, "args": args, "rows": rows}, indent=1))
+    text = markdown(rows, f"# {title}")
+    (out / "attention_kernels.md").write_text(text + "\n![GPU time by role](attention_kernels.png)\n")
+    plot(rows, out / "attention_kernels.png", title)
+    return text
 
 
 def shape_title(row: dict) -> str:

@@ -12,16 +12,13 @@ packed as the model passes them. Needs a CUDA GPU.
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
 
-from reporting.attention_kernels import breakdown, markdown, plot
-from reporting.environment import environment, one_line
-
-PROVIDERS = ("flash", "sdpa_cudnn", "sdpa_flash")
+from reporting.attention_kernels import PROVIDERS, sweep, write
+from reporting.environment import environment
 
 
 def main(argv=None) -> list[dict]:
@@ -39,25 +36,9 @@ def main(argv=None) -> list[dict]:
     if not torch.cuda.is_available():
         sys.exit("profile_attention_kernels.py needs a CUDA GPU")
     causals = {"yes": (True,), "no": (False,), "both": (True, False)}[args.causal]
-    rows = []
-    for D in args.head_dims:
-        for causal in causals:
-            for dropout in args.dropout:
-                for N in args.seqs:
-                    for name in args.providers:
-                        rows.append(breakdown(name, max(1, 16384 // N), args.heads, N, D, causal, dropout,
-                                              args.storage, args.iters))
-                        print(f"{name} N={N} D={D} causal={causal} p={dropout:g}: {rows[-1]['ms']:.3f} ms",
-                              flush=True)
-    env = environment()
-    title = f"Attention kernels per forward+backward (bf16, {args.storage} q, k, v); {one_line(env)}"
-    args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "attention_kernels.json").write_text(json.dumps(
-        {"env": env, "args": vars(args) | {"out": str(args.out)}, "rows": rows}, indent=1))
-    text = markdown(rows, f"# {title}")
-    (args.out / "attention_kernels.md").write_text(text + "\n![GPU time by role](attention_kernels.png)\n")
-    plot(rows, args.out / "attention_kernels.png", title)
-    print(text)
+    rows = sweep(args.providers, args.seqs, args.head_dims, args.heads, causals, args.dropout, args.storage,
+                 args.iters, log=lambda line: print(line, flush=True))
+    print(write(rows, args.out, environment(), vars(args) | {"out": str(args.out)}))
     return rows
 
 

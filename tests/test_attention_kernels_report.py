@@ -8,7 +8,7 @@ import torch
 from script_loader import load_script
 
 from reporting import attention_kernels
-from reporting.attention_kernels import markdown, plot, role
+from reporting.attention_kernels import markdown, role, write
 
 CUDNN_FPROP = "cudnn_generated_fort_native_sdpa_sm90_flash_fprop_wgmma_f16_knob_7_64x"
 CUDNN_BPROP = "cudnn_generated_fort_native_sdpa_sm90_flash_bprop_wgmma_f16_knob_26_64"
@@ -32,7 +32,7 @@ def fake_row(name, ms, kernels):
                 products=sum(k["products"] for k in kernels), tflops=400.0, kernels=kernels)
 
 
-def test_tables_give_each_providers_total_ratio_and_kernels_and_the_plot_renders(tmp_path):
+def test_tables_give_each_providers_total_ratio_and_kernels_and_the_outputs_are_stamped(tmp_path):
     ours = fake_row("flash", 3.6, [
         dict(name="attn_bwd_kv", role="backward: dK/dV pass", products=4, ms=1.6, launches=1, tflops=560.0),
         dict(name="attn_bwd_dq", role="backward: dQ pass", products=3, ms=1.05, launches=1, tflops=550.0),
@@ -46,8 +46,12 @@ def test_tables_give_each_providers_total_ratio_and_kernels_and_the_plot_renders
     assert "| sdpa_cudnn | 3.240 | 0.90× | 7 | 400 |" in text and "| flash | 3.600 | 1.00× | 9 | 400 |" in text
     assert "| `attn_bwd_dq` | backward: dQ pass | 1.050 | 1 | 3 | 550 |" in text
     assert "| `convert_dq` | other | 0.020 | 1 | 0 | – |" in text
-    plot([ours, cudnn], tmp_path / "k.png", "title")
-    assert (tmp_path / "k.png").stat().st_size > 0
+    env = {"gpu": "test GPU", "torch": "x", "triton": "y", "git_commit": "abc1234def", "git_dirty": False}
+    text = write([ours, cudnn], tmp_path / "out", env, {"storage": "packed"})
+    assert text.startswith("# Attention kernels per forward+backward (bf16, packed q, k, v); test GPU") and "abc1234" in text
+    saved = json.loads((tmp_path / "out" / "attention_kernels.json").read_text())
+    assert saved["env"] == env and [r["provider"] for r in saved["rows"]] == ["flash", "sdpa_cudnn"]
+    assert (tmp_path / "out" / "attention_kernels.png").stat().st_size > 0
 
 
 def test_the_cli_needs_a_gpu(tmp_path, monkeypatch):

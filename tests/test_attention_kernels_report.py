@@ -62,12 +62,20 @@ def test_the_cli_needs_a_gpu(tmp_path, monkeypatch):
         cli.main(["--out", str(tmp_path)])
 
 
+needs_gpu = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.profiler's kernels)")
+
+
 @pytest.mark.gpu
-@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (torch.profiler's CUDA kernels)")
+@needs_gpu
 @pytest.mark.parametrize("dropout, products", [(0.0, 2 + 3 + 4), (0.1, 2 + 5)])
-def test_our_passes_are_found_and_counted_on_a_gpu(tmp_path, dropout, products):
+def test_our_passes_are_found_and_counted_on_a_gpu(dropout, products):
     row = attention_kernels.breakdown("flash", 2, 2, 512, 64, True, dropout, iters=2)
     assert row["products"] == products and row["ms"] > 0 and row["tflops"] > 0
+
+
+@pytest.mark.gpu
+@needs_gpu
+def test_the_cli_profiles_ours_and_cudnn_on_a_gpu(tmp_path):
     cli = load_script("profile_attention_kernels")
     cli.main(["--seqs", "512", "--heads", "2", "--iters", "2", "--out", str(tmp_path)])
     saved = json.loads((tmp_path / "attention_kernels.json").read_text())

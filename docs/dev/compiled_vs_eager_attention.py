@@ -9,7 +9,8 @@ flash_attention_qkvpacked, as the model does since the twelfth session (its back
     python docs/dev/compiled_vs_eager_attention.py --batch 16 --seq 1024 --out OUT
 
 Also times the forward alone (the kernel Inductor launches itself: the triton_op's traced body) and prints the
-configs Inductor's autotuning chose for our kernels in this run (its cache's .best_config files).
+configs Inductor's autotuning chose for our kernels in this run (its cache's .best_config files), then the ones our
+own autotuner chose for the eager calls (and for the packed op's calls, which it launches itself, compiled or not).
 """
 
 import argparse
@@ -25,7 +26,7 @@ from torch._inductor.runtime.cache_dir_utils import cache_dir
 from torch._inductor.utils import run_and_get_code
 
 sys.path.insert(0, str(Path.cwd()))
-from kernels import flash_attention, flash_attention_qkvpacked  # noqa: E402 (from the checkout's root)
+from kernels import attention, flash_attention, flash_attention_qkvpacked  # noqa: E402 (from the checkout's root)
 
 H, D = 12, 64
 
@@ -88,6 +89,10 @@ def main() -> None:
             eager_f, comp_f = fwd_ms(layers[name], x), fwd_ms(compiled[name], x)
             print(f"round {round_} {name}: fwd+bwd eager {eager:.3f} ms, compiled {comp:.3f} ({comp / eager:.3f}); "
                   f"fwd eager {eager_f:.3f}, compiled {comp_f:.3f} ({comp_f / eager_f:.3f})", flush=True)
+    print("Our autotuner's choices (key: config):")
+    for name in ("_fwd", "_bwd_dq", "_bwd_kv"):
+        for key, config in getattr(attention, name).cache.items():
+            print(f"  {name} {key}: {config}")
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@ the Gluon routing turned off (attention_fwd_hopper.ENABLED).
     python docs/dev/gluon_attention_hopper.py                  # a Hopper GPU, triton 3.6 (triton.experimental.gluon)
     python docs/dev/gluon_attention_hopper.py --compile-only   # no GPU: compile every kernel for sm_90 (faked
                                                                # driver): registers, spills, waits, serialisation
+    python docs/dev/gluon_attention_hopper.py --forward 64:1024:causal 64:2048:causal   # forwards of these shapes
 
 History in docs/dev/kernel-notes.md (sixth and seventh sessions): the first prototypes (no warp specialisation) ran
 at 0.53x cuDNN; the warp-specialised forward at 1.03-1.15x cuDNN at D = 128. A ping-pong schedule between the
@@ -126,10 +127,19 @@ def check_backward(D: int, N: int, causal: bool) -> str:
             ", ".join(f"{k} {v:.3f}" for k, v in times.items()))
 
 
+def _shape(text: str) -> tuple[int, int, bool]:
+    """'D:N:causal' or 'D:N:full'."""
+    D, N, mask = text.split(":")
+    return int(D), int(N), mask == "causal"
+
+
 def main() -> None:
     """Every forward first, then forward+backward (a hang in a new kernel then costs only what follows it)."""
     shapes = [(64, 4096, True), (64, 16384, True), (128, 16384, True), (128, 16384, False), (64, 4096, False)]
-    for check in (check_forward, check_backward):
+    checks = (check_forward, check_backward)
+    if "--forward" in sys.argv:
+        shapes, checks = [_shape(s) for s in sys.argv[sys.argv.index("--forward") + 1:]], (check_forward,)
+    for check in checks:
         for D, N, causal in shapes:
             try:
                 print(check(D, N, causal), flush=True)

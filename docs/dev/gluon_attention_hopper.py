@@ -130,6 +130,8 @@ def check_backward(D: int, N: int, causal: bool) -> str:
 def _shape(text: str) -> tuple[int, int, bool]:
     """'D:N:causal' or 'D:N:full'."""
     D, N, mask = text.split(":")
+    if mask not in ("causal", "full"):
+        raise SystemExit(f"--forward takes D:N:causal or D:N:full, got {text!r}")
     return int(D), int(N), mask == "causal"
 
 

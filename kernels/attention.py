@@ -167,10 +167,13 @@ def _mask_args(mask: BlockMask | None, by_key: bool, device: torch.device) -> tu
             index.stride(1))
 
 
-# Causal launches from this N bucket on start the costliest tiles first across heads (program_tile's LPT). Below
-# it the many short heads keep their tiles side by side, sharing each head's K and V in L2. (A guess between the
-# scheduling model's gain and the L2 traffic: docs/dev/kernel-notes.md; measure before moving it.)
+# Causal launches from this N bucket on start the costliest tiles of every head first (program_tile's LPT). Below
+# it, with many short heads, every head's K and V live at once cost L2 traffic (1K: 5 % slower than the grid order;
+# docs/dev/kernel-notes.md, fourth session): there the order takes heads in groups of _LPT_SHORT_ROW_HEADS, each
+# group's costliest tiles first, or keeps the grid order (a head's tiles side by side) when it is 0.
 _LPT_MIN_N_BUCKET = 4096
+_LPT_SHORT_ROW_HEADS = 0
+_LPT_ALL_HEADS = 1 << 30  # program_tile's group size that stands for every head
 # The single pass adds dQ into the fp32 accumulators of the heads its programs run. With LPT's order (heads fastest)
 # every head's is written at once (50 MB at 16K tokens and 12 heads, the H200's L2); from this N bucket on its
 # dK/dV launch runs head-major (tiles fastest; a key-tile pass's first tiles are its costliest anyway), which keeps
@@ -189,7 +192,14 @@ def _common(q, causal, dropout_p, mask):
     n_bucket = triton.next_power_of_2(N)
     return dict(H=H, N=N, N_BUCKET=n_bucket, dropout_p=dropout_p, D=D, HEAD_D=max(16, triton.next_power_of_2(D)),
                 CAUSAL=causal, SPARSE_BLOCK=mask.block_size if mask is not None else 0, DROPOUT=dropout_p > 0,
-                LPT=causal and n_bucket >= _LPT_MIN_N_BUCKET)
+                LPT=_lpt(causal, n_bucket))
+
+
+def _lpt(causal: bool, n_bucket: int) -> int:
+    """program_tile's LPT: the head-group size of the costliest-first order, or 0 for the grid order."""
+    if not causal:
+        return 0
+    return _LPT_ALL_HEADS if n_bucket >= _LPT_MIN_N_BUCKET else _LPT_SHORT_ROW_HEADS
 
 
 def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):
@@ -268,7 +278,7 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
     common = dict(qk_scale=scale * LOG2E, sm_scale=scale, **_common(q, causal, dropout_p, mask))
     kv_common = common
     if single_pass and common["N_BUCKET"] >= _SINGLE_PASS_HEAD_MAJOR_N_BUCKET:
-        kv_common = {**common, "LPT": False}
+        kv_common = {**common, "LPT": 0}
     grid_m, grid_n = _grid(N, B * H, common["LPT"], "BLOCK_M"), _grid(N, B * H, kv_common["LPT"], "BLOCK_N")
     if single_pass:  # delta and a zeroed fp32 dQ accumulator, then one pass that adds into it
         dq_acc = _empty_bhnd(q, torch.float32)

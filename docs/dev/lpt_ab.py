@@ -1,39 +1,67 @@
-"""The costliest-first causal order (kernels/attention.py, _LPT_MIN_N_BUCKET) forced off and on, on a GPU: causal
-D = 64 forward and forward+backward at 16K tokens, CUDA-graph replays (triton.testing.do_bench_cudagraph).
+"""The costliest-first causal order (kernels/attention.py: _LPT_MIN_N_BUCKET, _LPT_SHORT_ROW_HEADS; program_tile)
+against the grid order, on a GPU: causal D = 64, 16K tokens, the model's packed projection
+(flash_attention_qkvpacked), forward and forward+backward, CUDA-graph replays (triton.testing.do_bench_cudagraph),
+cuDNN on the same tensors beside. Orders: `grid` (a head's tiles side by side), `G<n>` (groups of n heads, each
+group's costliest tiles first), `all` (every head's costliest tiles first). Two rounds, the second in reverse.
 
-    python docs/dev/lpt_ab.py      # from a checkout's root
+    python docs/dev/lpt_ab.py                                      # from a checkout's root
+    python docs/dev/lpt_ab.py --seqs 1024 2048 --groups 8 16 32 64
 """
 
+import argparse
 import sys
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path.cwd()))
-from kernels import attention, flash_attention  # noqa: E402
+from kernels import attention, flash_attention_qkvpacked  # noqa: E402
+
+H, D = 12, 64
 
 
-def times(q, k, v, do) -> tuple[float, float]:
+def set_order(order: str) -> None:
+    attention._LPT_MIN_N_BUCKET = 1 if order == "all" else 1 << 40
+    attention._LPT_SHORT_ROW_HEADS = int(order[1:]) if order.startswith("G") else 0
+
+
+def times(attend, qkv, do) -> tuple[float, float]:
     """(forward ms, forward+backward ms)."""
-    fwd = lambda: flash_attention(q, k, v, causal=True)
-    fwd_bwd = lambda: torch.autograd.grad(flash_attention(q, k, v, causal=True), (q, k, v), do)
+    fwd_bwd = lambda: torch.autograd.grad(attend(qkv), qkv, do)
     fwd_bwd()
     torch.cuda.synchronize()
-    return triton.testing.do_bench_cudagraph(fwd), triton.testing.do_bench_cudagraph(fwd_bwd)
+    return triton.testing.do_bench_cudagraph(lambda: attend(qkv)), triton.testing.do_bench_cudagraph(fwd_bwd)
+
+
+def cudnn(qkv):
+    q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+    with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
 def main() -> None:
-    for N in (1024, 2048, 4096, 16384):
-        B, H, D = 16384 // N, 12, 64
-        q, k, v = (torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16, requires_grad=True) for _ in range(3))
-        do = torch.randn_like(q)
-        attention._LPT_MIN_N_BUCKET = 1 << 40
-        a = times(q, k, v, do)
-        attention._LPT_MIN_N_BUCKET = 1
-        b = times(q, k, v, do)
-        print(f"N={N:5d} fwd {a[0]:.3f} -> {b[0]:.3f} ms ({a[0] / b[0]:.3f}x)   fwd+bwd {a[1]:.3f} -> {b[1]:.3f} ms "
-              f"({a[1] / b[1]:.3f}x)", flush=True)
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seqs", type=int, nargs="+", default=[1024, 2048, 4096, 16384])
+    p.add_argument("--groups", type=int, nargs="*", default=[], help="head-group sizes to time beside grid and all")
+    args = p.parse_args()
+    orders = ["grid", *(f"G{g}" for g in args.groups), "all"]
+    flash = lambda qkv: flash_attention_qkvpacked(qkv, causal=True)
+    for N in args.seqs:
+        B = 16384 // N
+        qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        do = torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
+        for round_ in range(2):
+            results = {}
+            for order in orders if round_ == 0 else orders[::-1]:
+                set_order(order)
+                results[order] = times(flash, qkv, do)
+            base, ref = results["grid"], times(cudnn, qkv, do)
+            print(f"N={N:5d} round {round_}: cuDNN fwd {ref[0]:.4f} fwd+bwd {ref[1]:.4f} ms; " + "; ".join(
+                f"{o} fwd {f:.4f} ({base[0] / f:.3f}x, cuDNN {ref[0] / f:.3f}x) fwd+bwd {fb:.4f} ({base[1] / fb:.3f}x, "
+                f"cuDNN {ref[1] / fb:.3f}x)" for o, (f, fb) in results.items()), flush=True)
 
 
 if __name__ == "__main__":

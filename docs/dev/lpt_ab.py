@@ -2,7 +2,7 @@
 against the grid order, on a GPU: causal D = 64, 16K tokens, the model's packed projection
 (flash_attention_qkvpacked), forward and forward+backward, CUDA-graph replays (triton.testing.do_bench_cudagraph),
 cuDNN on the same tensors beside. Orders: `grid` (a head's tiles side by side), `G<n>` (groups of n heads, each
-group's costliest tiles first), `all` (every head's costliest tiles first). Two rounds, the second in reverse.
+group's costliest tiles first), `all` (every head's costliest tiles first). Rounds alternate the orders' sequence.
 
     python docs/dev/lpt_ab.py                                      # from a checkout's root
     python docs/dev/lpt_ab.py --seqs 1024 2048 --groups 8 16 32 64
@@ -46,6 +46,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seqs", type=int, nargs="+", default=[1024, 2048, 4096, 16384])
     p.add_argument("--groups", type=int, nargs="*", default=[], help="head-group sizes to time beside grid and all")
+    p.add_argument("--rounds", type=int, default=2)
     args = p.parse_args()
     orders = ["grid", *(f"G{g}" for g in args.groups), "all"]
     flash = lambda qkv: flash_attention_qkvpacked(qkv, causal=True)
@@ -53,9 +54,9 @@ def main() -> None:
         B = 16384 // N
         qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
         do = torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
-        for round_ in range(2):
+        for round_ in range(args.rounds):
             results = {}
-            for order in orders if round_ == 0 else orders[::-1]:
+            for order in orders if round_ % 2 == 0 else orders[::-1]:
                 set_order(order)
                 results[order] = times(flash, qkv, do)
             base, ref = results["grid"], times(cudnn, qkv, do)

@@ -167,18 +167,18 @@ def _mask_args(mask: BlockMask | None, by_key: bool, device: torch.device) -> tu
             index.stride(1))
 
 
-# Causal launches from this N bucket on start the costliest tiles of every head first (program_tile's LPT). Below
-# it, with many short heads, every head's K and V live at once cost L2 traffic (1K: 5 % slower than the grid order;
-# docs/dev/kernel-notes.md, fourth session): there the order takes heads in groups of _LPT_SHORT_ROW_HEADS, each
-# group's costliest tiles first, or keeps the grid order (a head's tiles side by side) when it is 0.
-_LPT_MIN_N_BUCKET = 4096
-_LPT_SHORT_ROW_HEADS = 0
-_LPT_ALL_HEADS = 1 << 30  # program_tile's group size that stands for every head
-# The single pass adds dQ into the fp32 accumulators of the heads its programs run. With LPT's order (heads fastest)
-# every head's is written at once (50 MB at 16K tokens and 12 heads, the H200's L2); from this N bucket on its
-# dK/dV launch runs head-major (tiles fastest; a key-tile pass's first tiles are its costliest anyway), which keeps
-# about one head's live. With dropout at 16K: backward 4 % faster on (B, H, N, D) tensors, level on the model's
-# packed projection; level at 4K (docs/dev/kernel-notes.md, nineteenth and twentieth sessions).
+# Causal launches from this N bucket on start the costliest tiles first (program_tile's LPT), in groups of
+# _LPT_HEADS heads. Measured on the H200 (16K tokens, D = 64, packed; docs/dev/lpt_ab.py): against every head at
+# once, groups of 16 make fwd+bwd 1.4 % faster at 4K (48 heads) and 0.9 % at 2K, level at 8K; against the grid
+# order (a head's tiles side by side, which the 1K launches keep) 2.2 % at 2K. At 1K any such order slows the
+# forward 3-10 %. (docs/dev/kernel-notes.md, fourth and twenty-fifth sessions.)
+_LPT_MIN_N_BUCKET = 2048
+_LPT_HEADS = 16
+# The single pass adds dQ into the fp32 accumulators of the heads its programs run. With LPT's order (heads fastest
+# within a group) a group's are written at once (50 MB at 16K tokens and 12 heads, the H200's L2); from this N
+# bucket on its dK/dV launch runs head-major (tiles fastest; a key-tile pass's first tiles are its costliest
+# anyway), which keeps about one head's live. With dropout at 16K: backward 4 % faster on (B, H, N, D) tensors,
+# level on the model's packed projection; level at 4K (docs/dev/kernel-notes.md, nineteenth and twentieth sessions).
 _SINGLE_PASS_HEAD_MAJOR_N_BUCKET = 16384
 
 
@@ -192,14 +192,7 @@ def _common(q, causal, dropout_p, mask):
     n_bucket = triton.next_power_of_2(N)
     return dict(H=H, N=N, N_BUCKET=n_bucket, dropout_p=dropout_p, D=D, HEAD_D=max(16, triton.next_power_of_2(D)),
                 CAUSAL=causal, SPARSE_BLOCK=mask.block_size if mask is not None else 0, DROPOUT=dropout_p > 0,
-                LPT=_lpt(causal, n_bucket))
-
-
-def _lpt(causal: bool, n_bucket: int) -> int:
-    """program_tile's LPT: the head-group size of the costliest-first order, or 0 for the grid order."""
-    if not causal:
-        return 0
-    return _LPT_ALL_HEADS if n_bucket >= _LPT_MIN_N_BUCKET else _LPT_SHORT_ROW_HEADS
+                LPT=_LPT_HEADS if causal and n_bucket >= _LPT_MIN_N_BUCKET else 0)
 
 
 def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):

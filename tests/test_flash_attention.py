@@ -125,11 +125,11 @@ def test_inputs_of_different_layouts(kernel_device):
 
 
 def test_costliest_tiles_first_changes_the_order_not_the_results(kernel_device, monkeypatch):
-    """Causal launches run their programs costliest first (program_tile's LPT; every head's tiles from N = 4096
-    on, here forced on at a small N, and in groups of heads below it, here 4 of 6 heads then 2): every program
-    computes what it did in grid order, so without dropout the outputs and gradients are bitwise those of the
-    in-order grid; with dropout (the single pass) they match the reference, with the single pass's dK/dV launch in
-    LPT order and in the head-major order it takes from the 16K bucket on."""
+    """Causal launches of long rows run their programs costliest first, in groups of heads (program_tile's LPT;
+    from N = 2048 on, here forced on at a small N, in groups of 4 of the 6 heads, then 2, and in one group of all):
+    every program computes what it did in grid order, so without dropout the outputs and gradients are bitwise
+    those of the in-order grid; with dropout (the single pass) they match the reference, with the single pass's
+    dK/dV launch in LPT order and in the head-major order it takes from the 16K bucket on."""
     from kernels import attention
 
     qkv, (q, k, v) = packed_qkv(2, 3, 150, 64, kernel_device)
@@ -140,10 +140,10 @@ def test_costliest_tiles_first_changes_the_order_not_the_results(kernel_device, 
         return [o, *torch.autograd.grad(o, qkv, do)]
 
     in_order = run()
-    monkeypatch.setattr(attention, "_LPT_SHORT_ROW_HEADS", 4)
-    assert all(torch.equal(a, b) for a, b in zip(in_order, run(), strict=True))
     monkeypatch.setattr(attention, "_LPT_MIN_N_BUCKET", 1)
-    assert all(torch.equal(a, b) for a, b in zip(in_order, run(), strict=True))
+    for heads in (4, 16):
+        monkeypatch.setattr(attention, "_LPT_HEADS", heads)
+        assert all(torch.equal(a, b) for a, b in zip(in_order, run(), strict=True))
     torch.manual_seed(5)
     keep = dropout_keep_mask(draw_dropout_keys(2, 3, 150, q.device), 2, 3, 0.2)
     for head_major_from in (None, 1):

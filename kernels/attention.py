@@ -167,13 +167,15 @@ def _mask_args(mask: BlockMask | None, by_key: bool, device: torch.device) -> tu
             index.stride(1))
 
 
-# Causal launches from this N bucket on start the costliest tiles first (program_tile's LPT), in groups of
-# _LPT_HEADS heads. Measured on the H200 (16K tokens, D = 64, packed; docs/dev/lpt_ab.py): against every head at
-# once, groups of 16 make fwd+bwd 1.4 % faster at 4K (48 heads) and 0.9 % at 2K, level at 8K; against the grid
-# order (a head's tiles side by side, which the 1K launches keep) 2.2 % at 2K. At 1K any such order slows the
-# forward 3-10 %. (docs/dev/kernel-notes.md, fourth and twenty-fifth sessions.)
-_LPT_MIN_N_BUCKET = 2048
-_LPT_HEADS = 16
+# Causal launches start the costliest tiles first (program_tile's LPT), from each N bucket below on, in groups of
+# that many heads. Every head at once from 4K; below it, with many short heads, every head's K and V live at once
+# cost L2 traffic, so 2K takes groups of 16 heads (fwd+bwd 1.01-1.02x the grid order without dropout, 1.05x with
+# it, 1.08x at head dim 128; docs/dev/lpt_ab.py), and 1K keeps the grid order, a head's tiles side by side, which
+# its forward measured fastest (any such order 3-10 % slower). At 4K groups of 16 measured 1.4 % faster than every
+# head with the configs held fixed, but not once each was tuned apart: left as it was. (docs/dev/kernel-notes.md,
+# fourth and twenty-fifth sessions.)
+_LPT_ALL_HEADS = 1 << 30
+_LPT_ORDER = ((4096, _LPT_ALL_HEADS), (2048, 16))
 # The single pass adds dQ into the fp32 accumulators of the heads its programs run. With LPT's order (heads fastest
 # within a group) a group's are written at once (50 MB at 16K tokens and 12 heads, the H200's L2); from this N
 # bucket on its dK/dV launch runs head-major (tiles fastest; a key-tile pass's first tiles are its costliest
@@ -192,7 +194,12 @@ def _common(q, causal, dropout_p, mask):
     n_bucket = triton.next_power_of_2(N)
     return dict(H=H, N=N, N_BUCKET=n_bucket, dropout_p=dropout_p, D=D, HEAD_D=max(16, triton.next_power_of_2(D)),
                 CAUSAL=causal, SPARSE_BLOCK=mask.block_size if mask is not None else 0, DROPOUT=dropout_p > 0,
-                LPT=_LPT_HEADS if causal and n_bucket >= _LPT_MIN_N_BUCKET else 0)
+                LPT=_lpt(causal, n_bucket))
+
+
+def _lpt(causal: bool, n_bucket: int) -> int:
+    """program_tile's LPT: the head-group size of the costliest-first order, or 0 for the grid order."""
+    return next((heads for start, heads in _LPT_ORDER if causal and n_bucket >= start), 0)
 
 
 def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):

@@ -127,18 +127,18 @@ def tile_index(i, idx_ptr, SPARSE: tl.constexpr, PER_BLOCK: tl.constexpr):
 @triton.jit
 def program_tile(H, LPT: tl.constexpr, LAST_FIRST: tl.constexpr):
     """(tile, bh, b, h) of this program. LPT == 0: grid (tiles, B*H), the tiles of one head side by side, sharing
-    its K and V in L2. LPT > 0 (causal, rows from 2K on; kernels/attention.py decides): grid (B*H, tiles), the heads
-    taken in groups of LPT (the last group may be smaller), and within a group the costliest tiles of its heads
-    first (the last query tiles, LAST_FIRST, or the first key tiles), heads fastest: longest processing time first,
-    as the GPU starts programs in grid order, axis 0 fastest, so the cheap tiles fill the last wave; the group
-    bounds how many heads' K and V are live in L2 at once."""
+    its K and V in L2. LPT > 0 (causal rows from 2K on; kernels/attention.py decides): grid (B*H, tiles), programs
+    taken in groups of LPT heads (the last group may be smaller), and within a group the costliest tiles of its
+    heads start first (the last query tiles, LAST_FIRST, or the first key tiles), heads fastest: longest processing
+    time first, as the GPU starts programs in grid order, axis 0 fastest, so the cheap tiles fill the last wave.
+    LPT >= B*H orders every head's costliest tiles first; a smaller group keeps fewer heads' K and V live in L2."""
     if LPT:
-        heads, tiles = tl.num_programs(0), tl.num_programs(1)
+        heads, tiles = tl.num_programs(0).to(tl.int64), tl.num_programs(1)  # int64: LPT may stand for all heads
         order = tl.program_id(1) * heads + tl.program_id(0)
-        first = order // (LPT * tiles) * LPT
+        first = order // (tiles.to(tl.int64) * LPT) * LPT
         group = tl.minimum(heads - first, LPT)
         rank = order - first * tiles
-        tile, bh = rank // group, first + rank % group
+        tile, bh = (rank // group).to(tl.int32), (first + rank % group).to(tl.int32)
         if LAST_FIRST:
             tile = tiles - 1 - tile
     else:

@@ -126,7 +126,7 @@ def test_inputs_of_different_layouts(kernel_device):
 
 def test_costliest_tiles_first_changes_the_order_not_the_results(kernel_device, monkeypatch):
     """Causal launches of long rows run their programs costliest first, in groups of heads (program_tile's LPT;
-    from N = 2048 on, here forced on at a small N, in groups of 4 of the 6 heads, then 2, and in one group of all):
+    from N = 2048 on, here forced on at a small N, in groups of 4 of the 6 heads, then 2, and all heads at once):
     every program computes what it did in grid order, so without dropout the outputs and gradients are bitwise
     those of the in-order grid; with dropout (the single pass) they match the reference, with the single pass's
     dK/dV launch in LPT order and in the head-major order it takes from the 16K bucket on."""
@@ -140,9 +140,8 @@ def test_costliest_tiles_first_changes_the_order_not_the_results(kernel_device, 
         return [o, *torch.autograd.grad(o, qkv, do)]
 
     in_order = run()
-    monkeypatch.setattr(attention, "_LPT_MIN_N_BUCKET", 1)
-    for heads in (4, 16):
-        monkeypatch.setattr(attention, "_LPT_HEADS", heads)
+    for heads in (4, attention._LPT_ALL_HEADS):
+        monkeypatch.setattr(attention, "_LPT_ORDER", ((1, heads),))
         assert all(torch.equal(a, b) for a, b in zip(in_order, run(), strict=True))
     torch.manual_seed(5)
     keep = dropout_keep_mask(draw_dropout_keys(2, 3, 150, q.device), 2, 3, 0.2)

@@ -1,4 +1,4 @@
-"""The costliest-first causal order (kernels/attention.py: _LPT_MIN_N_BUCKET, _LPT_HEADS; program_tile)
+"""The costliest-first causal order (kernels/attention.py: _LPT_ORDER; program_tile)
 against the grid order, on a GPU: causal D = 64, 16K tokens, the model's packed projection
 (flash_attention_qkvpacked), forward and forward+backward, CUDA-graph replays (triton.testing.do_bench_cudagraph),
 cuDNN on the same tensors beside. Orders: `grid` (a head's tiles side by side), `G<n>` (groups of n heads, each
@@ -24,8 +24,8 @@ H, D = 12, 64
 
 
 def set_order(order: str) -> None:
-    attention._LPT_MIN_N_BUCKET = 1 << 40 if order == "grid" else 1
-    attention._LPT_HEADS = int(order[1:]) if order.startswith("G") else 1 << 12  # all: more than any run's heads
+    heads = 0 if order == "grid" else int(order[1:]) if order.startswith("G") else attention._LPT_ALL_HEADS
+    attention._LPT_ORDER = ((1, heads),)
 
 
 def times(attend, qkv, do) -> tuple[float, float]:

@@ -1,8 +1,9 @@
-"""The costliest-first causal order (kernels/attention.py: _LPT_ORDER; program_tile)
-against the grid order, on a GPU: causal D = 64, 16K tokens, the model's packed projection
-(flash_attention_qkvpacked), forward and forward+backward, CUDA-graph replays (triton.testing.do_bench_cudagraph),
-cuDNN on the same tensors beside. Orders: `grid` (a head's tiles side by side), `G<n>` (groups of n heads, each
-group's costliest tiles first), `all` (every head's costliest tiles first). Rounds alternate the orders' sequence.
+"""The costliest-first causal order (kernels/attention.py: _LPT_ORDER; program_tile) against the grid order, on a
+GPU: causal D = 64, 16K tokens, the model's packed projection (flash_attention_qkvpacked), forward and
+forward+backward, CUDA-graph replays (triton.testing.do_bench_cudagraph), cuDNN on the same tensors beside. One
+process: the configs are tuned once, under the first order, and every order runs with them. Orders: `grid` (a
+head's tiles side by side), `G<n>` (groups of n heads, each group's costliest tiles first), `all` (every head's
+costliest tiles first). Rounds alternate the orders' sequence.
 
     python docs/dev/lpt_ab.py                                      # from a checkout's root
     python docs/dev/lpt_ab.py --seqs 1024 2048 --groups 8 16 32 64

@@ -7,6 +7,7 @@ costliest tiles first). Rounds alternate the orders' sequence.
 
     python docs/dev/lpt_ab.py                                      # from a checkout's root
     python docs/dev/lpt_ab.py --seqs 1024 2048 --groups 8 16 32 64
+    python docs/dev/lpt_ab.py --seqs 4096 8192 --groups 16 --rounds 4 --dropout 0.1
 """
 
 import argparse
@@ -37,10 +38,10 @@ def times(attend, qkv, do) -> tuple[float, float]:
     return triton.testing.do_bench_cudagraph(lambda: attend(qkv)), triton.testing.do_bench_cudagraph(fwd_bwd)
 
 
-def cudnn(qkv):
+def cudnn(qkv, dropout_p: float):
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
 
 
 def main() -> None:
@@ -48,9 +49,10 @@ def main() -> None:
     p.add_argument("--seqs", type=int, nargs="+", default=[1024, 2048, 4096, 16384])
     p.add_argument("--groups", type=int, nargs="*", default=[], help="head-group sizes to time beside grid and all")
     p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--dropout", type=float, default=0.0, metavar="P", help="attention dropout, ours and cuDNN's")
     args = p.parse_args()
     orders = ["grid", *(f"G{g}" for g in args.groups), "all"]
-    flash = lambda qkv: flash_attention_qkvpacked(qkv, causal=True)
+    flash = lambda qkv: flash_attention_qkvpacked(qkv, causal=True, dropout_p=args.dropout)
     for N in args.seqs:
         B = 16384 // N
         qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
@@ -60,7 +62,7 @@ def main() -> None:
             for order in orders if round_ % 2 == 0 else orders[::-1]:
                 set_order(order)
                 results[order] = times(flash, qkv, do)
-            base, ref = results["grid"], times(cudnn, qkv, do)
+            base, ref = results["grid"], times(lambda qkv: cudnn(qkv, args.dropout), qkv, do)
             print(f"N={N:5d} round {round_}: cuDNN fwd {ref[0]:.4f} fwd+bwd {ref[1]:.4f} ms; " + "; ".join(
                 f"{o} fwd {f:.4f} ({base[0] / f:.3f}x, cuDNN {ref[0] / f:.3f}x) fwd+bwd {fb:.4f} ({base[1] / fb:.3f}x, "
                 f"cuDNN {ref[1] / fb:.3f}x)" for o, (f, fb) in results.items()), flush=True)

@@ -171,7 +171,7 @@ def _mask_args(mask: BlockMask | None, by_key: bool, device: torch.device) -> tu
 # that many heads. Every head at once from 4K; below it, with many short heads, every head's K and V live at once
 # cost L2 traffic, so 2K takes groups of 16 heads (fwd+bwd 1.01-1.02x the grid order without dropout, 1.05x with
 # it, 1.08x at head dim 128; docs/dev/lpt_ab.py), and 1K keeps the grid order, a head's tiles side by side, which
-# its forward measured fastest (any such order 3-10 % slower). At 4K groups of 16 measured 1.4 % faster than every
+# its forward measured fastest (any such order 2-10 % slower). At 4K groups of 16 measured 1.4 % faster than every
 # head with the configs held fixed, but not once each was tuned apart: left as it was. (docs/dev/kernel-notes.md,
 # fourth and twenty-fifth sessions.)
 _LPT_ALL_HEADS = 1 << 30

@@ -41,15 +41,21 @@ def role(name: str, two_passes: bool) -> tuple[str, int]:
     return "other", 0
 
 
-def kernel_times(call, iters: int) -> list[tuple[str, float, int]]:
-    """(kernel name, GPU ms per call, launches per call) of `iters` calls, after three untimed ones (autotuning)."""
-    for _ in range(3):
+def profiled(call, iters: int, warmup: int = 3) -> profile:
+    """torch.profiler's record of the GPU work of `iters` calls, after `warmup` untimed ones (autotuning)."""
+    for _ in range(warmup):
         call()
     torch.cuda.synchronize()
     with profile(activities=[ProfilerActivity.CUDA]) as prof:
         for _ in range(iters):
             call()
         torch.cuda.synchronize()
+    return prof
+
+
+def kernel_times(call, iters: int) -> list[tuple[str, float, int]]:
+    """(kernel name, GPU ms per call, launches per call) of `iters` calls, after three untimed ones (autotuning)."""
+    prof = profiled(call, iters)
     events = [e for e in prof.key_averages() if e.device_type.name == "CUDA" and e.device_time_total > 0]
     events.sort(key=lambda e: -e.device_time_total)
     return [(e.key, e.device_time_total / iters / 1e3, round(e.count / iters)) for e in events]

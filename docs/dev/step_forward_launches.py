@@ -29,6 +29,7 @@ from compiled_vs_eager_attention import chosen_configs  # noqa: E402
 
 from kernels import flash_attention_qkvpacked  # noqa: E402
 from model import GPT, GPTConfig  # noqa: E402
+from reporting.attention_kernels import profiled  # noqa: E402
 from reporting.train_step_profile import train_step  # noqa: E402
 
 FORWARDS = ("attn_fwd", "sdpa_sm90_flash_fprop")
@@ -95,14 +96,7 @@ def neighbourhood(attn: str, batch: int, seq: int, reps: int = 50) -> None:
                 "forward alone": lambda: attend(fixed)}
     with torch.no_grad():
         for name, run in variants.items():
-            for _ in range(10):
-                run()
-            torch.cuda.synchronize()
-            with profile(activities=[ProfilerActivity.CUDA]) as prof:
-                for _ in range(reps):
-                    run()
-                torch.cuda.synchronize()
-            for kernel, ms in forward_launches(prof).items():
+            for kernel, ms in forward_launches(profiled(run, reps, warmup=10)).items():
                 print(f"neighbourhood {attn} {kernel} [{name}]: {summary(ms)}", flush=True)
 
 

@@ -1,0 +1,154 @@
+"""How far the autotuner's choice lands from the best config in use (GPU). Causal, D = 64, 16K tokens, the model's
+packed projection (flash_attention_qkvpacked), forward+backward replayed from a CUDA graph, the way a compiled
+training step runs it; cuDNN on the same tensors beside.
+
+1. Tunings: the three autotuners (forward, dQ pass, dK/dV pass) tuned again from scratch, --tunings times under
+   each benchmark policy: `cold` (Triton's default: L2 flushed before each timed launch, a 100 ms burst a config)
+   and `graph` (launches replayed from a CUDA graph, L2 warm). Each tuning's picks and the fwd+bwd time they give.
+2. In use: every config an autotuner timed, forced one kernel at a time (the other two at the first tuning's
+   picks), fwd+bwd time, in --rounds rounds (every other round in reverse); then each kernel's best together.
+
+    python docs/dev/tuning_spread.py                                    # from a checkout's root
+    python docs/dev/tuning_spread.py --seqs 4096 8192 --orders all G16 --tunings 3 --out DIR
+
+--orders: `landed` (kernels/attention.py's _LPT_ORDER), `grid`, `G<n>` (groups of n heads), `all` (every head).
+Nothing is written to Triton's autotuning disk cache.
+"""
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+
+sys.path.insert(0, str(Path.cwd()))
+from kernels import attention, flash_attention_qkvpacked  # noqa: E402
+
+H, D, TOKENS = 12, 64, 16384
+TUNERS = {"fwd": "_fwd", "dq": "_bwd_dq", "kv": "_bwd_kv"}
+POLICIES = {
+    "cold": None,  # the driver's benchmarker: triton.testing.do_bench
+    "graph": lambda fn, quantiles: triton.testing.do_bench_cudagraph(fn, rep=100, quantiles=quantiles),
+}
+
+
+def tuner(kind: str):
+    return getattr(attention, TUNERS[kind])
+
+
+def set_order(order: str, landed: tuple) -> None:
+    if order == "landed":
+        attention._LPT_ORDER = landed
+        return
+    heads = 0 if order == "grid" else int(order[1:]) if order.startswith("G") else attention._LPT_ALL_HEADS
+    attention._LPT_ORDER = ((1, heads),)
+
+
+def in_use_ms(call) -> float:
+    call()
+    torch.cuda.synchronize()
+    return triton.testing.do_bench_cudagraph(call, rep=200, return_mode="median")
+
+
+def retune(policy: str, call) -> dict:
+    """Forget every tuning, tune again under `policy`, and return {kind: (picked config, the tuner's timings)}."""
+    for kind in TUNERS:
+        t = tuner(kind)
+        t.cache.clear()
+        t.cache_results = False
+        t.__dict__.pop("do_bench", None)  # a cached_property over _do_bench
+        t._do_bench = POLICIES[policy]
+    call()
+    torch.cuda.synchronize()
+    return {kind: (tuner(kind).best_config, dict(tuner(kind).configs_timings)) for kind in TUNERS}
+
+
+def pin(picks: dict) -> None:
+    """Each autotuner answers its (single) tuning key with the given config."""
+    for kind, config in picks.items():
+        cache = tuner(kind).cache
+        assert len(cache) == 1, f"{kind}: {len(cache)} tuning keys; one shape at a time"
+        cache[next(iter(cache))] = config
+
+
+def name(config) -> str:
+    kw = config.kwargs
+    return "x".join(str(v) for v in (kw["BLOCK_M"], kw.get("BLOCK_N", "h"), config.num_warps, config.num_stages))
+
+
+def cudnn_call(qkv, do, dropout_p: float):
+    def call():
+        q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            o = F.scaled_dot_product_attention(q, k, v, is_causal=True, dropout_p=dropout_p)
+        torch.autograd.grad(o, qkv, do)
+    return call
+
+
+def measure(N: int, order: str, args, landed: tuple) -> dict:
+    B = TOKENS // N
+    qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    do = torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
+    set_order(order, landed)
+    call = lambda: torch.autograd.grad(flash_attention_qkvpacked(qkv, causal=True, dropout_p=args.dropout), qkv, do)
+    out = {"N": N, "order": order, "cudnn_ms": in_use_ms(cudnn_call(qkv, do, args.dropout)), "tunings": []}
+    first = None
+    for policy in POLICIES:
+        for _ in range(args.tunings):
+            tuned = retune(policy, call)
+            picks = {kind: config for kind, (config, _) in tuned.items()}
+            first = first or tuned
+            out["tunings"].append({"policy": policy, "picks": {k: name(c) for k, c in picks.items()},
+                                   "ms": in_use_ms(call)})
+            print(f"N={N} {order} tuning ({policy}): " + " ".join(f"{k} {name(c)}" for k, c in picks.items())
+                  + f" -> {out['tunings'][-1]['ms']:.4f} ms (cuDNN {out['cudnn_ms']:.4f})", flush=True)
+    base = {kind: config for kind, (config, _) in first.items()}
+    out["in_use"] = {}
+    best = {}
+    for kind, (_, timings) in first.items():
+        configs = list(timings)
+        rounds = []
+        for r in range(args.rounds):
+            times = {}
+            for config in configs if r % 2 == 0 else configs[::-1]:
+                pin({**base, kind: config})
+                times[name(config)] = in_use_ms(call)
+            rounds.append(times)
+        mean = {c: statistics.fmean(r[c] for r in rounds) for c in rounds[0]}
+        tuner_ms = {name(c): t[0] for c, t in timings.items()}  # the tuner's own median, kernel alone
+        best[kind] = min(configs, key=lambda c: mean[name(c)])
+        out["in_use"][kind] = {c: {"fwd_bwd_ms": [r[c] for r in rounds], "tuner_kernel_ms": tuner_ms[c]} for c in mean}
+        print(f"N={N} {order} {kind} in use (fwd+bwd ms, mean of {args.rounds}; tuner's kernel ms): " + "  ".join(
+            f"{c} {m:.4f} ({tuner_ms[c]:.4f})" for c, m in sorted(mean.items(), key=lambda x: x[1])), flush=True)
+    pin(best)
+    out["best"] = {"picks": {k: name(c) for k, c in best.items()}, "ms": in_use_ms(call)}
+    print(f"N={N} {order} best in use: " + " ".join(f"{k} {name(c)}" for k, c in best.items())
+          + f" -> {out['best']['ms']:.4f} ms; cuDNN / best {out['cudnn_ms'] / out['best']['ms']:.3f}", flush=True)
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seqs", type=int, nargs="+", default=[4096, 8192, 16384])
+    p.add_argument("--orders", nargs="+", default=["landed"])
+    p.add_argument("--tunings", type=int, default=2, help="tunings per policy")
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--dropout", type=float, default=0.0, metavar="P")
+    p.add_argument("--out", type=Path, help="write tuning_spread.json here")
+    args = p.parse_args()
+    landed = attention._LPT_ORDER
+    results = [measure(N, order, args, landed) for N in args.seqs for order in args.orders]
+    if args.out:
+        args.out.mkdir(parents=True, exist_ok=True)
+        meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+                "dropout": args.dropout}
+        (args.out / "tuning_spread.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+
+
+if __name__ == "__main__":
+    main()

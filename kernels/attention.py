@@ -168,14 +168,13 @@ def _mask_args(mask: BlockMask | None, by_key: bool, device: torch.device) -> tu
 
 
 # Causal launches start the costliest tiles first (program_tile's LPT), from each N bucket below on, in groups of
-# that many heads. Every head at once from 4K; below it, with many short heads, every head's K and V live at once
-# cost L2 traffic, so 2K takes groups of 16 heads (fwd+bwd 1.01-1.02x the grid order without dropout, 1.05x with
-# it, 1.08x at head dim 128; docs/dev/lpt_ab.py), and 1K keeps the grid order, a head's tiles side by side, which
-# its forward measured fastest (any such order 2-10 % slower). At 4K groups of 16 measured 1.4 % faster than every
-# head with the configs held fixed, but not once each was tuned apart: left as it was. (docs/dev/kernel-notes.md,
-# fourth and twenty-fifth sessions.)
-_LPT_ALL_HEADS = 1 << 30
-_LPT_ORDER = ((4096, _LPT_ALL_HEADS), (2048, 16))
+# that many heads. Every head at once from 8K; below it, with many short heads, every head's K and V live at once
+# cost L2 traffic, so 2K and 4K take groups of 16 heads (fwd+bwd against the next order: 2K 1.01-1.02x the grid
+# order without dropout, 1.05x with it, 1.08x at head dim 128; 4K 1.013-1.018x every head, at one set of configs and
+# at each order's own best; docs/dev/lpt_ab.py, docs/dev/tuning_spread.py), and 1K keeps the grid order, a head's
+# tiles side by side, which its forward measured fastest (any such order 2-10 % slower). At 8K groups of 16 and
+# every head measured level. (docs/dev/kernel-notes.md, fourth, twenty-fifth and twenty-sixth sessions.)
+_LPT_ORDER = ((8192, _LPT_ALL_HEADS), (2048, 16))
 # The single pass adds dQ into the fp32 accumulators of the heads its programs run. With LPT's order (heads fastest
 # within a group) a group's are written at once (50 MB at 16K tokens and 12 heads, the H200's L2); from this N
 # bucket on its dK/dV launch runs head-major (tiles fastest; a key-tile pass's first tiles are its costliest

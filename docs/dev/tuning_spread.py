@@ -18,7 +18,9 @@ Nothing is written to Triton's autotuning disk cache.
 import argparse
 import json
 import statistics
+import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
@@ -132,6 +134,11 @@ def measure(N: int, order: str, args, landed: tuple) -> dict:
     return out
 
 
+def git_commit() -> str:
+    run = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True)
+    return run.stdout.strip() or "unknown"
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seqs", type=int, nargs="+", default=[4096, 8192, 16384])
@@ -142,12 +149,16 @@ def main() -> None:
     p.add_argument("--out", type=Path, help="write tuning_spread.json here")
     args = p.parse_args()
     landed = attention._LPT_ORDER
-    results = [measure(N, order, args, landed) for N in args.seqs for order in args.orders]
-    if args.out:
-        args.out.mkdir(parents=True, exist_ok=True)
-        meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
-                "dropout": args.dropout}
-        (args.out / "tuning_spread.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+    meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
+            "commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "dropout": args.dropout}
+    results = []
+    for N in args.seqs:
+        for order in args.orders:
+            results.append(measure(N, order, args, landed))
+            if args.out:  # after each shape, so that a run cut by a time limit keeps what it measured
+                args.out.mkdir(parents=True, exist_ok=True)
+                (args.out / "tuning_spread.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
 
 
 if __name__ == "__main__":

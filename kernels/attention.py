@@ -174,6 +174,7 @@ def _mask_args(mask: BlockMask | None, by_key: bool, device: torch.device) -> tu
 # at each order's own best; docs/dev/lpt_ab.py, docs/dev/tuning_spread.py), and 1K keeps the grid order, a head's
 # tiles side by side, which its forward measured fastest (any such order 2-10 % slower). At 8K groups of 16 and
 # every head measured level. (docs/dev/kernel-notes.md, fourth, twenty-fifth and twenty-sixth sessions.)
+_LPT_ALL_HEADS = 1 << 30
 _LPT_ORDER = ((8192, _LPT_ALL_HEADS), (2048, 16))
 # The single pass adds dQ into the fp32 accumulators of the heads its programs run. With LPT's order (heads fastest
 # within a group) a group's are written at once (50 MB at 16K tokens and 12 heads, the H200's L2); from this N

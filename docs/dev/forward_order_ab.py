@@ -1,0 +1,76 @@
+"""The causal forward's program order alone (GPU): every order of docs/dev/lpt_ab.py for the forward, while the two
+backward passes keep the landed order (kernels/attention.py: _LPT_ORDER). D = 64, 16K tokens, the model's packed
+projection, forward and forward+backward from CUDA-graph replays, cuDNN beside; rounds alternate the orders'
+sequence. One process: the configs are tuned once, under the first order.
+
+    python docs/dev/forward_order_ab.py                          # from a checkout's root
+    python docs/dev/forward_order_ab.py --seqs 8192 --orders landed grid G4 --rounds 4 --dropout 0.1
+
+Orders: `landed` (the forward's own, as the library launches it), `grid`, `G<n>` (groups of n heads), `all`.
+"""
+
+import argparse
+import sys
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path.cwd()))
+sys.path.insert(0, str(Path(__file__).parent))
+import lpt_ab  # noqa: E402
+
+from kernels import attention, flash_attention_qkvpacked  # noqa: E402
+
+H, D = 12, 64
+TABLES = [name for name in ("_LPT_ORDER", "_FWD_LPT_ORDER") if hasattr(attention, name)]  # the latter: a candidate's
+
+
+LAUNCH_FWD = attention._launch_fwd  # the library's, looked up by the forward op at each call
+
+
+def forward_in(order: str) -> None:
+    """Make the forward launch in `order`, and nothing else."""
+    if order == "landed":
+        attention._launch_fwd = LAUNCH_FWD
+        return
+    heads = 0 if order == "grid" else int(order[1:]) if order.startswith("G") else attention._LPT_ALL_HEADS
+    landed = {name: getattr(attention, name) for name in TABLES}
+
+    def launch_fwd(*args, **kwargs):
+        for name in TABLES:
+            setattr(attention, name, ((1, heads),))
+        try:
+            return LAUNCH_FWD(*args, **kwargs)
+        finally:
+            for name, value in landed.items():
+                setattr(attention, name, value)
+
+    attention._launch_fwd = launch_fwd
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--seqs", type=int, nargs="+", default=[8192, 16384, 4096])
+    p.add_argument("--orders", nargs="+", default=["landed", "grid", "G2", "G4", "G8", "G16"])
+    p.add_argument("--rounds", type=int, default=2)
+    p.add_argument("--dropout", type=float, default=0.0, metavar="P")
+    args = p.parse_args()
+    flash = lambda qkv: flash_attention_qkvpacked(qkv, causal=True, dropout_p=args.dropout)
+    for N in args.seqs:
+        B = 16384 // N
+        qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+        do = torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
+        for round_ in range(args.rounds):
+            results = {}
+            for order in args.orders if round_ % 2 == 0 else args.orders[::-1]:
+                forward_in(order)
+                results[order] = lpt_ab.times(flash, qkv, do)
+            forward_in("landed")
+            ref = lpt_ab.times(lambda qkv: lpt_ab.cudnn(qkv, args.dropout), qkv, do)
+            print(f"N={N} round {round_}: cuDNN fwd {ref[0]:.4f} fwd+bwd {ref[1]:.4f} ms; " + "; ".join(
+                f"{o} fwd {f:.4f} fwd+bwd {fb:.4f} (cuDNN {ref[1] / fb:.3f}x)" for o, (f, fb) in results.items()),
+                flush=True)
+
+
+if __name__ == "__main__":
+    main()

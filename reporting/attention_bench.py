@@ -16,6 +16,7 @@ reporting/attention_results.py.
 from __future__ import annotations
 
 import importlib.util
+import statistics
 import sys
 import time
 from collections.abc import Callable
@@ -272,7 +273,10 @@ def fwd_flops(B, H, N, D, density: float) -> float:
 
 def run_dense(seqs, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0.1), providers=DENSE_PROVIDERS,
               heads=12, tokens=16384, dtype=torch.bfloat16, log=print, on_row=None, storage="bhnd",
-              sustain: float = 0.0) -> list[dict]:
+              sustain: float = 0.0, rounds: int = 1) -> list[dict]:
+    """Every provider at every shape; with `rounds` > 1 each shape's providers are measured that many times, every
+    other round in reverse order, and each time is the median over rounds (a GPU's clock drifts within a run, and
+    one pass in a fixed order hands that drift to whichever provider comes last)."""
     rows = []
     for D in head_dims:
         for causal in causals:
@@ -280,23 +284,41 @@ def run_dense(seqs, head_dims=(64, 128), causals=(True, False), dropouts=(0.0, 0
                 for N in seqs:
                     B = max(1, tokens // N)
                     flops = fwd_flops(B, heads, N, D, causal_density(N) if causal else 1.0)
-                    for prov in providers:
-                        if prov == "flex" and p:
-                            continue
-                        packed = storage == "packed" and prov in PACKED_PROVIDERS
-                        impl = PACKED_PROVIDERS[prov] if packed else provider(prov)
-                        fn = lambda *qkv, impl=impl, causal=causal, p=p: impl(*qkv, causal, p)
-                        # naive is GPU-bound, and a graph's second memory pool would not fit beside it at 16K
-                        modes = TIMED_MODES if prov != "naive" else TIMED_MODES[:3]
+                    wanted = [prov for prov in providers if not (prov == "flex" and p)]
+                    measured = {prov: [] for prov in wanted}
+                    for r in range(rounds):
+                        for prov in wanted if r % 2 == 0 else wanted[::-1]:
+                            packed = storage == "packed" and prov in PACKED_PROVIDERS
+                            impl = PACKED_PROVIDERS[prov] if packed else provider(prov)
+                            fn = lambda *qkv, impl=impl, causal=causal, p=p: impl(*qkv, causal, p)
+                            # naive is GPU-bound, and a graph's second memory pool would not fit beside it at 16K
+                            modes = TIMED_MODES if prov != "naive" else TIMED_MODES[:3]
+                            measured[prov].append(guarded(fn, B, heads, N, D, dtype, modes=modes, storage=storage,
+                                                          sustain=sustain, packed=packed))
+                    for prov in wanted:
                         row = dict(part="dense", provider=prov, N=N, B=B, H=heads, D=D, causal=causal, dropout=p,
                                    **({"storage": storage} if storage != "bhnd" else {}),
-                                   **guarded(fn, B, heads, N, D, dtype, modes=modes, storage=storage,
-                                             sustain=sustain, packed=packed))
+                                   **median_of_rounds(measured[prov]))
                         rows.append(add_rates(row, flops))
                         log(one_line(row))
                         if on_row:
                             on_row(row)
     return rows
+
+
+def median_of_rounds(results: list[dict]) -> dict:
+    """One row from a provider's rounds at one shape: each time the median over rounds, with the rounds' times
+    beside it (`<mode>_rounds`); everything else from the first round; a round that failed stands for them all."""
+    if len(results) == 1:
+        return results[0]
+    if failed := next((r for r in results if "status" in r), None):
+        return failed
+    out = {**results[0], "rounds": len(results)}
+    for mode in MODES:
+        if all(mode in r for r in results):
+            out[mode] = statistics.median(r[mode] for r in results)
+            out[f"{mode}_rounds"] = [r[mode] for r in results]
+    return out
 
 
 def run_host(providers=DENSE_PROVIDERS, causals=(True,), dropouts=(0.0,), device="cuda", calls=300, log=print,
@@ -387,12 +409,13 @@ def heads_conflict(results: str | Path, heads: int) -> str | None:
 
 def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_PROVIDERS, append: bool = False,
           env: dict | None = None, baseline: str | Path | None = None, storage: str = "bhnd",
-          sustain: float = 0.0, heads: int = 12) -> list[dict]:
+          sustain: float = 0.0, heads: int = 12, rounds: int = 1) -> list[dict]:
     """Measure `part` ("dense", "sparse", "host" or "all": dense, sparse and, where sizes ask, host) at `sizes`
     (plan()) with `heads` heads into out_dir: results.json grows row by row, so a run stopped at a time limit keeps
     what it measured; with append, rows of an earlier run stay unless re-measured (an earlier run with another head
     count is refused: its rows would share the tables' cells). With a baseline checkout, its kernels run beside
-    ours (load_baseline); with `sustain` seconds, each dense graph is also replayed that long (fwd_bwd_sustained).
+    ours (load_baseline); with `sustain` seconds, each dense graph is also replayed that long (fwd_bwd_sustained);
+    with `rounds`, each dense time is the median of that many rounds (run_dense).
     Writes results.md and the plots at the end; returns all rows."""
     sparse_providers = SPARSE_PROVIDERS
     if baseline is not None:
@@ -411,7 +434,7 @@ def sweep(out_dir: str | Path, sizes: dict, part: str = "all", providers=DENSE_P
 
     if part in ("dense", "all"):
         run_dense(sizes["seqs"], sizes["head_dims"], sizes["causals"], sizes["dropouts"], tuple(providers),
-                  heads=heads, on_row=keep, storage=storage, sustain=sustain)
+                  heads=heads, on_row=keep, storage=storage, sustain=sustain, rounds=rounds)
     if part in ("sparse", "all"):
         run_sparse(sizes["sparse_seqs"], windows=sizes["windows"], density_seq=sizes["density_seq"],
                    providers=sparse_providers, heads=heads, on_row=keep)

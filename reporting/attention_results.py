@@ -107,9 +107,11 @@ def shape_note(rows: list[dict]) -> str:
     tokens = sorted({r["B"] * r["N"] for r in timed if r.get("B")})
     heads = sorted({r["H"] for r in timed if r.get("H")})
     packed = any(r.get("storage") == "packed" for r in timed)
+    rounds = max((r.get("rounds", 1) for r in timed), default=1)
     note = "; q, k, v packed in one projection as the model passes them (whole to ours, as views to the others)"
+    rounds_note = f"; each time the median of {rounds} rounds, providers in alternating order" if rounds > 1 else ""
     return (f"{'/'.join(f'{t:,}' for t in tokens) or '?'} tokens per batch (B = tokens / N), "
-            f"{'/'.join(map(str, heads)) or '?'} heads{note if packed else ''}")
+            f"{'/'.join(map(str, heads)) or '?'} heads{note if packed else ''}{rounds_note}")
 
 
 # ---- tables ----

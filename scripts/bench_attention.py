@@ -62,6 +62,9 @@ def main(argv=None) -> list[dict]:
                     help="also replay each dense fwd+bwd graph for SECONDS, with the SM clock and power: sustained, "
                     "the board's power limit lowers the clock of a kernel that spends more energy, which short "
                     "timings do not show (adds providers x shapes x SECONDS)")
+    ap.add_argument("--rounds", type=int, default=1,
+                    help="measure each dense shape's providers this many times, every other round in reverse order, "
+                    "and report the median (A/B runs: the GPU's clock drifts within a run)")
     ap.add_argument("--append", action="store_true",
                     help="merge into --out's existing results.json (run the full sweep in parts: it takes >10 min)")
     args = ap.parse_args(argv)
@@ -71,10 +74,13 @@ def main(argv=None) -> list[dict]:
     sizes = attention_bench.plan(args.quick, args.seqs, args.head_dims, causals, args.dropout, args.windows)
     if args.sustain < 0:
         ap.error(f"--sustain {args.sustain}: seconds, 0 (off) or more")
+    if args.rounds < 1:
+        ap.error(f"--rounds {args.rounds}: 1 or more")
     if args.append and (conflict := attention_bench.heads_conflict(Path(args.out) / "results.json", args.heads)):
         ap.error(f"--append: {conflict}")
     rows = attention_bench.sweep(args.out, sizes, args.part, args.providers, args.append, baseline=args.baseline,
-                                 storage=args.storage, sustain=args.sustain, heads=args.heads)
+                                 storage=args.storage, sustain=args.sustain, heads=args.heads,
+                                 rounds=args.rounds)
     print((Path(args.out) / "results.md").read_text())
     return rows
 

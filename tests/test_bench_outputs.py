@@ -75,6 +75,23 @@ def test_sparse_sweep_over_n_takes_each_local_window(monkeypatch):
                      ("butterfly", 1024, 256), ("butterfly", 2048, 256)]  # the density sweep's are already there
 
 
+def test_rounds_alternate_the_providers_order_and_report_medians(monkeypatch):
+    """--rounds: each shape's providers measured in rounds, every other one reversed; each time the median of the
+    rounds, which stay beside it; a failed round stands for the provider at that shape."""
+    order = []
+    monkeypatch.setattr(attention_bench, "provider", lambda name: order.append(name) or (lambda *args: None))
+    results = iter([{"fwd": t, "extra_mib": 0.0} for t in (5.0, 3.0, 1.0, 4.0, 9.0)] + [{"status": "OOM"}])
+    monkeypatch.setattr(attention_bench, "guarded", lambda *args, **kwargs: next(results))
+    rows = attention_bench.run_dense((1024,), (64,), (True,), (0.0,), providers=("flash", "naive"), rounds=3,
+                                     log=lambda *_: None)
+    assert order == ["flash", "naive", "naive", "flash", "flash", "naive"]
+    flash, naive = rows
+    assert (flash["provider"], flash["fwd"], flash["fwd_rounds"], flash["rounds"]) == ("flash", 5.0, [5.0, 4.0, 9.0], 3)
+    assert flash["fwd_tflops"] > 0
+    assert naive["status"] == "OOM"  # its third round failed
+    assert "each time the median of 3 rounds" in markdown(rows, {"gpu": "test GPU"})
+
+
 def test_results_json_grows_row_by_row(tmp_path, monkeypatch):
     def stopped_after_two(*args, on_row=None, **kwargs):
         for row in fake_rows(2):

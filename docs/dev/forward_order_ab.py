@@ -22,9 +22,6 @@ import lpt_ab  # noqa: E402
 from kernels import attention, flash_attention_qkvpacked  # noqa: E402
 
 H, D = 12, 64
-TABLES = [name for name in ("_LPT_ORDER", "_FWD_LPT_ORDER") if hasattr(attention, name)]  # the latter: a candidate's
-
-
 LAUNCH_FWD = attention._launch_fwd  # the library's, looked up by the forward op at each call
 
 
@@ -33,17 +30,13 @@ def forward_in(order: str) -> None:
     if order == "landed":
         attention._launch_fwd = LAUNCH_FWD
         return
-    heads = 0 if order == "grid" else int(order[1:]) if order.startswith("G") else attention._LPT_ALL_HEADS
-    landed = {name: getattr(attention, name) for name in TABLES}
 
     def launch_fwd(*args, **kwargs):
-        for name in TABLES:
-            setattr(attention, name, ((1, heads),))
+        lpt_ab.set_order(order)
         try:
             return LAUNCH_FWD(*args, **kwargs)
         finally:
-            for name, value in landed.items():
-                setattr(attention, name, value)
+            lpt_ab.set_order("landed")
 
     attention._launch_fwd = launch_fwd
 

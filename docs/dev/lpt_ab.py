@@ -25,9 +25,20 @@ from kernels import attention, flash_attention_qkvpacked  # noqa: E402
 H, D = 12, 64
 
 
-def set_order(order: str) -> None:
+TABLES = [name for name in vars(attention) if name.endswith("LPT_ORDER")]  # kernels/attention.py's order tables
+LANDED = {name: getattr(attention, name) for name in TABLES}
+
+
+def table(order: str) -> tuple:
+    """An order table that puts every N bucket in `order`: `grid`, `G<n>` or `all`."""
     heads = 0 if order == "grid" else int(order[1:]) if order.startswith("G") else attention._LPT_ALL_HEADS
-    attention._LPT_ORDER = ((1, heads),)
+    return ((1, heads),)
+
+
+def set_order(order: str) -> None:
+    """Every kernel in `order`, or in the library's own orders (`landed`)."""
+    for name in TABLES:
+        setattr(attention, name, LANDED[name] if order == "landed" else table(order))
 
 
 def times(attend, qkv, do) -> tuple[float, float]:

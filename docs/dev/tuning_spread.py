@@ -11,7 +11,7 @@ training step runs it; cuDNN on the same tensors beside.
     python docs/dev/tuning_spread.py                                    # from a checkout's root
     python docs/dev/tuning_spread.py --seqs 4096 8192 --orders all G16 --tunings 3 --out DIR
 
---orders: `landed` (kernels/attention.py's _LPT_ORDER), `grid`, `G<n>` (groups of n heads), `all` (every head).
+--orders: `landed` (kernels/attention.py's order tables), `grid`, `G<n>` (groups of n heads), `all` (every head).
 Nothing is written to Triton's autotuning disk cache.
 """
 
@@ -29,6 +29,9 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 
 sys.path.insert(0, str(Path.cwd()))
+sys.path.insert(0, str(Path(__file__).parent))
+import lpt_ab  # noqa: E402
+
 from kernels import attention, flash_attention_qkvpacked  # noqa: E402
 
 H, D, TOKENS = 12, 64, 16384
@@ -41,14 +44,6 @@ POLICIES = {
 
 def tuner(kind: str):
     return getattr(attention, TUNERS[kind])
-
-
-def set_order(order: str, landed: tuple) -> None:
-    if order == "landed":
-        attention._LPT_ORDER = landed
-        return
-    heads = 0 if order == "grid" else int(order[1:]) if order.startswith("G") else attention._LPT_ALL_HEADS
-    attention._LPT_ORDER = ((1, heads),)
 
 
 def in_use_ms(call) -> float:
@@ -92,11 +87,11 @@ def cudnn_call(qkv, do, dropout_p: float):
     return call
 
 
-def measure(N: int, order: str, args, landed: tuple) -> dict:
+def measure(N: int, order: str, args) -> dict:
     B = TOKENS // N
     qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     do = torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
-    set_order(order, landed)
+    lpt_ab.set_order(order)
     call = lambda: torch.autograd.grad(flash_attention_qkvpacked(qkv, causal=True, dropout_p=args.dropout), qkv, do)
     out = {"N": N, "order": order, "cudnn_ms": in_use_ms(cudnn_call(qkv, do, args.dropout)), "tunings": []}
     first = None
@@ -148,14 +143,13 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=0.0, metavar="P")
     p.add_argument("--out", type=Path, help="write tuning_spread.json here")
     args = p.parse_args()
-    landed = attention._LPT_ORDER
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "dropout": args.dropout}
     results = []
     for N in args.seqs:
         for order in args.orders:
-            results.append(measure(N, order, args, landed))
+            results.append(measure(N, order, args))
             if args.out:  # after each shape, so that a run cut by a time limit keeps what it measured
                 args.out.mkdir(parents=True, exist_ok=True)
                 (args.out / "tuning_spread.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))

@@ -167,13 +167,13 @@ def _mask_args(mask: BlockMask | None, by_key: bool, device: torch.device) -> tu
             index.stride(1))
 
 
-# Causal launches start the costliest tiles first (program_tile's LPT), from each N bucket below on, in groups of
-# that many heads. Every head at once from 8K; below it, with many short heads, every head's K and V live at once
-# cost L2 traffic, so 2K and 4K take groups of 16 heads (fwd+bwd against the next order: 2K 1.01-1.02x the grid
-# order without dropout, 1.05x with it, 1.08x at head dim 128; 4K 1.013-1.018x every head, at one set of configs and
-# at each order's own best; docs/dev/lpt_ab.py, docs/dev/tuning_spread.py), and 1K keeps the grid order, a head's
-# tiles side by side, which its forward measured fastest (any such order 2-10 % slower). At 8K groups of 16 and
-# every head measured level. (docs/dev/kernel-notes.md, fourth, twenty-fifth and twenty-sixth sessions.)
+# Causal launches start the costliest tiles first (program_tile's LPT), from each N bucket below on, in groups of that
+# many heads. Every head at once from 8K; below it, with many short heads, every head's K and V live at once cost L2
+# traffic, so 2K and 4K take groups of 16 heads (fwd+bwd against the next order: 2K 1.01-1.02x the grid order without
+# dropout, 1.05x with it, 1.08x at head dim 128; 4K 1.014-1.018x every head, at one set of configs and at each order's
+# own best, 1.03x with dropout; docs/dev/lpt_ab.py, docs/dev/tuning_spread.py), and 1K keeps the grid order, a head's
+# tiles side by side, which its forward measured fastest (any such order 2-10 % slower). At 8K groups of 16 and every
+# head measured level. (docs/dev/kernel-notes.md, fourth, twenty-fifth and twenty-sixth sessions.)
 _LPT_ALL_HEADS = 1 << 30
 _LPT_ORDER = ((8192, _LPT_ALL_HEADS), (2048, 16))
 # The single pass adds dQ into the fp32 accumulators of the heads its programs run. With LPT's order (heads fastest

@@ -87,46 +87,80 @@ def cudnn_call(qkv, do, dropout_p: float):
     return call
 
 
+def tunings(call, label: str, count: int, cudnn_ms: float) -> tuple[list[dict], dict]:
+    """`count` fresh tunings under each policy, each pick timed in use; and the first tuning (picks, timings)."""
+    out, first = [], None
+    for policy in POLICIES:
+        for _ in range(count):
+            tuned = retune(policy, call)
+            first = first or tuned
+            picks = {kind: name(config) for kind, (config, _) in tuned.items()}
+            out.append({"policy": policy, "picks": picks, "ms": in_use_ms(call)})
+            print(f"{label} tuning ({policy}): " + " ".join(f"{k} {c}" for k, c in picks.items())
+                  + f" -> {out[-1]['ms']:.4f} ms (cuDNN {cudnn_ms:.4f})", flush=True)
+    return out, first
+
+
+def sweep_in_use(call, label: str, first: dict, rounds: int) -> tuple[dict, dict]:
+    """Every config each tuner timed, forced one kernel at a time (the others at `first`'s picks), fwd+bwd in use in
+    `rounds` rounds. Returns per kernel and config the rounds' ms and the tuner's own kernel ms; and each kernel's
+    best."""
+    base = {kind: config for kind, (config, _) in first.items()}
+    out, best = {}, {}
+    for kind, (_, timings) in first.items():
+        configs = list(timings)
+        times = {name(c): [] for c in configs}
+        for r in range(rounds):
+            for config in configs if r % 2 == 0 else configs[::-1]:
+                pin({**base, kind: config})
+                times[name(config)].append(in_use_ms(call))
+        mean = {c: statistics.fmean(ms) for c, ms in times.items()}
+        tuner_ms = {name(c): t[0] for c, t in timings.items()}  # the tuner's own median, kernel alone
+        best[kind] = min(configs, key=lambda c: mean[name(c)])
+        out[kind] = {c: {"fwd_bwd_ms": times[c], "tuner_kernel_ms": tuner_ms[c]} for c in times}
+        print(f"{label} {kind} in use (fwd+bwd ms, mean of {rounds}; tuner's kernel ms): " + "  ".join(
+            f"{c} {m:.4f} ({tuner_ms[c]:.4f})" for c, m in sorted(mean.items(), key=lambda x: x[1])), flush=True)
+    return out, best
+
+
 def measure(N: int, order: str, args) -> dict:
     B = TOKENS // N
     qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
     do = torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
     lpt_ab.set_order(order)
     call = lambda: torch.autograd.grad(flash_attention_qkvpacked(qkv, causal=True, dropout_p=args.dropout), qkv, do)
-    out = {"N": N, "order": order, "cudnn_ms": in_use_ms(cudnn_call(qkv, do, args.dropout)), "tunings": []}
-    first = None
-    for policy in POLICIES:
-        for _ in range(args.tunings):
-            tuned = retune(policy, call)
-            picks = {kind: config for kind, (config, _) in tuned.items()}
-            first = first or tuned
-            out["tunings"].append({"policy": policy, "picks": {k: name(c) for k, c in picks.items()},
-                                   "ms": in_use_ms(call)})
-            print(f"N={N} {order} tuning ({policy}): " + " ".join(f"{k} {name(c)}" for k, c in picks.items())
-                  + f" -> {out['tunings'][-1]['ms']:.4f} ms (cuDNN {out['cudnn_ms']:.4f})", flush=True)
-    base = {kind: config for kind, (config, _) in first.items()}
-    out["in_use"] = {}
-    best = {}
-    for kind, (_, timings) in first.items():
-        configs = list(timings)
-        rounds = []
-        for r in range(args.rounds):
-            times = {}
-            for config in configs if r % 2 == 0 else configs[::-1]:
-                pin({**base, kind: config})
-                times[name(config)] = in_use_ms(call)
-            rounds.append(times)
-        mean = {c: statistics.fmean(r[c] for r in rounds) for c in rounds[0]}
-        tuner_ms = {name(c): t[0] for c, t in timings.items()}  # the tuner's own median, kernel alone
-        best[kind] = min(configs, key=lambda c: mean[name(c)])
-        out["in_use"][kind] = {c: {"fwd_bwd_ms": [r[c] for r in rounds], "tuner_kernel_ms": tuner_ms[c]} for c in mean}
-        print(f"N={N} {order} {kind} in use (fwd+bwd ms, mean of {args.rounds}; tuner's kernel ms): " + "  ".join(
-            f"{c} {m:.4f} ({tuner_ms[c]:.4f})" for c, m in sorted(mean.items(), key=lambda x: x[1])), flush=True)
+    label = f"N={N} {order}"
+    out = {"N": N, "order": order, "cudnn_ms": in_use_ms(cudnn_call(qkv, do, args.dropout))}
+    out["tunings"], first = tunings(call, label, args.tunings, out["cudnn_ms"])
+    out["in_use"], best = sweep_in_use(call, label, first, args.rounds)
     pin(best)
     out["best"] = {"picks": {k: name(c) for k, c in best.items()}, "ms": in_use_ms(call)}
-    print(f"N={N} {order} best in use: " + " ".join(f"{k} {name(c)}" for k, c in best.items())
+    print(f"{label} best in use: " + " ".join(f"{k} {c}" for k, c in out["best"]["picks"].items())
           + f" -> {out['best']['ms']:.4f} ms; cuDNN / best {out['cudnn_ms'] / out['best']['ms']:.3f}", flush=True)
     return out
+
+
+def markdown(meta: dict, results: list[dict]) -> str:
+    lines = [f"# The autotuner's picks against the best config in use ({meta['gpu']}, torch {meta['torch']}, "
+             f"triton {meta['triton']}; commit {meta['commit']}, {meta['date']})", "",
+             f"Causal, D = {D}, {H} heads, {TOKENS} tokens, packed, dropout {meta['dropout']}; fwd+bwd ms from "
+             "CUDA-graph replays (docs/dev/tuning_spread.py). Configs: query tile x key tile x warps x stages (the "
+             "dQ pass's key tile, `h`, is set by the host); policies: `cold` Triton's default benchmark, `graph` "
+             "CUDA-graph replays.", ""]
+    for r in results:
+        lines += [f"## N = {r['N']}, order {r['order']}: cuDNN {r['cudnn_ms']:.4f} ms; best in use "
+                  f"{r['best']['ms']:.4f} ms (cuDNN ÷ best {r['cudnn_ms'] / r['best']['ms']:.3f})", "",
+                  "| tuning | fwd | dQ | dK/dV | ms |", "|---|---|---|---|---|"]
+        lines += [f"| {t['policy']} | {t['picks']['fwd']} | {t['picks']['dq']} | {t['picks']['kv']} | {t['ms']:.4f} |"
+                  for t in r["tunings"]]
+        lines += [f"| best in use | {r['best']['picks']['fwd']} | {r['best']['picks']['dq']} | "
+                  f"{r['best']['picks']['kv']} | {r['best']['ms']:.4f} |", ""]
+        for kind, configs in r["in_use"].items():
+            ranked = sorted(configs.items(), key=lambda x: statistics.fmean(x[1]["fwd_bwd_ms"]))
+            lines.append(f"- {kind}, each config in use (fwd+bwd ms; the tuner's kernel ms): " + ", ".join(
+                f"{c} {statistics.fmean(v['fwd_bwd_ms']):.4f} ({v['tuner_kernel_ms']:.4f})" for c, v in ranked))
+        lines.append("")
+    return "\n".join(lines)
 
 
 def git_commit() -> str:
@@ -141,7 +175,7 @@ def main() -> None:
     p.add_argument("--tunings", type=int, default=2, help="tunings per policy")
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--dropout", type=float, default=0.0, metavar="P")
-    p.add_argument("--out", type=Path, help="write tuning_spread.json here")
+    p.add_argument("--out", type=Path, help="write tuning_spread.json and .md here")
     args = p.parse_args()
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -153,6 +187,7 @@ def main() -> None:
             if args.out:  # after each shape, so that a run cut by a time limit keeps what it measured
                 args.out.mkdir(parents=True, exist_ok=True)
                 (args.out / "tuning_spread.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
+                (args.out / "tuning_spread.md").write_text(markdown(meta, results))
 
 
 if __name__ == "__main__":

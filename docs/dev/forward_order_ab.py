@@ -13,15 +13,12 @@ import argparse
 import sys
 from pathlib import Path
 
-import torch
-
 sys.path.insert(0, str(Path.cwd()))
 sys.path.insert(0, str(Path(__file__).parent))
 import lpt_ab  # noqa: E402
 
 from kernels import attention, flash_attention_qkvpacked  # noqa: E402
 
-H, D = 12, 64
 LAUNCH_FWD = attention._launch_fwd  # the library's, looked up by the forward op at each call
 
 
@@ -50,14 +47,8 @@ def main() -> None:
     args = p.parse_args()
     flash = lambda qkv: flash_attention_qkvpacked(qkv, causal=True, dropout_p=args.dropout)
     for N in args.seqs:
-        B = 16384 // N
-        qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        do = torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
-        for round_ in range(args.rounds):
-            results = {}
-            for order in args.orders if round_ % 2 == 0 else args.orders[::-1]:
-                forward_in(order)
-                results[order] = lpt_ab.times(flash, qkv, do)
+        qkv, do = lpt_ab.inputs(N)
+        for round_, results in lpt_ab.alternating_rounds(args.orders, forward_in, flash, qkv, do, args.rounds):
             forward_in("landed")
             ref = lpt_ab.times(lambda qkv: lpt_ab.cudnn(qkv, args.dropout), qkv, do)
             print(f"N={N} round {round_}: cuDNN fwd {ref[0]:.4f} fwd+bwd {ref[1]:.4f} ms; " + "; ".join(

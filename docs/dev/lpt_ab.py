@@ -49,6 +49,23 @@ def times(attend, qkv, do) -> tuple[float, float]:
     return triton.testing.do_bench_cudagraph(lambda: attend(qkv)), triton.testing.do_bench_cudagraph(fwd_bwd)
 
 
+def inputs(N: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The packed projection (B, N, 3, H, D) at 16K tokens, and dO."""
+    B = 16384 // N
+    qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
+    return qkv, torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
+
+
+def alternating_rounds(orders: list[str], apply, attend, qkv, do, rounds: int):
+    """Per round, (round, {order: times(...)}) with apply(order) before each order; every other round reversed."""
+    for round_ in range(rounds):
+        results = {}
+        for order in orders if round_ % 2 == 0 else orders[::-1]:
+            apply(order)
+            results[order] = times(attend, qkv, do)
+        yield round_, results
+
+
 def cudnn(qkv, dropout_p: float):
     q, k, v = (t.transpose(1, 2) for t in qkv.unbind(2))
     with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
@@ -65,14 +82,8 @@ def main() -> None:
     orders = ["grid", *(f"G{g}" for g in args.groups), "all"]
     flash = lambda qkv: flash_attention_qkvpacked(qkv, causal=True, dropout_p=args.dropout)
     for N in args.seqs:
-        B = 16384 // N
-        qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-        do = torch.randn(B, H, N, D, device="cuda", dtype=torch.bfloat16)
-        for round_ in range(args.rounds):
-            results = {}
-            for order in orders if round_ % 2 == 0 else orders[::-1]:
-                set_order(order)
-                results[order] = times(flash, qkv, do)
+        qkv, do = inputs(N)
+        for round_, results in alternating_rounds(orders, set_order, flash, qkv, do, args.rounds):
             base, ref = results["grid"], times(lambda qkv: cudnn(qkv, args.dropout), qkv, do)
             print(f"N={N:5d} round {round_}: cuDNN fwd {ref[0]:.4f} fwd+bwd {ref[1]:.4f} ms; " + "; ".join(
                 f"{o} fwd {f:.4f} ({base[0] / f:.3f}x, cuDNN {ref[0] / f:.3f}x) fwd+bwd {fb:.4f} ({base[1] / fb:.3f}x, "

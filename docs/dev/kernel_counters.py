@@ -25,12 +25,15 @@ from pathlib import Path
 SECTIONS = ["SpeedOfLight", "ComputeWorkloadAnalysis", "MemoryWorkloadAnalysis", "Occupancy", "WarpStateStats",
             "LaunchStats"]
 PIPES = [f"sm__{p}.avg.pct_of_peak_sustained_active" for p in (
-    "pipe_tensor_op_gmma_cycles_active", "inst_executed_pipe_xu", "pipe_fma_cycles_active", "inst_executed_pipe_alu",
+    "pipe_tensor_op_gmma_cycles_active", "pipe_tensor_op_hmma_cycles_active", "pipe_shared_cycles_active",
+    "inst_executed_pipe_xu", "pipe_fma_cycles_active", "inst_executed_pipe_alu",
     "inst_executed_pipe_lsu")]
 STALLS = [f"smsp__average_warps_issue_stalled_{r}_per_issue_active.ratio" for r in (
     "long_scoreboard", "barrier", "wait", "math_pipe_throttle", "mio_throttle", "short_scoreboard", "dispatch_stall",
     "not_selected", "selected")]
-EXTRA_METRICS = ["dram__bytes_read.sum", "lts__t_sector_hit_rate.pct", "lts__t_sectors_srcunit_ltcfabric.sum",
+WORK = ["sm__ops_path_tensor_src_bf16_dst_fp32.sum", "smsp__inst_executed.sum",
+        "l1tex__data_pipe_lsu_wavefronts_mem_shared.sum"]
+EXTRA_METRICS = [*WORK, "dram__bytes_read.sum", "lts__t_sector_hit_rate.pct", "lts__t_sectors_srcunit_ltcfabric.sum",
                  *PIPES, *STALLS]
 SHOWN = ["Duration", "Registers Per Thread", "Achieved Occupancy", "Compute (SM) Throughput", "Memory Throughput",
          "DRAM Throughput", "L2 Hit Rate", "L1/TEX Hit Rate", "Issue Slots Busy",
@@ -49,10 +52,7 @@ def known(metrics: list[str]) -> list[str]:
     """The metrics whose base name this GPU's ncu lists (an unknown one would fail the whole profile)."""
     listed = subprocess.run([ncu(), "--query-metrics"], capture_output=True, text=True).stdout
     names = {line.split()[0] for line in listed.splitlines() if line.strip()}
-    missing = [m for m in metrics if m.split(".")[0] not in names]
-    if missing:
-        print("not listed by ncu --query-metrics, left out: " + ", ".join(missing), flush=True)
-    return [m for m in metrics if m not in missing]
+    return [m for m in metrics if m.split(".")[0] in names]
 
 
 def drive(N: int, provider: str) -> None:
@@ -108,6 +108,31 @@ def markdown(meta: dict, results: dict) -> str:
     return "\n".join(lines)
 
 
+def plot(results: dict, path: Path) -> None:
+    """Each case's kernels as stacked bars of their duration."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(8, 0.6 * len(results) + 1.5))
+    for row, kernels in enumerate(results.values()):
+        left = 0.0
+        for kernel, counters in kernels.items():
+            value, unit = counters.get("Duration", "0 ns").replace(",", "").split()[:2]
+            ms = float(value) * {"ns": 1e-6, "us": 1e-3, "usecond": 1e-3, "msecond": 1.0, "ms": 1.0}.get(unit, 1e-6)
+            ax.barh(row, ms, left=left)
+            label = kernel.split(" ", 1)[1].removeprefix("void ").split("<")[0].split("::")[-1]
+            label = next((f"cuDNN {p}" for p in ("fprop", "bprop") if p in label), label)
+            ax.text(left + ms / 2, row, label[:16], ha="center", va="center", fontsize=6, rotation=90 * (ms < 0.2))
+            left += ms
+    ax.set_yticks(range(len(results)), list(results))
+    ax.set_xlabel("ms under Nsight Compute (one kernel at a time, L2 flushed before each)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seqs", type=int, nargs="+", default=[16384, 8192])
@@ -127,6 +152,8 @@ def main() -> None:
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "commit": commit, "date": datetime.now(timezone.utc).isoformat()}
     metrics, results = known(EXTRA_METRICS), {}
+    meta["not_listed_by_ncu"] = [m for m in EXTRA_METRICS if m not in metrics]
+    print("not listed by ncu --query-metrics, left out: " + ", ".join(meta["not_listed_by_ncu"]), flush=True)
     for N in args.seqs:
         for provider in args.providers:
             results[f"N={N} {provider}"] = kernels = profile(N, provider, metrics)
@@ -136,6 +163,7 @@ def main() -> None:
             args.out.mkdir(parents=True, exist_ok=True)
             (args.out / "kernel_counters.json").write_text(json.dumps({"meta": meta, "results": results}, indent=1))
             (args.out / "kernel_counters.md").write_text(markdown(meta, results))
+            plot(results, args.out / "kernel_counters.png")
 
 
 if __name__ == "__main__":

@@ -1,8 +1,9 @@
 """Hardware counters of the attention kernels of one causal fwd+bwd (GPU, Nsight Compute): ours under a program
 order, or cuDNN's. For every (N, provider) this file starts again under `ncu` (clocks left alone), which profiles
-every kernel of the second fwd+bwd (the first compiles): D = 64, 16K tokens, the model's packed projection, our
-configs untuned (the first fitting one, FLASHGPT_AUTOTUNE=0: the forward's is the tuned 128 x 64 x 4 warps x 3
-stages). Prints the counters side by side and writes kernel_counters.json and .md.
+every kernel of the second fwd+bwd (the first compiles and tunes our kernels, unprofiled): D = 64, 16K tokens, the
+model's packed projection. Nsight Compute runs one kernel at a time and flushes L2 before each, so durations are
+not a pipeline's; read the rates and ratios. Prints the counters side by side and writes kernel_counters.json, .md
+and .png.
 
     python docs/dev/kernel_counters.py --out DIR                               # from a checkout's root
     python docs/dev/kernel_counters.py --seqs 8192 --providers landed grid all cudnn --out DIR
@@ -15,7 +16,6 @@ import csv
 import glob
 import io
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -84,7 +84,7 @@ def profile(N: int, provider: str, metrics: list[str]) -> dict[str, dict[str, st
     cmd = [ncu(), "--clock-control", "none", "--profile-from-start", "off", "--csv", "--page", "details",
            *(a for s in SECTIONS for a in ("--section", s)), *(["--metrics", ",".join(metrics)] if metrics else []),
            sys.executable, __file__, "--drive", str(N), provider]
-    run = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "FLASHGPT_AUTOTUNE": "0"})
+    run = subprocess.run(cmd, capture_output=True, text=True)
     rows = [line for line in run.stdout.splitlines() if line.startswith('"')]
     if run.returncode or not rows:
         print(f"ncu failed (rc {run.returncode}) for N={N} {provider}:\n{run.stdout[-1500:]}{run.stderr[-1500:]}",

@@ -137,7 +137,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--seqs", type=int, nargs="+", default=[16384, 8192])
     p.add_argument("--providers", nargs="+", default=["landed", "cudnn"])
-    p.add_argument("--out", type=Path, help="directory for kernel_counters.json and .md (required)")
+    p.add_argument("--out", type=Path, help="directory for kernel_counters.json, .md and .png (required)")
     p.add_argument("--drive", nargs=2, metavar=("N", "PROVIDER"), help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.drive:

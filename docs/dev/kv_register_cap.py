@@ -21,19 +21,14 @@ import triton
 sys.path.insert(0, str(Path.cwd()))
 sys.path.insert(0, str(Path(__file__).parent))
 import lpt_ab  # noqa: E402
+from tuning_spread import pin, tuner  # noqa: E402
 
-from kernels import attention, flash_attention_qkvpacked  # noqa: E402
+from kernels import flash_attention_qkvpacked  # noqa: E402
 
 
 def config(tile: str, cap: int | None) -> triton.Config:
     m, n, warps, stages = (int(x) for x in tile.split("x"))
     return triton.Config({"BLOCK_M": m, "BLOCK_N": n}, num_warps=warps, num_stages=stages, maxnreg=cap)
-
-
-def pinned(tuner, cfg: triton.Config) -> None:
-    """The autotuner answers its (single) tuning key with `cfg`."""
-    assert len(tuner.cache) == 1, f"{len(tuner.cache)} tuning keys; one shape at a time"
-    tuner.cache[next(iter(tuner.cache))] = cfg
 
 
 def main() -> None:
@@ -44,13 +39,12 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
     flash = lambda qkv: flash_attention_qkvpacked(qkv, causal=True)
-    kv = attention._bwd_kv
     for N in args.seqs:
-        for tuner in (attention._fwd, attention._bwd_dq, kv):
-            tuner.cache.clear()
+        for kind in ("fwd", "dq", "kv"):
+            tuner(kind).cache.clear()
         qkv, do = lpt_ab.inputs(N)
         torch.autograd.grad(flash(qkv), qkv, do)  # tunes the three kernels
-        tuned = next(iter(kv.cache.values()))
+        tuned = next(iter(tuner("kv").cache.values()))
         variants = {"tuned " + "x".join(str(v) for v in (*tuned.kwargs.values(), tuned.num_warps, tuned.num_stages)):
                     tuned}
         variants |= {f"{t} cap {c}": config(t, c) for t in args.tiles for c in [None, *args.caps]}
@@ -58,7 +52,7 @@ def main() -> None:
         cudnn = []
         for r in range(args.rounds):
             for name in variants if r % 2 == 0 else list(variants)[::-1]:
-                pinned(kv, variants[name])
+                pin({"kv": variants[name]})
                 ms[name].append(lpt_ab.times(flash, qkv, do)[1])
             cudnn.append(lpt_ab.times(lambda qkv: lpt_ab.cudnn(qkv, 0.0), qkv, do)[1])
         ref = statistics.median(cudnn)

@@ -12,7 +12,7 @@ import torch.nn.functional as F
 
 from .attention import causal_density
 from .gpt import GPT, GPTConfig
-from .pretrained import CONV1D
+from .pretrained import CONV1D, gpt2_classes
 
 DESCRIPTION = "hf-eager (transformers GPT2LMHeadModel, attn_implementation=eager)"
 
@@ -20,8 +20,7 @@ DESCRIPTION = "hf-eager (transformers GPT2LMHeadModel, attn_implementation=eager
 class HFGPT2(nn.Module):
     def __init__(self, config: GPTConfig):
         super().__init__()
-        from transformers import GPT2Config, GPT2LMHeadModel
-
+        GPT2Config, GPT2LMHeadModel = gpt2_classes()
         if not config.bias:
             raise ValueError("model.impl=hf builds GPT-2 with biases; drop model.overrides.bias=false")
         hf_config = GPT2Config(

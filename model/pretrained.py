@@ -23,6 +23,22 @@ class PretrainedError(ValueError):
     """The name or directory cannot be loaded as GPT-2."""
 
 
+def gpt2_classes():
+    """transformers' (GPT2Config, GPT2LMHeadModel). Where Hugging Face's `kernels` distribution is installed (a
+    dependency of transformers from 5.25 on), transformers imports it by the name of this project's `kernels`
+    package and fails: that failure becomes an error that says what to do."""
+    try:
+        from transformers import GPT2Config, GPT2LMHeadModel
+    except ImportError as e:
+        if "from 'kernels'" not in str(e):
+            raise
+        raise PretrainedError(
+            f"transformers could not import GPT-2 ({e}): it imports Hugging Face's `kernels` package, whose import "
+            f"name is this project's kernel package. Run `pip uninstall kernels` and `pip install 'transformers<5.25'` "
+            f"(the range pyproject.toml allows).") from None
+    return GPT2Config, GPT2LMHeadModel
+
+
 def _resolve(name_or_path: str) -> str:
     """A local save_pretrained directory, or a known hub name; anything else is refused with the choices."""
     path = Path(name_or_path).expanduser()
@@ -64,7 +80,7 @@ def _check_shape(hf_config: dict, config_file: Path) -> None:
 
 def load_hf(name_or_path: str):
     """transformers' GPT2LMHeadModel in fp32, with a clear error when the hub is out of reach."""
-    from transformers import GPT2LMHeadModel
+    _, GPT2LMHeadModel = gpt2_classes()
 
     source = _resolve(name_or_path)
     try:
@@ -141,7 +157,7 @@ def load_pretrained(cls, name_or_path: str, attn: str = "sdpa", **overrides):
 
 def to_hf(model, vocab_size: int | None = None):
     """A transformers GPT2LMHeadModel with our model's weights; the vocab is cut back to `vocab_size` if given."""
-    from transformers import GPT2Config, GPT2LMHeadModel
+    GPT2Config, GPT2LMHeadModel = gpt2_classes()
 
     c = model.config
     vocab_size = vocab_size or c.vocab_size

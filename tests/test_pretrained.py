@@ -1,13 +1,15 @@
 """GPT-2 weights in: tiny GPT-2s saved by transformers load into our GPT with equal logits, on every backend."""
 
 import json
+import sys
+import types
 
 import pytest
 import torch
 from transformers import GPT2Config, GPT2LMHeadModel
 
 from model import GPT, available_backends, get_backend
-from model.pretrained import PretrainedError
+from model.pretrained import PretrainedError, gpt2_classes
 
 VOCAB, CTX = 101, 48
 
@@ -103,3 +105,24 @@ def test_hub_name_offline_says_what_to_do(monkeypatch, tmp_path):
     monkeypatch.setenv("HF_HOME", str(tmp_path))  # an empty cache, whatever this machine holds
     with pytest.raises(PretrainedError, match="save_pretrained"):
         GPT.from_pretrained("gpt2-xl")
+
+
+def test_transformers_failing_on_hugging_faces_kernels_package_is_a_clear_error(monkeypatch):
+    """Hugging Face's `kernels` distribution, where installed, is imported by transformers under the name of this
+    project's kernel package; the ImportError that gives becomes an error saying what to run."""
+
+    def clash(name):
+        raise ImportError("cannot import name 'CUDAProperties' from 'kernels' (/repo/kernels/__init__.py)")
+
+    broken = types.ModuleType("transformers")
+    broken.__getattr__ = clash
+    monkeypatch.setitem(sys.modules, "transformers", broken)
+    with pytest.raises(PretrainedError, match=r"pip uninstall kernels.*transformers<5\.25"):
+        gpt2_classes()
+
+    def other(name):
+        raise ImportError("No module named 'safetensors'")
+
+    broken.__getattr__ = other
+    with pytest.raises(ImportError, match="safetensors"):  # any other import failure stays as it was
+        gpt2_classes()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from model.pretrained import to_hf
+from model.pretrained import gpt2_classes, to_hf
 from training.sources import load_any
 
 GPT2_VOCAB = 50257
@@ -52,8 +52,7 @@ def export(source: str, out_dir: str | Path, vocab_size: int | None = None, veri
     print(f"wrote {out_dir} (GPT-2, {hf.config.n_layer} layers, {hf.config.n_embd} wide, vocab "
           f"{hf.config.vocab_size}, context {hf.config.n_positions}; trained with tokenizer: {tokenizer})")
     if verify:
-        from transformers import GPT2LMHeadModel
-
+        _, GPT2LMHeadModel = gpt2_classes()
         reloaded = GPT2LMHeadModel.from_pretrained(out_dir).float().eval()
         x = torch.randint(0, hf.config.vocab_size, (2, min(64, hf.config.n_positions)))
         with torch.no_grad():

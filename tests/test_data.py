@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from training.corpus import main as corpus_main
 from training.corpus import prepare_stdlib_docs
 from training.data import DataError, TokenBatches, check_vocab, prepare_data
 
@@ -65,6 +66,18 @@ def test_missing_data_says_how_to_prepare(tmp_path):
 def test_embedded_corpus_is_built_on_first_use(tmp_path):
     path, meta = prepare_data({"name": "stdlib_docs", "dir": str(tmp_path / "docs")})
     assert meta["vocab_size"] == 256 and (path / "train.bin").is_file()
+
+
+def test_corpus_command_leaves_a_complete_build_and_refuses_other_files(corpus, tmp_path, capsys):
+    """conf/data/stdlib_docs.yaml's prepare command, run again over the corpus train.py built, is not an error."""
+    before = {f.name: f.stat().st_mtime_ns for f in corpus.iterdir()}
+    corpus_main(str(corpus))
+    assert capsys.readouterr().out.strip() == f"{corpus} (already built)"
+    assert {f.name: f.stat().st_mtime_ns for f in corpus.iterdir()} == before
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(SystemExit, match="not made by this builder"):
+        corpus_main(str(tmp_path))
+    assert [f.name for f in tmp_path.iterdir()] == ["notes.txt"]
 
 
 def test_vocab_mismatch_is_an_error(corpus):

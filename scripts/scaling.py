@@ -13,9 +13,26 @@ rounding. NVLink multicast stays off in every launch (reporting/launch.py).
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
+import torch
+
 from reporting.scaling import study
+
+CPU_TRY = "--device cpu --gpus 1 2 --model gpt2-nano --attn sdpa --seq 64 --batch 4"
+
+
+def check_gpus(device: str, gpus: list[int]) -> None:
+    """Before launching anything: one GPU per rank, unless the ranks run on CPUs."""
+    if device == "cpu":
+        return
+    have = torch.cuda.device_count()
+    if have == 0:
+        sys.exit(f"no CUDA GPU here: run with {CPU_TRY} (gloo ranks on CPUs) to try the code path")
+    if max(gpus) > have:
+        sys.exit(f"--gpus {' '.join(map(str, gpus))}: this machine has {have} GPU(s), one per rank is needed; "
+                 f"ask for at most {have}")
 
 
 def main(argv=None) -> Path:
@@ -31,6 +48,7 @@ def main(argv=None) -> Path:
     ap.add_argument("--device", default="auto", choices=("auto", "cuda", "cpu"))
     ap.add_argument("--data-dir", help="data.dir for train.py (default: the embedded corpus)")
     args = ap.parse_args(argv)
+    check_gpus(args.device, args.gpus)
     path = study(args.out, args.gpus, args.model, args.attn, args.seq, args.batch, args.steps, args.curve_steps,
                  args.device, args.data_dir)
     print("report:", path)

@@ -8,6 +8,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -26,3 +28,15 @@ def test_scaling_report_on_two_gloo_ranks(tmp_path):
     raw = json.loads((out / "raw.json").read_text())
     assert raw["loss_gap"]["steps"] == 5 and raw["loss_gap"]["max_gap"] < 1e-4
     assert all(c["rc"] == 0 for c in raw["commands"]) and (out / "loss.png").is_file()
+
+
+@pytest.mark.parametrize("gpus, have, says", [(["1", "2"], 0, "no CUDA GPU here: run with --device cpu"),
+                                              (["1", "2", "4"], 2, "this machine has 2 GPU")])
+def test_scaling_refuses_ranks_without_gpus_before_launching(tmp_path, monkeypatch, gpus, have, says):
+    """On a machine without the GPUs, the documented GPU command says what to run instead; it starts no torchrun."""
+    cli = load_script("scaling")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: have)
+    monkeypatch.setattr(cli, "study", lambda *a, **k: pytest.fail("launched runs"))
+    with pytest.raises(SystemExit, match=says):
+        cli.main(["--gpus", *gpus, "--out", str(tmp_path / "scaling")])
+    assert not (tmp_path / "scaling").exists()

@@ -331,5 +331,8 @@ def reproduce(mode: str, out: Path, device: str, only: list[str], *, logger: str
     if interpret:  # the Triton interpreter, for this process's backend checks and the training runs
         os.environ["TRITON_INTERPRET"] = "1"
     plan = make_plan(mode, backends, **(plan_overrides or {}))
+    if reuse_runs and not (out / "runs").is_dir():  # before the report directory is touched
+        raise SystemExit(f"--reuse-runs: no runs in {out / 'runs'}; make them first (the same command without "
+                         f"--reuse-runs; <out>/runs/ is not committed, so a checkout's reports have none)")
     r = open_report(out, plan, mode, device, command, logger, group, data_dir, interpret, reuse_runs, fresh, only)
     return run_sections(r, only, default_patterns(plan) if patterns is None else patterns, reuse_kernels)

@@ -31,6 +31,16 @@ import torch
 from reporting.reproduction import BACKENDS, SECTIONS, reproduce
 
 
+def check_gpu_mode(args, only: list[str], device: str) -> None:
+    """--quick / --full train GPT-2 small and medium: on a CPU only when asked for (--device cpu), not by default."""
+    mode = args.mode or "quick"
+    trains = set(only) - {"kernels"} and not args.reuse_runs
+    if args.device == "auto" and device == "cpu" and mode != "tiny" and trains:
+        sys.exit(f"no CUDA GPU here: --{mode} trains GPT-2 small{' and medium' if mode == 'full' else ''} "
+                 f"(hours on a CPU); run --tiny --device cpu for the same pipeline with tiny models, or pass "
+                 f"--device cpu to train these on the CPU anyway")
+
+
 def main(argv=None) -> Path:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
@@ -72,6 +82,7 @@ def main(argv=None) -> Path:
         p.error(f"train.py needs {', '.join(missing)}, not installed here (pip install hydra-core wandb; "
                 "or --logger none to train without wandb)")
     device = args.device if args.device != "auto" else ("cuda" if torch.cuda.is_available() else "cpu")
+    check_gpu_mode(args, only, device)
     overrides = {k: getattr(args, k) for k in ("models", "seqs", "steps", "small_steps", "tokens_per_step")}
     return reproduce(args.mode or "quick", Path(args.out).resolve(), device, only, logger=args.logger,
                      group=args.group, data_dir=args.data_dir,

@@ -6,6 +6,8 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from script_loader import load_script
 
 from reporting import launch, reproduction
 
@@ -86,6 +88,25 @@ def test_reuse_runs_renders_without_training(tmp_path, monkeypatch):
 
     with pytest.raises(SystemExit, match="no runs in"):
         reproduction.reproduce("tiny", tmp_path / "empty", "cpu", ["parity"], logger="none", reuse_runs=True)
+    assert not (tmp_path / "empty").exists()  # a committed report without runs/ is left as it is
+
+
+def test_gpu_modes_on_a_cpu_say_what_to_run_instead(tmp_path, monkeypatch):
+    """README's `--quick` / `--full` on a machine without a GPU: refused before training (they train GPT-2 small on
+    the CPU otherwise); --device cpu, --reuse-runs and kernels-only (skipped there) still go through."""
+    cli = load_script("reproduce")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    calls = []
+    monkeypatch.setattr(cli, "reproduce", lambda mode, out, device, only, **kw: calls.append((mode, device, only)))
+    for mode in ("--quick", "--full"):
+        with pytest.raises(SystemExit, match="no CUDA GPU here: .* run --tiny --device cpu"):
+            cli.main([mode, "--out", str(tmp_path / "r")])
+    assert not calls and not (tmp_path / "r").exists()
+    cli.main(["--quick", "--device", "cpu", "--out", str(tmp_path / "r")])
+    cli.main(["--quick", "--only", "parity", "--reuse-runs", "--out", str(tmp_path / "r")])
+    cli.main(["--quick", "--only", "kernels", "--out", str(tmp_path / "r")])
+    cli.main(["--tiny", "--out", str(tmp_path / "r")])
+    assert [c[0] for c in calls] == ["quick"] * 3 + ["tiny"] and {c[1] for c in calls} == {"cpu"}
 
 
 def test_quick_plan_is_small():

@@ -179,13 +179,16 @@ def build_model(cfg, config: GPTConfig, ckpt: dict | None) -> torch.nn.Module:
 
 
 def check_fits(config: GPTConfig, meta: dict, data_path, seq_len: int, fixed_by: str | None = None) -> None:
-    """The data's vocabulary and train.seq_len fit the model; `fixed_by`: what fixed its shape, if not the config."""
+    """The data's vocabulary and train.seq_len fit the model and both splits; `fixed_by`: what fixed its shape, if
+    not the config. The val split is read at the last step if not before: a split too short fails now, not then."""
     check_vocab(meta, config.vocab_size, Path(data_path))
     if seq_len > config.block_size:
         bigger = f"a context of {config.block_size} fixed by {fixed_by}" if fixed_by else \
             f"context (block_size={config.block_size}); or set model.block_size={seq_len}"
         raise ConfigError(f"train.seq_len={seq_len} is longer than the model's {bigger}; use "
                           f"train.seq_len<={config.block_size}")
+    for split in ("train", "val"):
+        TokenBatches(Path(data_path), split, 1, seq_len, torch.device("cpu"), seed=0)
 
 
 def compile_model(model, cfg, device):

@@ -150,6 +150,15 @@ def test_broken_data_files_are_one_line(tmp_path, data, files, message):
     assert snapshot(d) == before
 
 
+def test_a_val_split_too_short_fails_before_training(tmp_path, data):
+    """The val split is read at the last step: one too short for train.seq_len is refused before the first step
+    (it had failed after training, e.g. `prepare_data.py data=text` of a small file, 0.5% held out)."""
+    d = broken_data(tmp_path, data, val_bin=np.zeros(10, dtype=np.uint16).tobytes())
+    code, out = cli(tmp_path, *FAST, f"data.dir={d}")
+    assert_one_line_error(code, out, r"val.bin' has 10 tokens, too few for train.seq_len=16; .*data.val_fraction")
+    assert "step 1/" not in out
+
+
 # ---- items 3 and 6: checkpoints that are corrupt, inconsistent or not resumable ------------------------------------
 
 def flip_64_bytes(path: Path) -> None:

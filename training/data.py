@@ -97,8 +97,9 @@ class TokenBatches:
             raise DataError(f"'{self.file}' has {size} bytes, an odd number, so it is not uint16 tokens (truncated "
                             f"or not a token file); prepare the data again.")
         if size // 2 <= seq_len + 1:
+            more = "more data (or prepare it with a larger data.val_fraction)" if split == "val" else "more data"
             raise DataError(f"'{self.file}' has {size // 2} tokens, too few for train.seq_len={seq_len}; use a "
-                            f"shorter train.seq_len or more data.")
+                            f"shorter train.seq_len or {more}.")
         self.tokens = np.memmap(self.file, dtype=np.uint16, mode="r")
         meta = Path(path) / "meta.json"
         self.vocab_size = read_meta(Path(path))["vocab_size"] if meta.is_file() else None

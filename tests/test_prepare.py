@@ -154,3 +154,14 @@ def test_script_takes_the_train_py_data_overrides(corpus, tmp_path, monkeypatch)
         prepare_data.main(["data=text"])
     with pytest.raises(prep.PrepareError, match="say which dataset"):
         prepare_data.main([])
+
+
+def test_a_val_split_too_short_for_training_is_said_when_prepared(corpus, tmp_path, capsys):
+    """One held-out document of a small file (0.5%, the default) cannot fill a GPT-2 window: said at once, with the
+    setting that fixes it, not only when train.py refuses the split."""
+    path, _ = corpus
+    meta = prep.prepare(settings(path, tmp_path, val_fraction=0.005), tmp_path / "small")
+    assert meta["val_docs"] == 1 and "warning: the val split holds only" in capsys.readouterr().out
+    assert "data.val_fraction (now 0.005)" in prep.short_val_warning(meta)
+    prep.prepare(settings(path, tmp_path, val_fraction=0.5), tmp_path / "half")
+    assert "warning" not in capsys.readouterr().out

@@ -260,7 +260,21 @@ def prepare(settings: Settings, out_dir: str | Path, force: bool = False, check_
     _atomic_write(meta_path, lambda p: p.write_text(json.dumps(meta, indent=2)))  # last: marks completion
     shutil.rmtree(chunks_dir)
     print(f"wrote {out_dir}: {meta['train_tokens']:,} train tokens, {meta['val_tokens']:,} val tokens")
+    if warning := short_val_warning(meta):
+        print(warning)
     return meta
+
+
+GPT2_WINDOW = 1025  # train.py reads windows of train.seq_len + 1 tokens: 1025 at GPT-2's context
+
+
+def short_val_warning(meta: dict) -> str | None:
+    """The val split too short for a GPT-2 window: train.py would refuse it at train.seq_len=1024 (or less)."""
+    if meta["val_tokens"] > GPT2_WINDOW:
+        return None
+    return (f"warning: the val split holds only {meta['val_tokens']:,} tokens ({meta['val_docs']:,} documents); "
+            f"train.py needs more than train.seq_len + 1 ({GPT2_WINDOW} at seq_len 1024). Prepare again with --force "
+            f"and a larger data.val_fraction (now {meta['val_fraction']}) unless you train on shorter sequences")
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:

@@ -67,6 +67,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=4096)
     p.add_argument("--out", type=Path, default=Path("."))
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("compiled_vs_eager_attention.py needs a CUDA GPU")
     B, N, out = args.batch, args.seq, args.out
     out.mkdir(parents=True, exist_ok=True)
     torch.manual_seed(0)

@@ -148,6 +148,8 @@ def main() -> None:
     import torch
     import triton
 
+    if not torch.cuda.is_available():
+        sys.exit("kernel_counters.py needs a CUDA GPU (and Nsight Compute's ncu)")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "commit": commit, "date": datetime.now(timezone.utc).isoformat()}

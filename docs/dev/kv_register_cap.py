@@ -38,6 +38,8 @@ def main() -> None:
     p.add_argument("--caps", type=int, nargs="+", default=[168])
     p.add_argument("--rounds", type=int, default=3)
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("kv_register_cap.py needs a CUDA GPU")
     flash = lambda qkv: flash_attention_qkvpacked(qkv, causal=True)
     for N in args.seqs:
         for kind in ("fwd", "dq", "kv"):

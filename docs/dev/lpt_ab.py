@@ -79,6 +79,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=2)
     p.add_argument("--dropout", type=float, default=0.0, metavar="P", help="attention dropout, ours and cuDNN's")
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("lpt_ab.py needs a CUDA GPU")
     orders = ["grid", *(f"G{g}" for g in args.groups), "all"]
     flash = lambda qkv: flash_attention_qkvpacked(qkv, causal=True, dropout_p=args.dropout)
     for N in args.seqs:

@@ -106,6 +106,8 @@ def main() -> None:
     p.add_argument("--seq", type=int, default=1024)
     p.add_argument("--skip-step", action="store_true", help="only the neighbourhood measurements")
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("step_forward_launches.py needs a CUDA GPU")
     torch.backends.cuda.matmul.allow_tf32 = True
     for attn in ("flash", "sdpa"):
         neighbourhood(attn, args.batch, args.seq)

@@ -177,6 +177,8 @@ def main() -> None:
     p.add_argument("--dropout", type=float, default=0.0, metavar="P")
     p.add_argument("--out", type=Path, help="write tuning_spread.json and .md here")
     args = p.parse_args()
+    if not torch.cuda.is_available():
+        sys.exit("tuning_spread.py needs a CUDA GPU")
     meta = {"gpu": torch.cuda.get_device_name(), "torch": torch.__version__, "triton": triton.__version__,
             "commit": git_commit(), "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "dropout": args.dropout}

@@ -1,6 +1,7 @@
 """Tables and plots from any set of runs: local run/sweep directories, or a wandb project (and groups).
 
-    python scripts/compare.py docs/results/h100/runs/throughput --out /tmp/cmp
+    python scripts/compare.py /tmp/r/runs/throughput --out /tmp/cmp   # a report's runs (reproduce.py --out /tmp/r;
+                                                                     # a checkout's reports keep no runs/)
     python scripts/compare.py outputs/2026-01-01/12-00-00 multirun/2026-01-01/13-00-00 --out /tmp/cmp
     python scripts/compare.py --wandb my-entity/flashgpt --group h100-throughput --out /tmp/cmp
 

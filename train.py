@@ -484,6 +484,8 @@ def outcome(error: BaseException | None, cfg) -> tuple[str, str | None]:
                          f"another hydra.run.dir, then resume from the last checkpoint")
     if isinstance(error, (Interrupted, KeyboardInterrupt)):
         return "interrupted", str(error) or "interrupted (Ctrl-C); the last checkpoint, if any, is kept"
+    if isinstance(error, UnsupportedAttentionError):
+        return "error", f"{error} Choose it with attn=NAME."
     if isinstance(error, USER_ERRORS):
         return "error", str(error)
     return "error", f"{type(error).__name__}: {error}"

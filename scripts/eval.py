@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from model.attention import available_backends, get_backend
+from model.attention import UnsupportedAttentionError, available_backends, get_backend
 from reporting.evaluation import DTYPES, check_fit, defaults, evaluate, load_split
 from training.sources import load_any
 
@@ -69,5 +69,7 @@ if __name__ == "__main__":
 
     try:
         main()
+    except UnsupportedAttentionError as e:
+        sys.exit(f"error: {e} Choose it with --attn NAME.")
     except (CheckpointError, TokenizerError, ValueError) as e:  # ValueError: bad model name/dir, data, backend
         sys.exit(f"error: {e}")

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from model.attention import available_backends, get_backend
+from model.attention import UnsupportedAttentionError, available_backends, get_backend
 from training.sources import load_any
 from training.tokenizer import codec
 
@@ -74,5 +74,7 @@ if __name__ == "__main__":
 
     try:
         main()
+    except UnsupportedAttentionError as e:
+        sys.exit(f"error: {e} Choose it with --attn NAME.")
     except (CheckpointError, TokenizerError, ValueError) as e:  # ValueError: bad model name/dir, backend
         sys.exit(f"error: {e}")

@@ -29,7 +29,8 @@ def train(cwd, *overrides):
 @pytest.mark.parametrize("overrides,message", [
     (["attn=nonexistent"], r"Available options in 'attn':[\s\S]*naive[\s\S]*sdpa"),
     (["attn.name=nonexistent"], "unknown attention backend 'nonexistent'; choose one of: .*naive.*sdpa"),
-    (["attn=naive", "+attn.window=3"], r"does not support options \['window'\] \(this backend takes: none\)"),
+    (["attn=naive", "+attn.window=3"], r"does not support options \['window'\] \(this backend takes: none\)\. Change "
+                                       r"the request or choose another backend: .*sdpa.*\. Choose it with attn=NAME\."),
     (["train.seq_len=512"], r"train.seq_len=512 is longer than the model's context \(block_size=128\)"),
     (["train.dtype=fp16"], "train.dtype=fp16 needs a CUDA GPU"),
     (["data=openwebtext", "data.dir=nowhere/owt"], "data for 'openwebtext' is missing .*scripts/prepare_openwebtext"),

@@ -2,6 +2,9 @@
 
 import json
 import math
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,6 +17,8 @@ from reporting.evaluation import EvalError
 from training.checkpoint import save_checkpoint
 from training.export import ExportError, export
 from training.tokenizer import ranks_path
+
+ROOT = Path(__file__).resolve().parent.parent
 
 eval_script, sample = load_script("eval"), load_script("sample")
 
@@ -66,6 +71,19 @@ def test_sample_is_seeded_and_names_the_backend(bytes_run, capsys):
     assert "backend: naive" in capsys.readouterr().out
     assert first == sample.main(args) and first[0].startswith("def ")
     assert first != sample.main([*args, "--seed", "7"])
+
+
+@pytest.mark.parametrize("script", ["sample", "eval"])
+def test_a_refused_backend_names_the_scripts_own_flag(bytes_run, script, tmp_path):
+    """The backend registry's refusal lists the alternatives; each command line adds how it takes them (`--attn`
+    here, `attn=` in train.py), so no one is told to type another program's syntax."""
+    data = write_data(tmp_path / "data", np.zeros(200, dtype=np.int64), "bytes", 256)
+    args = [str(bytes_run[0]), "--attn", "flash", "--device", "cpu", *(["--data", str(data)] * (script == "eval"))]
+    run = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{script}.py"), *args], capture_output=True,
+                         text=True, cwd=ROOT, timeout=300)
+    assert run.returncode != 0 and "Traceback" not in run.stderr
+    assert "attention backend 'flash' does not support" in run.stderr and "choose another backend: " in run.stderr
+    assert run.stderr.strip().endswith(". Choose it with --attn NAME.") and "attn=" not in run.stderr
 
 
 @pytest.mark.skipif(not ranks_path().exists(), reason=f"no GPT-2 ranks file at {ranks_path()}")

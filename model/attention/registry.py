@@ -77,7 +77,7 @@ class AttentionBackend:
             others = ", ".join(n for n in available_backends() if n != self.name and _runs_on(n, device_type))
             raise UnsupportedAttentionError(
                 f"attention backend '{self.name}' does not support " + "; ".join(problems)
-                + f". Change the request or choose another backend (attn=...): {others}.")
+                + f". Change the request or choose another backend: {others}.")
 
     def describe(self, options: dict | None = None) -> str:
         extra = "".join(f" {k}={v}" for k, v in sorted((options or {}).items()))
@@ -111,8 +111,7 @@ def get_backend(name: str) -> AttentionBackend:
         return _BACKENDS[name]
     except KeyError:
         raise UnsupportedAttentionError(
-            f"unknown attention backend '{name}'; choose one of: {', '.join(available_backends())} "
-            f"(e.g. attn=sdpa)") from None
+            f"unknown attention backend '{name}'; choose one of: {', '.join(available_backends())}") from None
 
 
 def attention_density(name: str, options: dict | None, seq_len: int, causal: bool) -> float:

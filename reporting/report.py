@@ -72,7 +72,7 @@ def throughput_section(runs: list[Run], out: Path, title: str, png_name: str = "
     if noisy:
         md.append(f"**Caveat:** {len(noisy)} of {len(runs)} runs have too few timed intervals or a spread above "
                   f"{MAX_SPREAD:.0%} ({', '.join(r.label for r in noisy)}): their tokens/s are noise-level "
-                  "readings, not a speed comparison; run more steps (`--steps`) for one.\n")
+                  "readings, not a speed comparison; longer runs give one (train.max_steps; reproduce.py --steps).\n")
     md += [throughput_table(runs, with_paper=with_paper), f"\n![throughput]({png})\n"]
     if with_paper:
         md.append(paper_training_table())

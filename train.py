@@ -41,7 +41,7 @@ from training.checkpoint import (
     set_rng_state,
 )
 from training.config import ConfigError, register_configs
-from training.data import DataError, TokenBatches, check_vocab, prepare_data
+from training.data import DataError, TokenBatches, check_split, check_vocab, prepare_data
 from training.interrupt import stop_on_ctrl_c
 from training.loggers import RunLogger
 from training.lr import learning_rate
@@ -188,7 +188,7 @@ def check_fits(config: GPTConfig, meta: dict, data_path, seq_len: int, fixed_by:
         raise ConfigError(f"train.seq_len={seq_len} is longer than the model's {bigger}; use "
                           f"train.seq_len<={config.block_size}")
     for split in ("train", "val"):
-        TokenBatches(Path(data_path), split, 1, seq_len, torch.device("cpu"), seed=0)
+        check_split(data_path, split, seq_len)
 
 
 def compile_model(model, cfg, device):

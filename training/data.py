@@ -81,6 +81,20 @@ def check_vocab(meta: dict, vocab_size: int, path: Path) -> None:
                         f"set +model.overrides.vocab_size={meta['vocab_size']}.")
 
 
+def check_split(path: Path, split: str, seq_len: int) -> Path:
+    """The split's token file, if it holds uint16 tokens enough for one window of seq_len + 1."""
+    file = Path(path) / f"{split}.bin"
+    size = file.stat().st_size
+    if size % 2:
+        raise DataError(f"'{file}' has {size} bytes, an odd number, so it is not uint16 tokens (truncated or not a "
+                        f"token file); prepare the data again.")
+    if size // 2 <= seq_len + 1:
+        more = "more data (or prepare it with a larger data.val_fraction)" if split == "val" else "more data"
+        raise DataError(f"'{file}' has {size // 2} tokens, too few for train.seq_len={seq_len}; use a shorter "
+                        f"train.seq_len or {more}.")
+    return file
+
+
 class TokenBatches:
     """Endless (x, y) batches of random windows, state in checkpoints.
 
@@ -91,15 +105,7 @@ class TokenBatches:
 
     def __init__(self, path: Path, split: str, batch_size: int, seq_len: int, device: torch.device,
                  seed: int, rank: int = 0, world_size: int = 1):
-        self.file = Path(path) / f"{split}.bin"
-        size = self.file.stat().st_size
-        if size % 2:
-            raise DataError(f"'{self.file}' has {size} bytes, an odd number, so it is not uint16 tokens (truncated "
-                            f"or not a token file); prepare the data again.")
-        if size // 2 <= seq_len + 1:
-            more = "more data (or prepare it with a larger data.val_fraction)" if split == "val" else "more data"
-            raise DataError(f"'{self.file}' has {size // 2} tokens, too few for train.seq_len={seq_len}; use a "
-                            f"shorter train.seq_len or {more}.")
+        self.file = check_split(path, split, seq_len)
         self.tokens = np.memmap(self.file, dtype=np.uint16, mode="r")
         meta = Path(path) / "meta.json"
         self.vocab_size = read_meta(Path(path))["vocab_size"] if meta.is_file() else None

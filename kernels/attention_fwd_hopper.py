@@ -21,6 +21,7 @@ sm_90 with triton 3.9 (the TMA load and store were renamed there: both names are
 
 from __future__ import annotations
 
+import functools
 import os
 
 import torch
@@ -35,6 +36,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (
     warpgroup_mma_wait,
 )
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+from triton.runtime import driver
 
 LOG2E = 1.4426950408889634
 BLOCK = 128  # query and key tile: one diagonal tile per causal query tile
@@ -42,7 +44,10 @@ STAGES = 3  # K/V ring slots; 2 left the loads exposed, 4 do not fit next to Q a
 HEAD_DIMS = (64, 128)
 # Head dims the library routes here. H200, 16K tokens, against the tuned Triton forward: D = 128 1.25x faster causal
 # and 1.23x non-causal; D = 64 no faster (0.92 ms both, causal): docs/dev/kernel-notes.md, seventh session.
-ROUTED_HEAD_DIMS = (128,)
+ROUTED_HEAD_DIMS = (64, 128)
+# Head dims whose tiles run every head's costliest first (else head by head): at D = 128 twelve heads' K and V at
+# 16K tokens are twice the L2, and head by head measured ~14 % faster (twenty-eighth session).
+HEADS_FASTEST_HEAD_DIMS = (64,)
 # 0: the Triton kernels everywhere (comparisons). Gluon's API moves between releases: 3.6 is the first this code
 # compiles with (warp_specialize's argument list changed there).
 TRITON_VERSION = tuple(int(part) for part in triton.__version__.split(".")[:2])
@@ -71,13 +76,38 @@ def _barriers(COUNT: gl.constexpr, ARRIVALS: gl.constexpr):
 
 
 @gluon.jit
-def _program(N, BLOCK: gl.constexpr, CAUSAL: gl.constexpr):
-    """(query tile, batch*head, key tiles it visits); causal: the longest rows start first."""
-    start_m = gl.num_programs(0) - 1 - gl.program_id(0)
-    n_tiles = N // BLOCK
+def _schedule(N, BH, BLOCK: gl.constexpr):
+    """(query tiles a head, tiles in all, this program's rounds). Program p takes tile p of round 0, then one tile
+    a round, the rounds alternating direction (_round_tile)."""
+    n_m = N // BLOCK
+    tiles = n_m * BH
+    programs = gl.num_programs(0)
+    full, rest = tiles // programs, tiles % programs
+    place = gl.program_id(0)
+    if full % 2 == 1:
+        place = programs - 1 - place
+    return n_m, tiles, full + (place < rest).to(gl.int32)
+
+
+@gluon.jit
+def _round_tile(r, n_m, BH, CAUSAL: gl.constexpr, HEADS_FASTEST: gl.constexpr):
+    """(query tile, batch*head, key tiles it visits) of this program's round r. The list runs costliest first
+    (causal: the last query tiles), every head's before the next rank (HEADS_FASTEST) or head by head; odd rounds
+    walk it backwards, so the program that took a round's costliest tile takes the next round's cheapest."""
+    programs = gl.num_programs(0)
+    place = gl.program_id(0)
+    if r % 2 == 1:
+        place = programs - 1 - place
+    i = r * programs + place
+    if HEADS_FASTEST:
+        rank, bh = i // BH, i % BH
+    else:
+        rank, bh = i % n_m, i // n_m
+    start_m = n_m - 1 - rank
+    n_tiles = n_m
     if CAUSAL:
         n_tiles = start_m + 1
-    return start_m, gl.program_id(1), n_tiles
+    return start_m, bh, n_tiles
 
 
 @gluon.jit
@@ -111,37 +141,55 @@ def _causal_mask(s, row0, col0, s_layout: gl.constexpr):
 
 
 @gluon.jit
-def _load_partition(q_desc, k_desc, v_desc, q_smem, ring, q_bar, N, H, HEAD_D: gl.constexpr, CAUSAL: gl.constexpr,
-                    HEADS_IN_ROWS: gl.constexpr):
-    """Q once, then every K and V tile into its slot as soon as both consumers have freed it."""
+def _load_kv(j, c, row, col, k_desc, v_desc, ring):
+    """Key tile j of a head (the c-th this program loads) into its slot once both consumers have freed it."""
     k_smem, v_smem, k_ready, v_ready, kv_empty = ring
     STAGES: gl.constexpr = k_smem.shape[0]
     BLOCK: gl.constexpr = k_smem.shape[1]
-    start_m, bh, n_tiles = _program(N, BLOCK, CAUSAL)
-    row, col = _head_origin(bh, N, H, HEAD_D, HEADS_IN_ROWS)
-    mbarrier.expect(q_bar, q_desc.block_type.nbytes)
-    _tma_load(q_desc, [row + start_m * BLOCK, col], q_bar, q_smem)
-    for j in range(n_tiles):
-        slot = j % STAGES
-        mbarrier.wait(kv_empty.index(slot), ((j // STAGES) & 1) ^ 1)  # the first round passes at once
-        mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
-        _tma_load(k_desc, [row + j * BLOCK, col], k_ready.index(slot), k_smem.index(slot))
-        mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
-        _tma_load(v_desc, [row + j * BLOCK, col], v_ready.index(slot), v_smem.index(slot))
+    slot = c % STAGES
+    mbarrier.wait(kv_empty.index(slot), ((c // STAGES) & 1) ^ 1)  # the first round passes at once
+    mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
+    _tma_load(k_desc, [row + j * BLOCK, col], k_ready.index(slot), k_smem.index(slot))
+    mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
+    _tma_load(v_desc, [row + j * BLOCK, col], v_ready.index(slot), v_smem.index(slot))
+    return c + 1
 
 
 @gluon.jit
-def _key_tile(j, p_op, acc, m_i, l_i, q_rows, ring, pin, qk_scale, row0, s_layout: gl.constexpr,
+def _load_partition(q_desc, k_desc, v_desc, q_ring, ring, N, H, BH, HEAD_D: gl.constexpr, CAUSAL: gl.constexpr,
+                    HEADS_IN_ROWS: gl.constexpr, HEADS_FASTEST: gl.constexpr):
+    """For each of the program's query tiles: its first K and V tile, its Q (once both consumers have stored the
+    O that last went out through that Q buffer), its other K and V tiles. The ring runs on across query tiles, so
+    the next tile's loads go out while the consumers finish this one."""
+    q_smem, q_ready, q_empty = q_ring
+    QBUFS: gl.constexpr = q_smem.shape[0]
+    BLOCK: gl.constexpr = q_smem.shape[1]
+    n_m, _, rounds = _schedule(N, BH, BLOCK)
+    c = 0
+    for r in range(rounds):
+        start_m, bh, n_tiles = _round_tile(r, n_m, BH, CAUSAL, HEADS_FASTEST)
+        row, col = _head_origin(bh, N, H, HEAD_D, HEADS_IN_ROWS)
+        c = _load_kv(0, c, row, col, k_desc, v_desc, ring)
+        qb = r % QBUFS
+        mbarrier.wait(q_empty.index(qb), ((r // QBUFS) & 1) ^ 1)
+        mbarrier.expect(q_ready.index(qb), q_desc.block_type.nbytes)
+        _tma_load(q_desc, [row + start_m * BLOCK, col], q_ready.index(qb), q_smem.index(qb))
+        for j in range(1, n_tiles):
+            c = _load_kv(j, c, row, col, k_desc, v_desc, ring)
+
+
+@gluon.jit
+def _key_tile(j, c, p_op, acc, m_i, l_i, q_rows, ring, pin, qk_scale, row0, s_layout: gl.constexpr,
               o_layout: gl.constexpr, p_layout: gl.constexpr, MASK: gl.constexpr):
-    """Key tile j: S_j and P_{j-1} V_{j-1} in flight together, the softmax of S_j while the second finishes; then
-    tile j - 1's slot goes back to the load partition."""
+    """Key tile j (the program's c-th): S_j and P_{j-1} V_{j-1} in flight together, the softmax of S_j while the
+    second finishes; then tile j - 1's slot goes back to the load partition."""
     k_smem, v_smem, k_ready, v_ready, kv_empty = ring
     STAGES: gl.constexpr = k_smem.shape[0]
     BLOCK: gl.constexpr = k_smem.shape[1]
     ROWS: gl.constexpr = q_rows.shape[0]
-    slot, prev = j % STAGES, (j - 1) % STAGES
-    mbarrier.wait(k_ready.index(slot), (j // STAGES) & 1)
-    mbarrier.wait(v_ready.index(prev), ((j - 1) // STAGES) & 1)
+    slot, prev = c % STAGES, (c - 1) % STAGES
+    mbarrier.wait(k_ready.index(slot), (c // STAGES) & 1)
+    mbarrier.wait(v_ready.index(prev), ((c - 1) // STAGES) & 1)
     s = warpgroup_mma(q_rows, k_smem.index(slot).permute((1, 0)),
                       gl.zeros([ROWS, BLOCK], gl.float32, layout=s_layout), use_acc=False, is_async=True)
     acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
@@ -158,71 +206,92 @@ def _key_tile(j, p_op, acc, m_i, l_i, q_rows, ring, pin, qk_scale, row0, s_layou
 
 
 @gluon.jit
-def _consumer_partition(o_desc, LSE, q_smem, ring, q_bar, N, H, qk_scale, HEAD_D: gl.constexpr, CAUSAL: gl.constexpr,
-                        O_HEADS_IN_ROWS: gl.constexpr, WG: gl.constexpr):
-    """Rows WG * BLOCK / 2 .. of the query tile against every key tile (the causal diagonal last, masked); O, LSE."""
+def _query_tile(c, n_tiles, q_rows, ring, pin, qk_scale, row0, HEAD_D: gl.constexpr, CAUSAL: gl.constexpr):
+    """This warpgroup's rows of one query tile against its key tiles (the program's c-th onwards; the causal
+    diagonal last, masked): (O unnormalised, m, l)."""
     k_smem, v_smem, k_ready, v_ready, kv_empty = ring
     STAGES: gl.constexpr = k_smem.shape[0]
     BLOCK: gl.constexpr = k_smem.shape[1]
-    ROWS: gl.constexpr = BLOCK // 2
+    ROWS: gl.constexpr = q_rows.shape[0]
     s_layout: gl.constexpr = _mma_layout(4, BLOCK)
     o_layout: gl.constexpr = _mma_layout(4, HEAD_D)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
-    start_m, bh, n_tiles = _program(N, BLOCK, CAUSAL)
-    q_rows = q_smem.slice(WG * ROWS, ROWS)
-    row0 = start_m * BLOCK + WG * ROWS  # within the head
-    pin = gl.allocate_shared_memory(gl.float32, [ROWS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
 
-    mbarrier.wait(q_bar, 0)
-    mbarrier.wait(k_ready.index(0), 0)
-    s = warpgroup_mma(q_rows, k_smem.index(0).permute((1, 0)), gl.zeros([ROWS, BLOCK], gl.float32, layout=s_layout),
-                      use_acc=False, is_async=True)
+    mbarrier.wait(k_ready.index(c % STAGES), (c // STAGES) & 1)
+    s = warpgroup_mma(q_rows, k_smem.index(c % STAGES).permute((1, 0)),
+                      gl.zeros([ROWS, BLOCK], gl.float32, layout=s_layout), use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=(s, ))
     if CAUSAL:
         if n_tiles == 1:
             s = _causal_mask(s, row0, 0, s_layout)
     m_i = gl.full([ROWS], float("-inf"), gl.float32, layout=rows_s)
     p, _, m_i, l_i = _softmax_update(s, m_i, gl.zeros([ROWS], gl.float32, layout=rows_s), qk_scale)
-    p_op = gl.convert_layout(p.to(q_smem.dtype), p_layout)
+    p_op = gl.convert_layout(p.to(q_rows.dtype), p_layout)
     acc = gl.zeros([ROWS, HEAD_D], gl.float32, layout=o_layout)
     for j in range(1, n_tiles - CAUSAL):
-        p_op, acc, m_i, l_i = _key_tile(j, p_op, acc, m_i, l_i, q_rows, ring, pin, qk_scale, row0, s_layout,
+        p_op, acc, m_i, l_i = _key_tile(j, c + j, p_op, acc, m_i, l_i, q_rows, ring, pin, qk_scale, row0, s_layout,
                                         o_layout, p_layout, False)
     if CAUSAL:
         if n_tiles > 1:
-            p_op, acc, m_i, l_i = _key_tile(n_tiles - 1, p_op, acc, m_i, l_i, q_rows, ring, pin, qk_scale, row0,
-                                            s_layout, o_layout, p_layout, True)
-    last = (n_tiles - 1) % STAGES
-    mbarrier.wait(v_ready.index(last), ((n_tiles - 1) // STAGES) & 1)
-    acc = warpgroup_mma(p_op, v_smem.index(last), acc, is_async=True)
+            p_op, acc, m_i, l_i = _key_tile(n_tiles - 1, c + n_tiles - 1, p_op, acc, m_i, l_i, q_rows, ring, pin,
+                                            qk_scale, row0, s_layout, o_layout, p_layout, True)
+    last = c + n_tiles - 1
+    mbarrier.wait(v_ready.index(last % STAGES), (last // STAGES) & 1)
+    acc = warpgroup_mma(p_op, v_smem.index(last % STAGES), acc, is_async=True)
     acc = warpgroup_mma_wait(0, deps=(acc, ))
-    mbarrier.arrive(kv_empty.index(last), count=1)
-
-    acc = acc / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
-    gl.store(LSE + bh * N + row0 + gl.arange(0, ROWS, layout=rows_s), m_i + gl.log2(l_i))
-    q_rows.store(acc.to(q_smem.dtype))  # O through this warpgroup's own Q rows: only it read them
-    fence_async_shared()
-    row, col = _head_origin(bh, N, H, HEAD_D, O_HEADS_IN_ROWS)
-    _tma_store(o_desc, [row + row0, col], q_rows)
-    tma.store_wait(pendings=0)
+    mbarrier.arrive(kv_empty.index(last % STAGES), count=1)
+    return acc, m_i, l_i
 
 
 @gluon.jit
-def attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE, N, H, qk_scale, HEAD_D: gl.constexpr, BLOCK: gl.constexpr,
-                    STAGES: gl.constexpr, CAUSAL: gl.constexpr, HEADS_IN_ROWS: gl.constexpr,
-                    O_HEADS_IN_ROWS: gl.constexpr):
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [BLOCK, HEAD_D], q_desc.layout)
+def _consumer_partition(o_desc, LSE, q_ring, ring, N, H, BH, qk_scale, HEAD_D: gl.constexpr, CAUSAL: gl.constexpr,
+                        O_HEADS_IN_ROWS: gl.constexpr, HEADS_FASTEST: gl.constexpr, WG: gl.constexpr):
+    """Rows WG * BLOCK / 2 .. of each of the program's query tiles: O (out through this warpgroup's own Q rows,
+    which only it read) and LSE; then the Q buffer goes back to the load partition."""
+    q_smem, q_ready, q_empty = q_ring
+    QBUFS: gl.constexpr = q_smem.shape[0]
+    BLOCK: gl.constexpr = q_smem.shape[1]
+    ROWS: gl.constexpr = BLOCK // 2
+    o_layout: gl.constexpr = _mma_layout(4, HEAD_D)
+    rows_s: gl.constexpr = gl.SliceLayout(1, _mma_layout(4, BLOCK))
+    pin = gl.allocate_shared_memory(gl.float32, [ROWS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
+    n_m, _, rounds = _schedule(N, BH, BLOCK)
+    c = 0
+    for r in range(rounds):
+        start_m, bh, n_tiles = _round_tile(r, n_m, BH, CAUSAL, HEADS_FASTEST)
+        qb = r % QBUFS
+        q_rows = q_smem.index(qb).slice(WG * ROWS, ROWS)
+        row0 = start_m * BLOCK + WG * ROWS  # within the head
+        mbarrier.wait(q_ready.index(qb), (r // QBUFS) & 1)
+        acc, m_i, l_i = _query_tile(c, n_tiles, q_rows, ring, pin, qk_scale, row0, HEAD_D, CAUSAL)
+        c += n_tiles
+
+        acc = acc / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
+        gl.store(LSE + bh * N + row0 + gl.arange(0, ROWS, layout=rows_s), m_i + gl.log2(l_i))
+        q_rows.store(acc.to(q_smem.dtype))
+        fence_async_shared()
+        row, col = _head_origin(bh, N, H, HEAD_D, O_HEADS_IN_ROWS)
+        _tma_store(o_desc, [row + row0, col], q_rows)
+        tma.store_wait(pendings=0)
+        mbarrier.arrive(q_empty.index(qb), count=1)
+
+
+@gluon.jit
+def attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE, N, H, BH, qk_scale, HEAD_D: gl.constexpr,
+                    BLOCK: gl.constexpr, STAGES: gl.constexpr, QBUFS: gl.constexpr, CAUSAL: gl.constexpr,
+                    HEADS_IN_ROWS: gl.constexpr, O_HEADS_IN_ROWS: gl.constexpr, HEADS_FASTEST: gl.constexpr):
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [QBUFS, BLOCK, HEAD_D], q_desc.layout)
     k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK, HEAD_D], k_desc.layout)
     v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK, HEAD_D], v_desc.layout)
-    q_bar = _barriers(1, 1).index(0)
-    ring = (k_smem, v_smem, _barriers(STAGES, 1), _barriers(STAGES, 1), _barriers(STAGES, 2))  # empty: both consumers
-    gl.warp_specialize([(_load_partition, (q_desc, k_desc, v_desc, q_smem, ring, q_bar, N, H, HEAD_D, CAUSAL,
-                                           HEADS_IN_ROWS)),
-                        (_consumer_partition, (o_desc, LSE, q_smem, ring, q_bar, N, H, qk_scale, HEAD_D, CAUSAL,
-                                               O_HEADS_IN_ROWS, 0)),
-                        (_consumer_partition, (o_desc, LSE, q_smem, ring, q_bar, N, H, qk_scale, HEAD_D, CAUSAL,
-                                               O_HEADS_IN_ROWS, 1))], [4, 4], [240, 240])
+    q_ring = (q_smem, _barriers(QBUFS, 1), _barriers(QBUFS, 2))  # empty: both consumers
+    ring = (k_smem, v_smem, _barriers(STAGES, 1), _barriers(STAGES, 1), _barriers(STAGES, 2))
+    gl.warp_specialize([(_load_partition, (q_desc, k_desc, v_desc, q_ring, ring, N, H, BH, HEAD_D, CAUSAL,
+                                           HEADS_IN_ROWS, HEADS_FASTEST)),
+                        (_consumer_partition, (o_desc, LSE, q_ring, ring, N, H, BH, qk_scale, HEAD_D, CAUSAL,
+                                               O_HEADS_IN_ROWS, HEADS_FASTEST, 0)),
+                        (_consumer_partition, (o_desc, LSE, q_ring, ring, N, H, BH, qk_scale, HEAD_D, CAUSAL,
+                                               O_HEADS_IN_ROWS, HEADS_FASTEST, 1))], [4, 4], [240, 240])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -246,14 +315,13 @@ def _rows_view(t: torch.Tensor) -> tuple[list[int], int, bool] | None:
     return None
 
 
-def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float, sparse: bool,
-             head_dims: tuple[int, ...] = ROUTED_HEAD_DIMS) -> bool:
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float, sparse: bool) -> bool:
     """Whether this kernel serves the call: a Hopper GPU, dense, no dropout, and the limits in the docstring. (The
     output is allocated heads-in-columns, (B, N, H, D) storage, which always fits.)"""
     if not ENABLED or sparse or dropout_p > 0 or q.device.type != "cuda":
         return False
     B, H, N, D = q.shape
-    if (D not in head_dims or N % BLOCK or q.dtype not in (torch.bfloat16, torch.float16)
+    if (D not in ROUTED_HEAD_DIMS or N % BLOCK or q.dtype not in (torch.bfloat16, torch.float16)
             or torch.cuda.get_device_capability(q.device) != (9, 0)):
         return False
     views = [_rows_view(t) for t in (q, k, v)]
@@ -267,12 +335,24 @@ def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
     return TensorDescriptor(t, shape, [row_stride, 1], [rows, t.shape[-1]], layout)
 
 
+@functools.cache
+def _sm_count(device_index: int) -> int:
+    return driver.active.utils.get_device_properties(device_index)["multiprocessor_count"]
+
+
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, *, causal: bool,
-            scale: float) -> None:
-    """O and LSE ((B, H, N) fp32) of q, k, v into o and lse; supports(...) must hold, and o fit _rows_view."""
+            scale: float, programs: int | None = None, heads_fastest: bool | None = None) -> None:
+    """O and LSE ((B, H, N) fp32) of q, k, v into o and lse; supports(...) must hold, and o fit _rows_view.
+    `programs`: how many programs walk the query tiles (default one per SM; as many as tiles: a program each).
+    `heads_fastest`: the tile order (default per head dim, HEADS_FASTEST_HEAD_DIMS)."""
     B, H, N, D = q.shape
+    tiles = N // BLOCK * B * H
+    programs = min(tiles, programs or _sm_count(q.device.index or 0))
+    if heads_fastest is None:
+        heads_fastest = D in HEADS_FASTEST_HEAD_DIMS
     descriptors = [_descriptor(t, BLOCK) for t in (q, k, v)] + [_descriptor(o, BLOCK // 2)]
     # 4 launch warps load; 168 registers x 12 warps is the register file, reallocated 24 / 240 / 240
-    attn_fwd_hopper[(N // BLOCK, B * H)](*descriptors, lse, N, H, scale * LOG2E, HEAD_D=D, BLOCK=BLOCK, STAGES=STAGES,
-                                         CAUSAL=causal, HEADS_IN_ROWS=_rows_view(q)[2],
-                                         O_HEADS_IN_ROWS=_rows_view(o)[2], num_warps=4, maxnreg=168)
+    attn_fwd_hopper[(programs, )](*descriptors, lse, N, H, B * H, scale * LOG2E, HEAD_D=D, BLOCK=BLOCK,
+                                  STAGES=STAGES, QBUFS=2 if D <= 64 else 1, CAUSAL=causal,
+                                  HEADS_IN_ROWS=_rows_view(q)[2], O_HEADS_IN_ROWS=_rows_view(o)[2],
+                                  HEADS_FASTEST=heads_fastest, num_warps=4, maxnreg=168)

@@ -59,6 +59,25 @@ def test_hopper_forward_matches_reference(D, N, causal, packed):
 
 
 @needs_hopper
+@pytest.mark.parametrize("heads_fastest", [True, False])
+@pytest.mark.parametrize("programs", [5, 7])
+def test_persistent_programs_walk_every_tile_once(programs, heads_fastest):
+    """24 query tiles over a few programs: 5 take four full rounds and a partial one forwards, 7 three full rounds
+    and a reversed partial one; a tile skipped or taken twice, or a K/V or Q buffer's phase lost between tiles,
+    shows in the output or the LSE."""
+    B, H, N, D = 2, 3, 512, 64
+    _, (q, k, v) = packed_qkv(B, H, N, D, "cuda")
+    q, k, v = (t.detach() for t in (q, k, v))
+    o, lse = attention._empty_bhnd(q).fill_(float("nan")), q.new_full((B, H, N), float("nan"), dtype=torch.float32)
+    hopper.forward(q, k, v, o, lse, causal=True, scale=1 / math.sqrt(D), programs=programs,
+                   heads_fastest=heads_fastest)
+    exact = reference_attention(q, k, v, causal=True)
+    assert rel_err(o, exact) <= 2 * rel_err(torch_low_precision(q, k, v, True), exact) + 1e-4
+    lse_exact = _lse_reference(q, k, True)
+    assert ((lse.double() - lse_exact).abs() / lse_exact.abs().clamp_min(1)).max() < 1e-3
+
+
+@needs_hopper
 @pytest.mark.parametrize("D", [64, 128])
 @pytest.mark.parametrize("causal", [True, False])
 def test_routed_head_dims_run_the_hopper_forward(D, causal):

@@ -40,10 +40,18 @@ def triton_only():
         attention.hopper.ENABLED = True
 
 
-def gluon_forward(q, k, v, causal):
+def gluon_forward(q, k, v, causal, **launch):
+    """The Gluon forward; `launch`: hopper.forward's programs and heads_fastest."""
     o, lse = attention._empty_bhnd(q), q.new_empty(q.shape[:3], dtype=torch.float32)
-    attention.hopper.forward(q, k, v, o, lse, causal=causal, scale=q.shape[-1] ** -0.5)
+    attention.hopper.forward(q, k, v, o, lse, causal=causal, scale=q.shape[-1] ** -0.5, **launch)
     return o
+
+
+# The Gluon forward's launches side by side: one program an SM walking the tiles, or one program a tile; the tiles
+# every head's costliest first, or head by head
+LAUNCHES = {f"{walk} {order}": dict(programs=programs, heads_fastest=heads_fastest)
+            for walk, programs in (("persistent", None), ("tile-a-program", 1 << 30))
+            for order, heads_fastest in (("heads-fastest", True), ("head-by-head", False))}
 
 
 def compile_only() -> None:
@@ -89,11 +97,13 @@ def _inputs(D: int, N: int, causal: bool):
 
 
 def check_forward(D: int, N: int, causal: bool) -> str:
-    """The forward's error against fp32 and its time: Gluon, Triton, cuDNN."""
+    """The forward's error against fp32 and its time: the Gluon launches, Triton, cuDNN."""
     q, k, v, _, ref = _inputs(D, N, causal)
     bench = triton.testing.do_bench_cudagraph
-    errors = {"gluon": _max_errors([gluon_forward(q, k, v, causal)], ref[:1])}
-    times = {"gluon": bench(partial(gluon_forward, q, k, v, causal))}
+    errors, times = {}, {}
+    for name, launch in LAUNCHES.items():
+        errors[name] = _max_errors([gluon_forward(q, k, v, causal, **launch)], ref[:1])
+        times[name] = bench(partial(gluon_forward, q, k, v, causal, **launch))
     with triton_only():
         errors["triton"] = _max_errors([flash_attention(q, k, v, causal=causal)], ref[:1])
         times["triton"] = bench(lambda: flash_attention(q, k, v, causal=causal))

@@ -45,9 +45,6 @@ HEAD_DIMS = (64, 128)
 # Head dims the library routes here. H200, 16K tokens, against the tuned Triton forward: D = 128 1.25x faster causal
 # and 1.23x non-causal; D = 64 no faster (0.92 ms both, causal): docs/dev/kernel-notes.md, seventh session.
 ROUTED_HEAD_DIMS = (64, 128)
-# Head dims whose tiles run every head's costliest first (else head by head): at D = 128 twelve heads' K and V at
-# 16K tokens are twice the L2, and head by head measured ~14 % faster (twenty-eighth session).
-HEADS_FASTEST_HEAD_DIMS = (64,)
 # 0: the Triton kernels everywhere (comparisons). Gluon's API moves between releases: 3.6 is the first this code
 # compiles with (warp_specialize's argument list changed there).
 TRITON_VERSION = tuple(int(part) for part in triton.__version__.split(".")[:2])
@@ -335,6 +332,15 @@ def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
     return TensorDescriptor(t, shape, [row_stride, 1], [rows, t.shape[-1]], layout)
 
 
+def _heads_fastest(N: int, D: int) -> bool:
+    """The tile order. Every head's costliest tiles first gives each round tiles of one cost, which balances the
+    programs; head by head, a round's programs share a few heads' K and V in L2 but take tiles of every cost, which
+    balances only short rows. H200, causal, 12 heads (kernel notes, twenty-ninth session): head by head 0.131
+    against 0.149 ms at D = 128 and 1K (a round of heads-fastest tiles reads 132 heads' K and V, 69 MB, past the
+    L2), 1.42x slower at 16K; heads-fastest equal or faster at D = 64 and from 4K."""
+    return D <= 64 or N > 1024
+
+
 @functools.cache
 def _sm_count(device_index: int) -> int:
     return driver.active.utils.get_device_properties(device_index)["multiprocessor_count"]
@@ -349,7 +355,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, 
     tiles = N // BLOCK * B * H
     programs = min(tiles, programs or _sm_count(q.device.index or 0))
     if heads_fastest is None:
-        heads_fastest = D in HEADS_FASTEST_HEAD_DIMS
+        heads_fastest = _heads_fastest(N, D)
     descriptors = [_descriptor(t, BLOCK) for t in (q, k, v)] + [_descriptor(o, BLOCK // 2)]
     # 4 launch warps load; 168 registers x 12 warps is the register file, reallocated 24 / 240 / 240
     attn_fwd_hopper[(programs, )](*descriptors, lse, N, H, B * H, scale * LOG2E, HEAD_D=D, BLOCK=BLOCK,

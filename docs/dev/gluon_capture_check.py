@@ -22,13 +22,13 @@ sys.path.insert(0, str(Path.cwd()))
 from kernels import attention, flash_attention_qkvpacked  # noqa: E402 (from the checkout's root)
 
 CASES = ("fwd+bwd", "fwd graph first", "separate graphs")
-ROUTES = {"D=64 and 128 routed": (64, 128), "Triton only": ()}
+ROUTES = {"D=64 and 128 routed": (64, 128), "Triton only": ()}  # --routed-only: the first
 
 
 def _inputs(D: int):
     B, N, H = 2, 4096, 768 // D
     qkv = torch.randn(B, N, 3, H, D, device="cuda", dtype=torch.bfloat16, requires_grad=True)
-    return qkv, torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16)
+    return qkv, torch.randn(B, N, H, D, device="cuda", dtype=torch.bfloat16).transpose(1, 2)  # as the output
 
 
 def run(case: str, D: int) -> None:
@@ -68,12 +68,13 @@ def run(case: str, D: int) -> None:
 
 
 def main() -> None:
-    if len(sys.argv) == 4:  # a child: case, D, routed head dims
+    if len(sys.argv) == 4 and sys.argv[1] in CASES:  # a child: case, D, routed head dims
         case, D, routed = sys.argv[1], int(sys.argv[2]), sys.argv[3]
         attention.hopper.ROUTED_HEAD_DIMS = tuple(int(d) for d in routed.split(",") if d)
         run(case, D)
         return
-    for route, dims in ROUTES.items():
+    routes = list(ROUTES.items())[:1] if "--routed-only" in sys.argv else ROUTES.items()
+    for route, dims in routes:
         for D in (64, 128):
             for case in CASES:
                 child = subprocess.run([sys.executable, __file__, case, str(D), ",".join(map(str, dims))],

@@ -205,7 +205,7 @@ def _lpt(causal: bool, n_bucket: int) -> int:
 def _launch_fwd(q, k, v, keys, mask, causal, dropout_p, scale):
     B, H, N, D = q.shape
     q, k, v = _shared_strides(q, k, v)
-    if hopper is not None and hopper.supports(q, k, v, dropout_p=dropout_p, sparse=mask is not None):
+    if hopper is not None and hopper.supports(q, k, v, causal=causal, dropout_p=dropout_p, sparse=mask is not None):
         return attention_fwd_hopper(q, k, v, causal, scale)
     o, lse = _empty_bhnd(q), q.new_empty((B, H, N), dtype=torch.float32)
     common = _common(q, causal, dropout_p, mask)

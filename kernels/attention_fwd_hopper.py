@@ -42,9 +42,11 @@ LOG2E = 1.4426950408889634
 BLOCK = 128  # query and key tile: one diagonal tile per causal query tile
 STAGES = 3  # K/V ring slots; 2 left the loads exposed, 4 do not fit next to Q at D = 128 (H200 timings)
 HEAD_DIMS = (64, 128)
-# Head dims the library routes here. H200, 16K tokens, against the tuned Triton forward: D = 128 1.25x faster causal
-# and 1.23x non-causal; D = 64 no faster (0.92 ms both, causal): docs/dev/kernel-notes.md, seventh session.
-ROUTED_HEAD_DIMS = (64, 128)
+# (head dim, causal) the library routes here: where it measured faster than the tuned Triton forward on the H200,
+# 16K tokens (kernel notes, twenty-ninth session): causal D = 64 0.925 against 0.987 ms at 16K (0.256 / 0.285 at
+# 4K), causal D = 128 1.330 / 1.688, D = 128 without the mask 2.534 / 3.312; D = 64 without it 1.946 / 1.886 stays
+# on Triton.
+ROUTED = {(64, True), (128, True), (128, False)}
 # 0: the Triton kernels everywhere (comparisons). Gluon's API moves between releases: 3.6 is the first this code
 # compiles with (warp_specialize's argument list changed there).
 TRITON_VERSION = tuple(int(part) for part in triton.__version__.split(".")[:2])
@@ -312,13 +314,14 @@ def _rows_view(t: torch.Tensor) -> tuple[list[int], int, bool] | None:
     return None
 
 
-def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, dropout_p: float, sparse: bool) -> bool:
+def supports(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, causal: bool, dropout_p: float,
+             sparse: bool) -> bool:
     """Whether this kernel serves the call: a Hopper GPU, dense, no dropout, and the limits in the docstring. (The
     output is allocated heads-in-columns, (B, N, H, D) storage, which always fits.)"""
     if not ENABLED or sparse or dropout_p > 0 or q.device.type != "cuda":
         return False
     B, H, N, D = q.shape
-    if (D not in ROUTED_HEAD_DIMS or N % BLOCK or q.dtype not in (torch.bfloat16, torch.float16)
+    if ((D, causal) not in ROUTED or N % BLOCK or q.dtype not in (torch.bfloat16, torch.float16)
             or torch.cuda.get_device_capability(q.device) != (9, 0)):
         return False
     views = [_rows_view(t) for t in (q, k, v)]
@@ -332,13 +335,14 @@ def _descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
     return TensorDescriptor(t, shape, [row_stride, 1], [rows, t.shape[-1]], layout)
 
 
-def _heads_fastest(N: int, D: int) -> bool:
-    """The tile order. Every head's costliest tiles first gives each round tiles of one cost, which balances the
-    programs; head by head, a round's programs share a few heads' K and V in L2 but take tiles of every cost, which
-    balances only short rows. H200, causal, 12 heads (kernel notes, twenty-ninth session): head by head 0.131
-    against 0.149 ms at D = 128 and 1K (a round of heads-fastest tiles reads 132 heads' K and V, 69 MB, past the
-    L2), 1.42x slower at 16K; heads-fastest equal or faster at D = 64 and from 4K."""
-    return D <= 64 or N > 1024
+def _heads_fastest(N: int, D: int, causal: bool) -> bool:
+    """The tile order. Causal, every head's costliest tiles first gives each round tiles of one cost, which balances
+    the programs; head by head, a round's programs share a few heads' K and V in L2 but take tiles of every cost,
+    which balances only short rows. Without the mask every tile costs the same and head by head keeps the L2. H200,
+    12 heads (kernel notes, twenty-ninth session): causal D = 128 head by head 0.131 / 0.216 ms against 0.149 / 0.240
+    at 1K / 2K (a round of heads-fastest tiles reads up to 132 heads' K and V, 69-96 MB, past the L2), 1.42x slower at
+    16K; heads-fastest equal or faster at D = 64 and from 4K; without the mask head by head 2-3 % faster at 16K."""
+    return causal and (D <= 64 or N > 2048)
 
 
 @functools.cache
@@ -355,7 +359,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, 
     tiles = N // BLOCK * B * H
     programs = min(tiles, programs or _sm_count(q.device.index or 0))
     if heads_fastest is None:
-        heads_fastest = _heads_fastest(N, D)
+        heads_fastest = _heads_fastest(N, D, causal)
     descriptors = [_descriptor(t, BLOCK) for t in (q, k, v)] + [_descriptor(o, BLOCK // 2)]
     # 4 launch warps load; 168 registers x 12 warps is the register file, reallocated 24 / 240 / 240
     attn_fwd_hopper[(programs, )](*descriptors, lse, N, H, B * H, scale * LOG2E, HEAD_D=D, BLOCK=BLOCK,

@@ -27,7 +27,8 @@ def test_tma_views_of_the_layouts_the_library_sees():
     assert hopper._rows_view(out) == ([B * N, H * D], H * D, False)
     assert hopper._rows_view(contiguous.transpose(2, 3).contiguous().transpose(2, 3)) is None  # D not unit stride
     assert hopper._rows_view(torch.randn(B * H * N * D + 1)[1:].view(B, H, N, D)) is None  # 4 bytes off
-    assert not hopper.supports(contiguous, contiguous, contiguous, dropout_p=0.0, sparse=False)  # a CPU tensor
+    cpu = contiguous
+    assert not hopper.supports(cpu, cpu, cpu, causal=True, dropout_p=0.0, sparse=False)
 
 
 def _lse_reference(q, k, causal):
@@ -89,7 +90,7 @@ def test_routed_head_dims_run_the_hopper_forward(D, causal):
         o.backward(torch.randn_like(o))
         torch.cuda.synchronize()
     names = " ".join(e.key for e in prof.key_averages())
-    assert ("attn_fwd_hopper" in names) == (D in hopper.ROUTED_HEAD_DIMS)
+    assert ("attn_fwd_hopper" in names) == ((D, causal) in hopper.ROUTED)
     assert_matches_reference(flash_attention(q, k, v, causal=causal), qkv, q, k, v, causal=causal)
 
 

@@ -1,4 +1,4 @@
-"""Does the routed forward (the Gluon forward where kernels/attention_fwd_hopper.py's ROUTED_HEAD_DIMS routes,
+"""Does the routed forward (the Gluon forward where kernels/attention_fwd_hopper.py's ROUTED routes,
 Triton elsewhere) capture and replay in CUDA graphs with the backward? Each case runs in its own process (a failed
 capture leaves the CUDA context unusable) and prints ok, or the error:
 
@@ -70,7 +70,7 @@ def run(case: str, D: int) -> None:
 def main() -> None:
     if len(sys.argv) == 4 and sys.argv[1] in CASES:  # a child: case, D, routed head dims
         case, D, routed = sys.argv[1], int(sys.argv[2]), sys.argv[3]
-        attention.hopper.ROUTED_HEAD_DIMS = tuple(int(d) for d in routed.split(",") if d)
+        attention.hopper.ROUTED = {(int(d), True) for d in routed.split(",") if d}
         run(case, D)
         return
     routes = list(ROUTES.items())[:1] if "--routed-only" in sys.argv else ROUTES.items()

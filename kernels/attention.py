@@ -16,9 +16,9 @@ Features
 - Causal launches of long rows start the costliest tiles first (program_tile in kernels/attention_fwd.py).
 - The packed backward's dQ pass (the model's path) loads its key tiles through tensor descriptors, TMA copies on
   Hopper, at head dims up to 64 (_dq_key_values).
-- On Hopper (sm_90), the dense forward without dropout at head dim 128 runs FlashAttention-3's warp-specialised
-  pipeline, written in Gluon (kernels/attention_fwd_hopper.py), an opaque custom op under torch.compile; every
-  other call runs the Triton kernels. FLASHGPT_GLUON=0 turns it off.
+- On Hopper (sm_90), the dense forward without dropout (causal at head dims 64 and 128, non-causal at 128) runs
+  FlashAttention-3's warp-specialised pipeline, persistent, written in Gluon (kernels/attention_fwd_hopper.py), an
+  opaque custom op under torch.compile; every other call runs the Triton kernels. FLASHGPT_GLUON=0 turns it off.
 - Tiles, warps and pipeline stages are autotuned per (N rounded up to a power of two, head dim, causal, dropout,
   layout block size, dtype). The timings are cached on disk (Triton's cache directory, keyed by the kernel source,
   the GPU architecture and the tuning key), so a new process, e.g. every train.py run, reuses them instead of

@@ -6,17 +6,21 @@ Features
 - Within a consumer, S_j = Q K_j^T and P_{j-1} V_{j-1} are issued together as asynchronous wgmma; the softmax of
   S_j runs while the second product finishes (the store of l_i before the last wait keeps ptxas from hoisting that
   wait above the softmax). The causal diagonal tile is masked, the tiles below it are not.
-- Causal query tiles start costliest first. Outputs: O, and the row log-sum-exp in base 2 of the scaled scores,
-  the same as kernels/attention_fwd.py's (kernels/attention_bwd.py reads either).
+- Persistent: one program an SM walks query tiles one a round, from a list that runs costliest first (causal: every
+  head's last tiles before the next rank; head by head where that measured faster, _heads_fastest), odd rounds
+  backwards. The K/V ring runs on across a program's query tiles, so the next tile's loads go out while the
+  consumers finish this one; at D = 64 Q is double-buffered.
+- Outputs: O, and the row log-sum-exp in base 2 of the scaled scores, the same as kernels/attention_fwd.py's
+  (kernels/attention_bwd.py reads either).
 
-Limits: dense attention without dropout; bf16 / fp16; head dim 64 or 128 (the library routes 128 here: at 64 it
-measured no faster than the Triton forward); N a multiple of 128; q, k, v (and o) with heads in rows ((B, H, N, D)
-contiguous) or heads in columns ((B, N, H, D) storage, e.g. views of one packed projection), rows 16-byte aligned.
-`supports()` says whether a call fits; kernels/attention.py routes the others, and every other GPU, to the Triton
-kernels.
+Limits: dense attention without dropout; bf16 / fp16; head dim 64 or 128 (the library routes ROUTED: causal at 64
+and 128, non-causal at 128; without the mask at 64 the Triton forward measured faster); N a multiple of 128; q, k,
+v (and o) with heads in rows ((B, H, N, D) contiguous) or heads in columns ((B, N, H, D) storage, e.g. views of one
+packed projection), rows 16-byte aligned. `supports()` says whether a call fits; kernels/attention.py routes the
+others, and every other GPU, to the Triton kernels.
 
-Tested: triton 3.6 with torch 2.11 on an H200 (docs/dev/kernel-notes.md, sixth and seventh sessions); compiles for
-sm_90 with triton 3.9 (the TMA load and store were renamed there: both names are resolved below).
+Tested: triton 3.6 with torch 2.11 on an H200 (docs/dev/kernel-notes.md, sixth, seventh and twenty-ninth sessions);
+compiles for sm_90 with triton 3.9 (the TMA load and store were renamed there: both names are resolved below).
 """
 
 from __future__ import annotations

@@ -80,8 +80,8 @@ def _barriers(COUNT: gl.constexpr, ARRIVALS: gl.constexpr):
 
 @gluon.jit
 def _schedule(N, BH, BLOCK: gl.constexpr):
-    """(query tiles a head, tiles in all, this program's rounds). Program p takes tile p of round 0, then one tile
-    a round, the rounds alternating direction (_round_tile)."""
+    """(query tiles a head, this program's rounds). Program p takes tile p of round 0, then one tile a round, the
+    rounds alternating direction (_round_tile)."""
     n_m = N // BLOCK
     tiles = n_m * BH
     programs = gl.num_programs(0)
@@ -89,7 +89,7 @@ def _schedule(N, BH, BLOCK: gl.constexpr):
     place = gl.program_id(0)
     if full % 2 == 1:
         place = programs - 1 - place
-    return n_m, tiles, full + (place < rest).to(gl.int32)
+    return n_m, full + (place < rest).to(gl.int32)
 
 
 @gluon.jit
@@ -167,7 +167,7 @@ def _load_partition(q_desc, k_desc, v_desc, q_ring, ring, N, H, BH, HEAD_D: gl.c
     q_smem, q_ready, q_empty = q_ring
     QBUFS: gl.constexpr = q_smem.shape[0]
     BLOCK: gl.constexpr = q_smem.shape[1]
-    n_m, _, rounds = _schedule(N, BH, BLOCK)
+    n_m, rounds = _schedule(N, BH, BLOCK)
     c = 0
     for r in range(rounds):
         start_m, bh, n_tiles = _round_tile(r, n_m, BH, CAUSAL, HEADS_FASTEST)
@@ -259,7 +259,7 @@ def _consumer_partition(o_desc, LSE, q_ring, ring, N, H, BH, qk_scale, HEAD_D: g
     o_layout: gl.constexpr = _mma_layout(4, HEAD_D)
     rows_s: gl.constexpr = gl.SliceLayout(1, _mma_layout(4, BLOCK))
     pin = gl.allocate_shared_memory(gl.float32, [ROWS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    n_m, _, rounds = _schedule(N, BH, BLOCK)
+    n_m, rounds = _schedule(N, BH, BLOCK)
     c = 0
     for r in range(rounds):
         start_m, bh, n_tiles = _round_tile(r, n_m, BH, CAUSAL, HEADS_FASTEST)

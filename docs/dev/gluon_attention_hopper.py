@@ -5,12 +5,14 @@ the Gluon routing turned off (attention_fwd_hopper.ENABLED).
     python docs/dev/gluon_attention_hopper.py                  # a Hopper GPU, triton 3.6 (triton.experimental.gluon)
     python docs/dev/gluon_attention_hopper.py --compile-only   # no GPU: compile every kernel for sm_90 (faked
                                                                # driver): registers, spills, waits, serialisation
-    python docs/dev/gluon_attention_hopper.py --forward 64:1024:causal 64:2048:causal   # forwards of these shapes
+    python docs/dev/gluon_attention_hopper.py --forward 64:1024:causal 64:2048:causal   # forwards of these shapes:
+                                     # the Gluon kernel's four launches (LAUNCHES) beside the Triton forward and cuDNN
 
-History in docs/dev/kernel-notes.md (sixth and seventh sessions): the first prototypes (no warp specialisation) ran
-at 0.53x cuDNN; the warp-specialised forward at 1.03-1.15x cuDNN at D = 128. A ping-pong schedule between the
-consumer warpgroups and warp-specialised backward passes measured slower (seventh session; the backward is in the
-git history, commit b85d986).
+History in docs/dev/kernel-notes.md (sixth, seventh and twenty-ninth sessions): the first prototypes (no warp
+specialisation) ran at 0.53x cuDNN; the warp-specialised forward at 1.03-1.15x cuDNN at D = 128; persistent, from
+1.01x at 2K to 1.03x at 16K at D = 64 (causal). A ping-pong schedule between the consumer warpgroups and
+warp-specialised backward passes measured slower (seventh session; the backward is in the git history, commit
+b85d986).
 """
 
 import contextlib

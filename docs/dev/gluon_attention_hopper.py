@@ -149,6 +149,9 @@ def _shape(text: str) -> tuple[int, int, bool]:
 
 def main() -> None:
     """Every forward first, then forward+backward (a hang in a new kernel then costs only what follows it)."""
+    if attention.hopper is None or not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        sys.exit("gluon_attention_hopper.py needs a Hopper GPU (sm_90) and triton >= 3.6; without one, "
+                 "--compile-only compiles its kernels for sm_90")
     shapes = [(64, 4096, True), (64, 16384, True), (128, 16384, True), (128, 16384, False), (64, 4096, False)]
     checks = (check_forward, check_backward)
     if "--forward" in sys.argv:

@@ -8,7 +8,8 @@ capture leaves the CUDA context unusable) and prints ok, or the error:
 - separate graphs: torch.compile(mode="reduce-overhead") of a block of attention, forward and backward in two
   graphs, as train.compile_mode=reduce-overhead runs the model.
 
-    FLASHGPT_AUTOTUNE=0 python docs/dev/gluon_capture_check.py      # a Hopper GPU, triton >= 3.6
+    FLASHGPT_AUTOTUNE=0 python docs/dev/gluon_capture_check.py                 # a Hopper GPU, triton >= 3.6
+    FLASHGPT_AUTOTUNE=0 python docs/dev/gluon_capture_check.py --routed-only   # without the Triton-only cases
 """
 
 import subprocess
@@ -68,6 +69,8 @@ def run(case: str, D: int) -> None:
 
 
 def main() -> None:
+    if attention.hopper is None or not torch.cuda.is_available() or torch.cuda.get_device_capability() != (9, 0):
+        sys.exit("gluon_capture_check.py needs a Hopper GPU (sm_90) and triton >= 3.6")
     if len(sys.argv) == 4 and sys.argv[1] in CASES:  # a child: case, D, routed head dims
         case, D, routed = sys.argv[1], int(sys.argv[2]), sys.argv[3]
         attention.hopper.ROUTED = {(int(d), True) for d in routed.split(",") if d}

@@ -351,6 +351,7 @@ def _heads_fastest(N: int, D: int, causal: bool) -> bool:
 
 @functools.cache
 def _sm_count(device_index: int) -> int:
+    # through Triton's driver, as its tutorials ask, so that the faked one of docs/dev/host_time_cpu.py answers too
     return driver.active.utils.get_device_properties(device_index)["multiprocessor_count"]
 
 

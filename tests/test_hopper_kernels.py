@@ -105,3 +105,51 @@ def test_compiled_hopper_forward_matches_eager_without_graph_breaks():
     (g_eager,) = torch.autograd.grad(eager, qkv, do)
     (g_compiled,) = torch.autograd.grad(out, qkv, do)
     torch.testing.assert_close(g_compiled, g_eager)
+
+
+def _dk_dv_reference(q, k, v, do, causal):
+    """dK, dV of the float64 reference, and of PyTorch's own attention in the inputs' dtype (the error budget)."""
+    exact = [t.double().requires_grad_() for t in (q, k, v)]
+    low = [t.detach().clone().requires_grad_() for t in (q, k, v)]
+    grads = torch.autograd.grad(reference_attention(*exact, causal=causal), exact[1:], do.double())
+    theirs = torch.autograd.grad(torch_low_precision(*low, causal), low[1:], do)
+    return grads, theirs
+
+
+@needs_hopper
+@pytest.mark.parametrize("packed", [True, False])
+@pytest.mark.parametrize("causal", [True, False])
+@pytest.mark.parametrize("N", [128, 384, 1024])
+def test_hopper_dk_dv_pass_matches_reference(N, causal, packed):
+    """The Gluon dK/dV pass on its own: from the forward's LSE and delta = rowsum(dO * O)."""
+    B, H, D = 2, 3, 64
+    _, (q, k, v) = packed_qkv(B, H, N, D, "cuda")
+    q, k, v = (t.detach() for t in (q, k, v))
+    if not packed:
+        q, k, v = q.contiguous(), k.contiguous(), v.contiguous()
+    do = torch.randn_like(q)
+    o, lse = attention._launch_fwd(q, k, v, None, None, causal, 0.0, 1 / math.sqrt(D))
+    delta = (o.float() * do.float()).sum(-1)
+    dk, dv = (attention._empty_bhnd(q).fill_(float("nan")) for _ in range(2))
+    attention.hopper_bwd.backward_kv(do, q, k, v, lse, delta, dk, dv, causal=causal, scale=1 / math.sqrt(D))
+    exact, theirs = _dk_dv_reference(q, k, v, do, causal)
+    for name, x, r, t in zip(("dk", "dv"), (dk, dv), exact, theirs, strict=True):
+        assert torch.isfinite(x).all(), name
+        assert rel_err(x, r) <= 2 * rel_err(t, r) + 1e-4, name
+
+
+@needs_hopper
+@pytest.mark.parametrize("causal", [True, False])
+def test_routed_backward_runs_the_hopper_dk_dv_pass(causal, monkeypatch):
+    from torch.profiler import ProfilerActivity, profile
+
+    monkeypatch.setattr(attention.hopper_bwd, "ROUTED", {(64, causal)})
+    qkv, (q, k, v) = packed_qkv(2, 2, 256, 64, "cuda")
+    for run in (lambda: flash_attention(q, k, v, causal=causal),  # through the triton_op and the opaque op
+                lambda: attention.flash_attention_qkvpacked(qkv, causal=causal)):  # the model's packed backward
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            o = run()
+            o.backward(torch.randn_like(o))
+            torch.cuda.synchronize()
+        assert "attn_bwd_kv_hopper" in " ".join(e.key for e in prof.key_averages())
+        assert_matches_reference(run(), qkv, q, k, v, causal=causal)

@@ -11,7 +11,8 @@ Features
   in registers too, they leave ptxas short of registers to keep the products in flight: C7512).
 - 9 warps (two consumers and the load warp) at 224 registers a thread fill the register file; ptxas keeps the
   wgmma in flight only if they fit the launch cap, which the 12-warp layout of the forward (168) does not
-  (docs/dev/kernel-notes.md, seventh, eighth and thirtieth sessions).
+  (docs/dev/kernel-notes.md, seventh, eighth and thirtieth sessions). Compiled for sm_90 on the CPU with triton 3.6
+  and 3.9: 224 registers, pipelined, no spill.
 - Causal: key tiles launch costliest first (the first key tiles, every head's before the next), the two query
   tiles on the diagonal masked; no atomics, bitwise repeatable.
 - Inputs: the forward's LSE (base 2 of the scaled scores) and delta = rowsum(dO * O), which the Triton dQ pass
@@ -20,7 +21,7 @@ Features
 Limits: dense, no dropout; bf16 / fp16; head dim 64; N a multiple of 128; q, k, v, dO, dK, dV with heads in rows or
 in columns (kernels/attention_fwd_hopper.py's TMA views). `supports()` says whether a call fits.
 
-Tested: compiles for sm_90 on the CPU (triton 3.9's codegen, `python docs/dev/gluon_bwd_hopper.py --compile-only`).
+Tested: compiles for sm_90 on the CPU (triton 3.6 and 3.9, `python docs/dev/gluon_bwd_hopper.py --compile-only`).
 """
 
 from __future__ import annotations
@@ -201,13 +202,14 @@ def attn_bwd_kv_hopper(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, D
     kv_bar = _barriers(1, 1).index(0)
     ring = (q_smem, do_smem, _barriers(STAGES, 1), _barriers(STAGES, 2))  # empty: one arrival per consumer
     kv_smem = (k_smem, v_smem)
-    # the launch's 4 warps are the first consumer; the second and the load warp are workers
+    # the launch's 4 warps are the first consumer; the second and the load warp are workers, every warp at the
+    # launch cap (a smaller count for the load warp makes ptxas serialise the consumers' products: C7512)
     gl.warp_specialize([(_kv_consumer, (dk_desc, dv_desc, kv_smem, kv_bar, ring, LSE, Delta, N, H, BH, qk_scale,
                                         sm_scale, HEAD_D, CAUSAL, OUT_ROWS, 0)),
                         (_kv_consumer, (dk_desc, dv_desc, kv_smem, kv_bar, ring, LSE, Delta, N, H, BH, qk_scale,
                                         sm_scale, HEAD_D, CAUSAL, OUT_ROWS, 1)),
                         (_kv_loads, (q_desc, k_desc, v_desc, do_desc, kv_smem, kv_bar, ring, N, H, BH, HEAD_D,
-                                     CAUSAL, IN_ROWS, DO_ROWS))], [4, 1])
+                                     CAUSAL, IN_ROWS, DO_ROWS))], [4, 1], [224, 224])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -237,7 +239,7 @@ def backward_kv(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Ten
     ring slots (comparisons)."""
     B, H, N, D = q.shape
     layouts = dict(IN_ROWS=_rows_view(q)[2], DO_ROWS=_rows_view(do)[2], OUT_ROWS=_rows_view(dk)[2])
-    # 4 launch warps (a consumer), a 4-warp consumer and a load warp; no register reallocation: every warp has MAXNREG
+    # 4 launch warps (a consumer), a 4-warp consumer and a load warp, every warp at MAXNREG
     attn_bwd_kv_hopper[(N // BLOCK_N * B * H, )](
         _descriptor(q, BLOCK_M), _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N), _descriptor(do, BLOCK_M),
         _descriptor(dk, BLOCK_N // 2), _descriptor(dv, BLOCK_N // 2), lse, delta, N, H, B * H, scale * LOG2E, scale,

@@ -3,8 +3,8 @@
     python docs/dev/gluon_bwd_hopper.py --compile-only   # no GPU: compile its variants for sm_90 (faked driver):
                                                         # registers, spill, wgmma waits, serialisation
     python docs/dev/gluon_bwd_hopper.py 64:4096:causal 64:16384:causal   # a Hopper GPU: per shape, dK and dV's
-        # max error against fp32 (Gluon with 2, 3 or 4 ring slots; Triton), the pass's time
-        # (CUDA graph, median), and fwd+bwd through the library with the pass routed, not routed, and cuDNN
+        # max error against fp32 (the Gluon pass's VARIANTS; Triton), the pass's time (CUDA graph, median), and
+        # fwd+bwd through the library with the pass routed, not routed, and cuDNN
 
 Shapes: 16K tokens a batch, 12 heads, bf16. Kernel notes, thirtieth session.
 """
@@ -23,7 +23,9 @@ import triton
 sys.path.insert(0, str(Path.cwd()))
 from kernels import attention, attention_bwd_hopper  # noqa: E402 (from the checkout's root)
 
-VARIANTS = {f"gluon {stages} stages": stages for stages in (2, 3, 4)}  # Q / dO ring slots
+# Q / dO ring slots; K and V in shared memory or registers
+VARIANTS = {f"gluon {stages}{' kv-regs' if regs else ''}": dict(stages=stages, kv_in_registers=regs)
+            for stages, regs in ((2, False), (3, False), (4, False), (3, True), (4, True))}
 
 
 def compile_only() -> None:
@@ -38,10 +40,10 @@ def compile_only() -> None:
     q, k, v, do, dk, dv = (torch.randn(1, 2, 1024, 64, dtype=torch.bfloat16) for _ in range(6))
     lse, delta = (torch.randn(1, 2, 1024) for _ in range(2))
     for causal in (True, False):
-        for name, stages in VARIANTS.items():
+        for name, variant in VARIANTS.items():
             shutil.rmtree(dump, ignore_errors=True)
             attention_bwd_hopper.backward_kv(do, q, k, v, lse, delta, dk, dv, causal=causal, scale=0.125,
-                                             stages=stages)
+                                             **variant)
             (cubin, ) = dump.glob("*/attn_bwd_kv_hopper.cubin")
             use = resources(cubin)
             ptx = cubin.with_suffix(".ptx")
@@ -68,12 +70,12 @@ def check(D: int, N: int, causal: bool) -> str:
     delta = (o.float() * do.float()).sum(-1)
     bench = triton.testing.do_bench_cudagraph
     errors, times = {}, {}
-    for name, stages in VARIANTS.items():
+    for name, variant in VARIANTS.items():
         dk, dv = torch.empty_like(k), torch.empty_like(v)
 
-        def run(dk=dk, dv=dv, stages=stages):
+        def run(dk=dk, dv=dv, **variant):
             attention_bwd_hopper.backward_kv(do, q, k, v, lse, delta, dk, dv, causal=causal, scale=scale,
-                                             stages=stages)
+                                             **variant)
         run()
         errors[name] = _errors([dk, dv], [ref_dk, ref_dv])
         times[name] = bench(run)

@@ -25,7 +25,7 @@ from kernels import attention, attention_bwd_hopper  # noqa: E402 (from the chec
 
 # Q / dO ring slots; K and V in shared memory or registers
 VARIANTS = {f"gluon {stages}{' kv-regs' if regs else ''}": dict(stages=stages, kv_in_registers=regs)
-            for stages, regs in ((2, False), (3, False), (4, False), (3, True), (4, True))}
+            for stages, regs in ((3, False), (4, False), (4, True))}
 
 
 def compile_only() -> None:

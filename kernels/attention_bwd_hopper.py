@@ -54,7 +54,7 @@ _cta_barrier = getattr(gl, "barrier", None) or gl.thread_barrier  # triton >= 3.
 
 BLOCK_M = 64  # the streamed query tile
 BLOCK_N = 128  # a program's key tile: 64 rows a warpgroup
-STAGES = 4  # Q / dO ring slots: a slot is read by two tiles' products, loads go STAGES - 2 tiles ahead
+STAGES = 3  # Q / dO ring slots
 NUM_WARPS = 8
 KV_IN_REGISTERS = False  # K and V as the score products' A operands: from shared memory, or loaded to registers
 HEAD_DIMS = (64,)
@@ -100,68 +100,37 @@ def _load_query_tile(i, n_tiles, lo, q_at, do_at, q_desc, do_desc, ring):
 
 
 @gluon.jit
-def _kv_scores(i, kv_ops, ring, t_layout: gl.constexpr):
-    """Issue S^T = K Q_i^T and dP^T = V dO_i^T for the program's query tile i, once its Q and dO have landed."""
+def _kv_step(i, program, dk, dv, p_op, ds_op, kv_ops, ring, loads, LSE, Delta, offs_n, qk_scale,
+             t_layout: gl.constexpr, MASK: gl.constexpr):
+    """The program's query tile i against its key rows. In flight on entry: the previous tile's dV and dK products,
+    reading p_op and ds_op. Returns with this tile's dV and dK in flight."""
     k_op, v_op = kv_ops
     q_smem, do_smem, ready = ring
     STAGES: gl.constexpr = q_smem.shape[0]
-    ROWS: gl.constexpr = k_op.shape[0]
     BLOCK_M: gl.constexpr = q_smem.shape[1]
+    ROWS: gl.constexpr = offs_n.shape[0]
+    lo, n_tiles = program
     slot = i % STAGES
+    offs_m = (lo + i) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, t_layout))
+    lse = gl.load(LSE + offs_m)
+    delta = gl.load(Delta + offs_m)
     mbarrier.wait(ready.index(slot), (i // STAGES) & 1)
     zero = gl.zeros([ROWS, BLOCK_M], gl.float32, layout=t_layout)
     sT = warpgroup_mma(k_op, q_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
     dpT = warpgroup_mma(v_op, do_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
-    return sT, dpT
-
-
-@gluon.jit
-def _kv_operands(sT, dpT, lse, delta, offs_m, offs_n, qk_scale, a_layout: gl.constexpr, dtype: gl.constexpr,
-                 MASK: gl.constexpr):
-    """P^T and dS^T of one query tile, as the A operands of the dV and dK products."""
+    # groups retire in order: all but dP^T done means the previous tile's products too; once every warp is there,
+    # its slot takes the tile STAGES - 1 ahead
+    sT, dk, dv, p_op, ds_op = warpgroup_mma_wait(1, deps=(sT, dk, dv, p_op, ds_op))
+    _cta_barrier()
+    _load_query_tile(i + STAGES - 1, n_tiles, lo, *loads, ring)
     pT = gl.exp2(sT * qk_scale - lse[None, :])
     if MASK:
         pT = gl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
-    dsT = pT * (dpT - delta[None, :])
-    return gl.convert_layout(pT.to(dtype), a_layout), gl.convert_layout(dsT.to(dtype), a_layout)
-
-
-@gluon.jit
-def _kv_gradients(i, p_op, ds_op, dk, dv, ring):
-    """Issue dV += P^T dO_i and dK += dS^T Q_i (asynchronous)."""
-    q_smem, do_smem, ready = ring
-    slot = i % q_smem.shape[0]
+    p_op = gl.convert_layout(pT.to(q_smem.dtype), p_op.type.layout)
     dv = warpgroup_mma(p_op, do_smem.index(slot), dv, is_async=True)
+    dpT = warpgroup_mma_wait(1, deps=(dpT, ))  # dV's product runs on beside dS^T (P^T kept: the next wait's)
+    ds_op = gl.convert_layout((pT * (dpT - delta[None, :])).to(q_smem.dtype), ds_op.type.layout)
     dk = warpgroup_mma(ds_op, q_smem.index(slot), dk, is_async=True)
-    return dk, dv
-
-
-@gluon.jit
-def _query_rows(i, lo, LSE, Delta, layout: gl.constexpr, BLOCK_M: gl.constexpr):
-    """(rows within the head, LSE, delta) of the program's query tile i."""
-    offs_m = (lo + i) * BLOCK_M + gl.arange(0, BLOCK_M, layout=layout)
-    return offs_m, gl.load(LSE + offs_m), gl.load(Delta + offs_m)
-
-
-@gluon.jit
-def _kv_step(i, program, dk, dv, p_op, ds_op, kv_ops, ring, loads, LSE, Delta, offs_n, qk_scale,
-             t_layout: gl.constexpr, MASK: gl.constexpr):
-    """Query tile i: its score products issued, then tile i - 1's gradient products (from p_op, ds_op); the wait
-    for the scores leaves the gradient products running beside this tile's P^T and dS^T arithmetic, so the tensor
-    cores always have work queued. Returns tile i's operands, with tile i - 1's products in flight."""
-    q_smem = ring[0]
-    STAGES: gl.constexpr = q_smem.shape[0]
-    lo, n_tiles = program
-    offs_m, lse, delta = _query_rows(i, lo, LSE, Delta, gl.SliceLayout(0, t_layout), q_smem.shape[1])
-    sT, dpT = _kv_scores(i, kv_ops, ring, t_layout)
-    dk, dv = _kv_gradients(i - 1, p_op, ds_op, dk, dv, ring)
-    # groups retire in order: the scores done means tile i - 2's products too, whose slot takes tile i + STAGES - 2
-    # once every warp is past them
-    sT, dpT = warpgroup_mma_wait(2, deps=(sT, dpT))
-    _cta_barrier()
-    _load_query_tile(i + STAGES - 2, n_tiles, lo, *loads, ring)
-    a_layout: gl.constexpr = p_op.type.layout
-    p_op, ds_op = _kv_operands(sT, dpT, lse, delta, offs_m, offs_n, qk_scale, a_layout, q_smem.dtype, MASK)
     return dk, dv, p_op, ds_op
 
 
@@ -181,7 +150,6 @@ def attn_bwd_kv_hopper(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, D
                        KV_IN_REGISTERS: gl.constexpr):
     """dK, dV of one key tile over every query tile that sees it (causal: the two on the diagonal first, masked)."""
     gl.static_assert(BLOCK_N % BLOCK_M == 0, "causal: the key tile's diagonal on query tile edges")
-    gl.static_assert(STAGES >= 3, "a slot is read by two tiles' products: loads go STAGES - 2 tiles ahead")
     NUM_WARPS: gl.constexpr = gl.num_warps()
     dtype: gl.constexpr = q_desc.dtype
     t_layout: gl.constexpr = _mma_layout(NUM_WARPS, BLOCK_M)  # S^T, dP^T: keys x queries
@@ -200,35 +168,31 @@ def attn_bwd_kv_hopper(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, D
     mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
     _tma_load(k_desc, [row + start_n * BLOCK_N, col], kv_bar, k_smem)
     _tma_load(v_desc, [row + start_n * BLOCK_N, col], kv_bar, v_smem)
-    for i in gl.static_range(STAGES - 1):  # then tile i + STAGES - 2 from step i = 1 on
+    for i in gl.static_range(STAGES - 1):
         _load_query_tile(i, n_tiles, lo, *loads, ring)
 
     offs_n = start_n * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(1, t_layout))
     LSE += bh * N
     Delta += bh * N
+    dk = warpgroup_mma_init(gl.zeros([BLOCK_N, HEAD_D], gl.float32, layout=g_layout))
+    dv = warpgroup_mma_init(gl.zeros([BLOCK_N, HEAD_D], gl.float32, layout=g_layout))
+    p_op = gl.zeros([BLOCK_N, BLOCK_M], dtype, layout=grad_a)
+    ds_op = gl.zeros([BLOCK_N, BLOCK_M], dtype, layout=grad_a)
     program = (lo, n_tiles)
-    first_unmasked = 1
+    n_masked = 0
     if CAUSAL:
-        first_unmasked = BLOCK_N // BLOCK_M
+        n_masked = BLOCK_N // BLOCK_M
     mbarrier.wait(kv_bar, 0)
     kv_ops = (k_smem, v_smem)
     if KV_IN_REGISTERS:  # the score products' A operands from registers too
         score_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=t_layout, k_width=2)
         kv_ops = (k_smem.load(score_a), v_smem.load(score_a))
-    # the first query tile alone (masked if causal: the key tile starts on its diagonal), then tiles 1.. pipelined
-    offs_m, lse, delta = _query_rows(0, lo, LSE, Delta, gl.SliceLayout(0, t_layout), BLOCK_M)
-    sT, dpT = _kv_scores(0, kv_ops, ring, t_layout)
-    sT, dpT = warpgroup_mma_wait(0, deps=(sT, dpT))
-    p_op, ds_op = _kv_operands(sT, dpT, lse, delta, offs_m, offs_n, qk_scale, grad_a, dtype, CAUSAL)
-    dk = warpgroup_mma_init(gl.zeros([BLOCK_N, HEAD_D], gl.float32, layout=g_layout))
-    dv = warpgroup_mma_init(gl.zeros([BLOCK_N, HEAD_D], gl.float32, layout=g_layout))
-    for i in range(1, first_unmasked):
+    for i in range(0, n_masked):
         dk, dv, p_op, ds_op = _kv_step(i, program, dk, dv, p_op, ds_op, kv_ops, ring, loads, LSE, Delta, offs_n,
                                        qk_scale, t_layout, True)
-    for i in range(first_unmasked, n_tiles):
+    for i in range(n_masked, n_tiles):
         dk, dv, p_op, ds_op = _kv_step(i, program, dk, dv, p_op, ds_op, kv_ops, ring, loads, LSE, Delta, offs_n,
                                        qk_scale, t_layout, False)
-    dk, dv = _kv_gradients(n_tiles - 1, p_op, ds_op, dk, dv, ring)
     dk, dv, p_op, ds_op = warpgroup_mma_wait(0, deps=(dk, dv, p_op, ds_op))
     _cta_barrier()  # every warp done reading K and V, whose buffers take dK and dV out
     row, col = _head_origin(bh, N, H, HEAD_D, OUT_ROWS)
@@ -258,13 +222,14 @@ def supports(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
 def backward_kv(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
                 delta: torch.Tensor, dk: torch.Tensor, dv: torch.Tensor, *, causal: bool, scale: float,
-                stages: int = STAGES, kv_in_registers: bool = KV_IN_REGISTERS) -> None:
-    """dK, dV into dk, dv. lse: the forward's (B, H, N); delta: rowsum(dO * O), (B, H, N) fp32. `stages` and
-    `kv_in_registers` for comparisons."""
+                stages: int = STAGES, kv_in_registers: bool = KV_IN_REGISTERS, num_warps: int = NUM_WARPS) -> None:
+    """dK, dV into dk, dv. lse: the forward's (B, H, N); delta: rowsum(dO * O), (B, H, N) fp32. `stages`,
+    `kv_in_registers` and `num_warps` (4: one warpgroup, 64 keys a program, two programs an SM) for comparisons."""
     B, H, N, D = q.shape
+    block_n = 16 * num_warps  # 16 key rows a warp
     layouts = dict(IN_ROWS=_rows_view(q)[2], DO_ROWS=_rows_view(do)[2], OUT_ROWS=_rows_view(dk)[2])
-    attn_bwd_kv_hopper[(N // BLOCK_N * B * H, )](
-        _descriptor(q, BLOCK_M), _descriptor(k, BLOCK_N), _descriptor(v, BLOCK_N), _descriptor(do, BLOCK_M),
-        _descriptor(dk, BLOCK_N), _descriptor(dv, BLOCK_N), lse, delta, N, H, B * H, scale * LOG2E, scale,
-        HEAD_D=D, BLOCK_M=BLOCK_M, BLOCK_N=BLOCK_N, STAGES=stages, CAUSAL=causal, **layouts,
-        KV_IN_REGISTERS=kv_in_registers, num_warps=NUM_WARPS)
+    attn_bwd_kv_hopper[(N // block_n * B * H, )](
+        _descriptor(q, BLOCK_M), _descriptor(k, block_n), _descriptor(v, block_n), _descriptor(do, BLOCK_M),
+        _descriptor(dk, block_n), _descriptor(dv, block_n), lse, delta, N, H, B * H, scale * LOG2E, scale,
+        HEAD_D=D, BLOCK_M=BLOCK_M, BLOCK_N=block_n, STAGES=stages, CAUSAL=causal, **layouts,
+        KV_IN_REGISTERS=kv_in_registers, num_warps=num_warps)

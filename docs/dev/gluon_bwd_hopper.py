@@ -23,9 +23,10 @@ import triton
 sys.path.insert(0, str(Path.cwd()))
 from kernels import attention, attention_bwd_hopper  # noqa: E402 (from the checkout's root)
 
-# Q / dO ring slots; K and V in shared memory or registers
-VARIANTS = {f"gluon {stages}{' kv-regs' if regs else ''}": dict(stages=stages, kv_in_registers=regs)
-            for stages, regs in ((3, False), (4, False), (4, True))}
+# 8 warps (128 keys a program) or 4 (64, two programs an SM); Q / dO ring slots; K and V in shared memory or registers
+VARIANTS = {f"gluon {warps}w {stages}{' kv-regs' if regs else ''}":
+            dict(stages=stages, kv_in_registers=regs, num_warps=warps)
+            for warps, stages, regs in ((8, 3, False), (4, 3, False), (4, 4, False), (4, 3, True))}
 
 
 def compile_only() -> None:

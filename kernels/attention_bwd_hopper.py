@@ -100,20 +100,29 @@ def _load_query_tile(i, n_tiles, lo, q_at, do_at, q_desc, do_desc, ring):
 
 
 @gluon.jit
-def _kv_step(i, program, dk, dv, p_op, ds_op, kv_ops, ring, loads, LSE, Delta, offs_n, qk_scale,
+def _query_rows(i, lo, N, LSE, Delta, layout: gl.constexpr, BLOCK_M: gl.constexpr):
+    """LSE and delta of the program's query tile i (zeros past the head's rows)."""
+    offs_m = (lo + i) * BLOCK_M + gl.arange(0, BLOCK_M, layout=layout)
+    return gl.load(LSE + offs_m, mask=offs_m < N, other=0.0), gl.load(Delta + offs_m, mask=offs_m < N, other=0.0)
+
+
+@gluon.jit
+def _kv_step(i, program, dk, dv, p_op, ds_op, rows, kv_ops, ring, loads, LSE, Delta, offs_n, qk_scale,
              t_layout: gl.constexpr, MASK: gl.constexpr):
     """The program's query tile i against its key rows. In flight on entry: the previous tile's dV and dK products,
-    reading p_op and ds_op. Returns with this tile's dV and dK in flight."""
+    reading p_op and ds_op. `rows`: tile i's LSE and delta, loaded a tile ahead (their latency from L2 would
+    otherwise stand between the scores and P^T every tile). Returns with this tile's dV and dK in flight, and tile
+    i + 1's rows."""
     k_op, v_op = kv_ops
     q_smem, do_smem, ready = ring
     STAGES: gl.constexpr = q_smem.shape[0]
     BLOCK_M: gl.constexpr = q_smem.shape[1]
     ROWS: gl.constexpr = offs_n.shape[0]
-    lo, n_tiles = program
+    lo, n_tiles, N = program
     slot = i % STAGES
     offs_m = (lo + i) * BLOCK_M + gl.arange(0, BLOCK_M, layout=gl.SliceLayout(0, t_layout))
-    lse = gl.load(LSE + offs_m)
-    delta = gl.load(Delta + offs_m)
+    lse, delta = rows
+    rows = _query_rows(i + 1, lo, N, LSE, Delta, gl.SliceLayout(0, t_layout), BLOCK_M)
     mbarrier.wait(ready.index(slot), (i // STAGES) & 1)
     zero = gl.zeros([ROWS, BLOCK_M], gl.float32, layout=t_layout)
     sT = warpgroup_mma(k_op, q_smem.index(slot).permute((1, 0)), zero, use_acc=False, is_async=True)
@@ -131,7 +140,7 @@ def _kv_step(i, program, dk, dv, p_op, ds_op, kv_ops, ring, loads, LSE, Delta, o
     dpT = warpgroup_mma_wait(1, deps=(dpT, ))  # dV's product runs on beside dS^T (P^T kept: the next wait's)
     ds_op = gl.convert_layout((pT * (dpT - delta[None, :])).to(q_smem.dtype), ds_op.type.layout)
     dk = warpgroup_mma(ds_op, q_smem.index(slot), dk, is_async=True)
-    return dk, dv, p_op, ds_op
+    return dk, dv, p_op, ds_op, rows
 
 
 @gluon.jit
@@ -178,7 +187,8 @@ def attn_bwd_kv_hopper(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, D
     dv = warpgroup_mma_init(gl.zeros([BLOCK_N, HEAD_D], gl.float32, layout=g_layout))
     p_op = gl.zeros([BLOCK_N, BLOCK_M], dtype, layout=grad_a)
     ds_op = gl.zeros([BLOCK_N, BLOCK_M], dtype, layout=grad_a)
-    program = (lo, n_tiles)
+    program = (lo, n_tiles, N)
+    rows = _query_rows(0, lo, N, LSE, Delta, gl.SliceLayout(0, t_layout), BLOCK_M)
     n_masked = 0
     if CAUSAL:
         n_masked = BLOCK_N // BLOCK_M
@@ -188,11 +198,11 @@ def attn_bwd_kv_hopper(q_desc, k_desc, v_desc, do_desc, dk_desc, dv_desc, LSE, D
         score_a: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=t_layout, k_width=2)
         kv_ops = (k_smem.load(score_a), v_smem.load(score_a))
     for i in range(0, n_masked):
-        dk, dv, p_op, ds_op = _kv_step(i, program, dk, dv, p_op, ds_op, kv_ops, ring, loads, LSE, Delta, offs_n,
-                                       qk_scale, t_layout, True)
+        dk, dv, p_op, ds_op, rows = _kv_step(i, program, dk, dv, p_op, ds_op, rows, kv_ops, ring, loads, LSE, Delta,
+                                             offs_n, qk_scale, t_layout, True)
     for i in range(n_masked, n_tiles):
-        dk, dv, p_op, ds_op = _kv_step(i, program, dk, dv, p_op, ds_op, kv_ops, ring, loads, LSE, Delta, offs_n,
-                                       qk_scale, t_layout, False)
+        dk, dv, p_op, ds_op, rows = _kv_step(i, program, dk, dv, p_op, ds_op, rows, kv_ops, ring, loads, LSE, Delta,
+                                             offs_n, qk_scale, t_layout, False)
     dk, dv, p_op, ds_op = warpgroup_mma_wait(0, deps=(dk, dv, p_op, ds_op))
     _cta_barrier()  # every warp done reading K and V, whose buffers take dK and dV out
     row, col = _head_origin(bh, N, H, HEAD_D, OUT_ROWS)

@@ -26,7 +26,7 @@ from kernels import attention, attention_bwd_hopper  # noqa: E402 (from the chec
 # 8 warps (128 keys a program) or 4 (64, two programs an SM); Q / dO ring slots; K and V in shared memory or registers
 VARIANTS = {f"gluon {warps}w {stages}{' kv-regs' if regs else ''}":
             dict(stages=stages, kv_in_registers=regs, num_warps=warps)
-            for warps, stages, regs in ((8, 3, False), (4, 3, False), (4, 4, False), (4, 3, True))}
+            for warps, stages, regs in ((8, 3, False), (4, 3, False), (4, 4, False))}
 
 
 def compile_only() -> None:

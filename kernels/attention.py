@@ -50,11 +50,10 @@ from .attention_bwd import attn_bwd_dq, attn_bwd_kv, attn_bwd_preprocess
 from .attention_fwd import attn_fwd
 from .block_mask import BlockMask
 
-try:  # the Hopper kernels need triton.experimental.gluon (triton >= 3.6)
-    from . import attention_bwd_hopper as hopper_bwd
+try:  # the Hopper forward needs triton.experimental.gluon (triton >= 3.6)
     from . import attention_fwd_hopper as hopper
 except ImportError:
-    hopper = hopper_bwd = None
+    hopper = None
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 AUTOTUNE = os.environ.get("FLASHGPT_AUTOTUNE", "1") != "0"  # 0: first fitting config, no tuning (quick GPU tests)
@@ -294,13 +293,9 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
                                 KV_DESC=kv_desc, **common)
         dq_acc = lse.new_empty((1, 1, 1))
     dkv_like_q = single_pass and slots_like_q
-    if (not single_pass and mask is None and dropout_p == 0 and hopper_bwd is not None
-            and hopper_bwd.supports(do, q, k, v, dk, dv, causal=causal)):
-        dk, dv = _launch_bwd_kv_hopper(do, q, k, v, lse, delta, dk, dv, causal, scale, launch)
-    else:
-        launch(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, keys, *_mask_args(mask, True, q.device),
-                                *_strides(q), *_strides(do), *_strides(dq_acc if dkv_like_q else dk),
-                                DQ_ATOMIC=single_pass, DKV_LIKE_Q=dkv_like_q, **kv_common)
+    launch(_bwd_kv)[grid_n](q, k, v, do, dk, dv, dq_acc, lse, delta, keys, *_mask_args(mask, True, q.device),
+                            *_strides(q), *_strides(do), *_strides(dq_acc if dkv_like_q else dk),
+                            DQ_ATOMIC=single_pass, DKV_LIKE_Q=dkv_like_q, **kv_common)
     if slots is None:
         return (dq_acc.to(q.dtype) if single_pass else dq), dk, dv
     if single_pass:
@@ -311,15 +306,6 @@ def _launch_bwd(do, q, k, v, o, lse, keys, mask, causal, dropout_p, scale, deter
     elif not slots_like_q:
         slots[0].copy_(dq)
     return dqkv
-
-
-def _launch_bwd_kv_hopper(do, q, k, v, lse, delta, dk, dv, causal, scale, launch):
-    """The Gluon dK/dV pass (kernels/attention_bwd_hopper.py) into dk, dv; inside a triton_op's body, which
-    torch.compile traces and which can hold Triton kernels only, through an opaque op that returns new ones."""
-    if launch is _launch_directly:
-        hopper_bwd.backward_kv(do, q, k, v, lse, delta, dk, dv, causal=causal, scale=scale)
-        return dk, dv
-    return attention_bwd_kv_hopper(do, q, k, v, lse, delta, causal, scale)
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -349,20 +335,6 @@ def attention_fwd_hopper(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, caus
 @attention_fwd_hopper.register_fake
 def _(q, k, v, causal, scale):
     return _empty_bhnd(q), q.new_empty(q.shape[:3], dtype=torch.float32)
-
-
-@torch.library.custom_op(f"{OPS_NAMESPACE}::attention_bwd_kv_hopper", mutates_args=())
-def attention_bwd_kv_hopper(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lse: torch.Tensor,
-                            delta: torch.Tensor, causal: bool, scale: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """(dk, dv) from the Gluon dK/dV pass for Hopper; opaque to torch.compile as attention_fwd_hopper."""
-    dk, dv = _empty_bhnd(q), _empty_bhnd(q)
-    hopper_bwd.backward_kv(do, q, k, v, lse, delta, dk, dv, causal=causal, scale=scale)
-    return dk, dv
-
-
-@attention_bwd_kv_hopper.register_fake
-def _(do, q, k, v, lse, delta, causal, scale):
-    return _empty_bhnd(q), _empty_bhnd(q)
 
 
 @triton_op(f"{OPS_NAMESPACE}::attention_fwd", mutates_args=())

@@ -27,8 +27,8 @@ def test_tma_views_of_the_layouts_the_library_sees():
     assert hopper._rows_view(out) == ([B * N, H * D], H * D, False)
     assert hopper._rows_view(contiguous.transpose(2, 3).contiguous().transpose(2, 3)) is None  # D not unit stride
     assert hopper._rows_view(torch.randn(B * H * N * D + 1)[1:].view(B, H, N, D)) is None  # 4 bytes off
-    cpu = contiguous
-    assert not hopper.supports(cpu, cpu, cpu, causal=True, dropout_p=0.0, sparse=False)
+    assert not hopper.supports(contiguous, contiguous, contiguous, causal=True, dropout_p=0.0,
+                               sparse=False)  # a CPU tensor
 
 
 def _lse_reference(q, k, causal):

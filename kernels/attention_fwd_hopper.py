@@ -51,9 +51,6 @@ HEAD_DIMS = (64, 128)
 # 4K), causal D = 128 1.330 / 1.688, D = 128 without the mask 2.534 / 3.312; D = 64 without it 1.946 / 1.886 stays
 # on Triton.
 ROUTED = {(64, True), (128, True), (128, False)}
-# (head dim, causal) -> consumer warpgroups a query tile where not two (192-row query tiles: FlashAttention-3's at
-# D = 64); the consumer issuing the loads then takes STAGES - 2 tiles ahead, so the ring has a slot more
-CONSUMERS: dict[tuple[int, bool], int] = {}
 # 0: the Triton kernels everywhere (comparisons). Gluon's API moves between releases: 3.6 is the first this code
 # compiles with (warp_specialize's argument list changed there).
 TRITON_VERSION = tuple(int(part) for part in triton.__version__.split(".")[:2])
@@ -82,10 +79,10 @@ def _barriers(COUNT: gl.constexpr, ARRIVALS: gl.constexpr):
 
 
 @gluon.jit
-def _schedule(N, BH, BLOCK_M: gl.constexpr):
+def _schedule(N, BH, BLOCK: gl.constexpr):
     """(query tiles a head, this program's rounds). Program p takes tile p of round 0, then one tile a round, the
-    rounds alternating direction (_round_tile). A head's last tile may run past N (192-row tiles)."""
-    n_m = gl.cdiv(N, BLOCK_M)
+    rounds alternating direction (_round_tile)."""
+    n_m = N // BLOCK
     tiles = n_m * BH
     programs = gl.num_programs(0)
     full, rest = tiles // programs, tiles % programs
@@ -96,7 +93,7 @@ def _schedule(N, BH, BLOCK_M: gl.constexpr):
 
 
 @gluon.jit
-def _round_tile(r, n_m, n_k, BH, CAUSAL: gl.constexpr, HEADS_FASTEST: gl.constexpr):
+def _round_tile(r, n_m, BH, CAUSAL: gl.constexpr, HEADS_FASTEST: gl.constexpr):
     """(query tile, batch*head, key tiles it visits) of this program's round r. The list runs costliest first
     (causal: the last query tiles), every head's before the next rank (HEADS_FASTEST) or head by head; odd rounds
     walk it backwards, so the program that took a round's costliest tile takes the next round's cheapest."""
@@ -110,8 +107,8 @@ def _round_tile(r, n_m, n_k, BH, CAUSAL: gl.constexpr, HEADS_FASTEST: gl.constex
     else:
         rank, bh = i % n_m, i // n_m
     start_m = n_m - 1 - rank
-    n_tiles = n_k
-    if CAUSAL:  # query and key tiles of one size
+    n_tiles = n_m
+    if CAUSAL:
         n_tiles = start_m + 1
     return start_m, bh, n_tiles
 
@@ -148,83 +145,60 @@ def _causal_mask(s, row0, col0, s_layout: gl.constexpr):
 
 @gluon.jit
 def _load_kv(j, c, row, col, k_desc, v_desc, ring):
-    """Key tile j of a head (the c-th this program loads) into its slot once every consumer has freed it."""
+    """Key tile j of a head (the c-th this program loads) into its slot once both consumers have freed it."""
     k_smem, v_smem, k_ready, v_ready, kv_empty = ring
     STAGES: gl.constexpr = k_smem.shape[0]
-    BLOCK_N: gl.constexpr = k_smem.shape[1]
+    BLOCK: gl.constexpr = k_smem.shape[1]
     slot = c % STAGES
     mbarrier.wait(kv_empty.index(slot), ((c // STAGES) & 1) ^ 1)  # the first round passes at once
     mbarrier.expect(k_ready.index(slot), k_desc.block_type.nbytes)
-    _tma_load(k_desc, [row + j * BLOCK_N, col], k_ready.index(slot), k_smem.index(slot))
+    _tma_load(k_desc, [row + j * BLOCK, col], k_ready.index(slot), k_smem.index(slot))
     mbarrier.expect(v_ready.index(slot), v_desc.block_type.nbytes)
-    _tma_load(v_desc, [row + j * BLOCK_N, col], v_ready.index(slot), v_smem.index(slot))
+    _tma_load(v_desc, [row + j * BLOCK, col], v_ready.index(slot), v_smem.index(slot))
     return c + 1
 
 
 @gluon.jit
-def _load_q(r, n_m, n_k, N, H, BH, q_desc, q_ring, HEAD_D: gl.constexpr, CONSUMERS: gl.constexpr,
-            CAUSAL: gl.constexpr, HEADS_IN_ROWS: gl.constexpr, HEADS_FASTEST: gl.constexpr):
-    """Round r's query tile into its Q buffer, once every consumer has stored the O that last went out through it:
-    a 64-row box per consumer (TMA boxes are powers of two; a tile has 128 or 192 rows)."""
+def _load_partition(q_desc, k_desc, v_desc, q_ring, ring, N, H, BH, HEAD_D: gl.constexpr, CAUSAL: gl.constexpr,
+                    HEADS_IN_ROWS: gl.constexpr, HEADS_FASTEST: gl.constexpr):
+    """For each of the program's query tiles: its first K and V tile, its Q (once both consumers have stored the
+    O that last went out through that Q buffer), its other K and V tiles. The ring runs on across query tiles, so
+    the next tile's loads go out while the consumers finish this one."""
     q_smem, q_ready, q_empty = q_ring
-    ROWS: gl.constexpr = q_smem.shape[1]
-    QBUFS: gl.constexpr = q_smem.shape[0] // CONSUMERS
-    start_m, bh, _ = _round_tile(r, n_m, n_k, BH, CAUSAL, HEADS_FASTEST)
-    row, col = _head_origin(bh, N, H, HEAD_D, HEADS_IN_ROWS)
-    qb = r % QBUFS
-    mbarrier.wait(q_empty.index(qb), ((r // QBUFS) & 1) ^ 1)
-    mbarrier.expect(q_ready.index(qb), CONSUMERS * q_desc.block_type.nbytes)
-    for i in gl.static_range(CONSUMERS):
-        _tma_load(q_desc, [row + (start_m * CONSUMERS + i) * ROWS, col], q_ready.index(qb),
-                  q_smem.index(qb * CONSUMERS + i))
-
-
-@gluon.jit
-def _load_partition(q_desc, k_desc, v_desc, q_ring, ring, N, H, BH, HEAD_D: gl.constexpr, CONSUMERS: gl.constexpr,
-                    CAUSAL: gl.constexpr, HEADS_IN_ROWS: gl.constexpr, HEADS_FASTEST: gl.constexpr):
-    """For each of the program's query tiles: its first K and V tile, its Q, its other K and V tiles. The ring runs
-    on across query tiles, so the next tile's loads go out while the consumers finish this one."""
-    n_m, rounds = _schedule(N, BH, CONSUMERS * q_ring[0].shape[1])
-    n_k = N // ring[0].shape[1]
+    QBUFS: gl.constexpr = q_smem.shape[0]
+    BLOCK: gl.constexpr = q_smem.shape[1]
+    n_m, rounds = _schedule(N, BH, BLOCK)
     c = 0
     for r in range(rounds):
-        start_m, bh, n_tiles = _round_tile(r, n_m, n_k, BH, CAUSAL, HEADS_FASTEST)
+        start_m, bh, n_tiles = _round_tile(r, n_m, BH, CAUSAL, HEADS_FASTEST)
         row, col = _head_origin(bh, N, H, HEAD_D, HEADS_IN_ROWS)
         c = _load_kv(0, c, row, col, k_desc, v_desc, ring)
-        _load_q(r, n_m, n_k, N, H, BH, q_desc, q_ring, HEAD_D, CONSUMERS, CAUSAL, HEADS_IN_ROWS, HEADS_FASTEST)
+        qb = r % QBUFS
+        mbarrier.wait(q_empty.index(qb), ((r // QBUFS) & 1) ^ 1)
+        mbarrier.expect(q_ready.index(qb), q_desc.block_type.nbytes)
+        _tma_load(q_desc, [row + start_m * BLOCK, col], q_ready.index(qb), q_smem.index(qb))
         for j in range(1, n_tiles):
             c = _load_kv(j, c, row, col, k_desc, v_desc, ring)
-
-
-@gluon.jit
-def _feed_kv(c, feed, ring, HEAD_D: gl.constexpr, HEADS_IN_ROWS: gl.constexpr, HEADS_FASTEST: gl.constexpr):
-    """Consumer 0's K/V loads where there is no load partition (three consumers, no mask). Every round then visits
-    all n_k key tiles, so the program's c-th K/V tile is key tile c % n_k of round c // n_k."""
-    k_desc, v_desc, n_m, n_k, N, H, BH, total = feed
-    if c < total:
-        _, bh, _ = _round_tile(c // n_k, n_m, n_k, BH, False, HEADS_FASTEST)
-        row, col = _head_origin(bh, N, H, HEAD_D, HEADS_IN_ROWS)
-        _load_kv(c % n_k, c, row, col, k_desc, v_desc, ring)
 
 
 @gluon.jit
 def _key_tile(j, c, p_op, acc, m_i, l_i, q_rows, ring, pin, qk_scale, row0, s_layout: gl.constexpr,
               o_layout: gl.constexpr, p_layout: gl.constexpr, MASK: gl.constexpr):
     """Key tile j (the program's c-th): S_j and P_{j-1} V_{j-1} in flight together, the softmax of S_j while the
-    second finishes; then tile j - 1's slot goes back to the loads."""
+    second finishes; then tile j - 1's slot goes back to the load partition."""
     k_smem, v_smem, k_ready, v_ready, kv_empty = ring
     STAGES: gl.constexpr = k_smem.shape[0]
-    BLOCK_N: gl.constexpr = k_smem.shape[1]
+    BLOCK: gl.constexpr = k_smem.shape[1]
     ROWS: gl.constexpr = q_rows.shape[0]
     slot, prev = c % STAGES, (c - 1) % STAGES
     mbarrier.wait(k_ready.index(slot), (c // STAGES) & 1)
     mbarrier.wait(v_ready.index(prev), ((c - 1) // STAGES) & 1)
     s = warpgroup_mma(q_rows, k_smem.index(slot).permute((1, 0)),
-                      gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout), use_acc=False, is_async=True)
+                      gl.zeros([ROWS, BLOCK], gl.float32, layout=s_layout), use_acc=False, is_async=True)
     acc = warpgroup_mma(p_op, v_smem.index(prev), acc, is_async=True)
     s = warpgroup_mma_wait(1, deps=(s, ))
     if MASK:
-        s = _causal_mask(s, row0, j * BLOCK_N, s_layout)
+        s = _causal_mask(s, row0, j * BLOCK, s_layout)
     p, alpha, m_i, l_i = _softmax_update(s, m_i, l_i, qk_scale)
     p_next = gl.convert_layout(p.to(q_rows.dtype), p_layout)
     pin.store(l_i)  # a side effect before the wait: without it ptxas hoists the wait above the softmax
@@ -235,26 +209,21 @@ def _key_tile(j, c, p_op, acc, m_i, l_i, q_rows, ring, pin, qk_scale, row0, s_la
 
 
 @gluon.jit
-def _query_tile(c, n_tiles, q_rows, ring, pin, qk_scale, row0, feed, HEAD_D: gl.constexpr, CAUSAL: gl.constexpr,
-                FEEDS: gl.constexpr, HEADS_IN_ROWS: gl.constexpr, HEADS_FASTEST: gl.constexpr):
+def _query_tile(c, n_tiles, q_rows, ring, pin, qk_scale, row0, HEAD_D: gl.constexpr, CAUSAL: gl.constexpr):
     """This warpgroup's rows of one query tile against its key tiles (the program's c-th onwards; the causal
-    diagonal last, masked): (O unnormalised, m, l). FEEDS: this warpgroup also issues the K/V loads, STAGES - 2
-    tiles ahead (the slot it fills was freed by every consumer one tile before this one)."""
+    diagonal last, masked): (O unnormalised, m, l)."""
     k_smem, v_smem, k_ready, v_ready, kv_empty = ring
     STAGES: gl.constexpr = k_smem.shape[0]
-    BLOCK_N: gl.constexpr = k_smem.shape[1]
+    BLOCK: gl.constexpr = k_smem.shape[1]
     ROWS: gl.constexpr = q_rows.shape[0]
-    LEAD: gl.constexpr = STAGES - 2
-    s_layout: gl.constexpr = _mma_layout(4, BLOCK_N)
+    s_layout: gl.constexpr = _mma_layout(4, BLOCK)
     o_layout: gl.constexpr = _mma_layout(4, HEAD_D)
     p_layout: gl.constexpr = gl.DotOperandLayout(operand_index=0, parent=o_layout, k_width=2)
     rows_s: gl.constexpr = gl.SliceLayout(1, s_layout)
 
-    if FEEDS:
-        _feed_kv(c + LEAD, feed, ring, HEAD_D, HEADS_IN_ROWS, HEADS_FASTEST)
     mbarrier.wait(k_ready.index(c % STAGES), (c // STAGES) & 1)
     s = warpgroup_mma(q_rows, k_smem.index(c % STAGES).permute((1, 0)),
-                      gl.zeros([ROWS, BLOCK_N], gl.float32, layout=s_layout), use_acc=False, is_async=True)
+                      gl.zeros([ROWS, BLOCK], gl.float32, layout=s_layout), use_acc=False, is_async=True)
     s = warpgroup_mma_wait(0, deps=(s, ))
     if CAUSAL:
         if n_tiles == 1:
@@ -264,8 +233,6 @@ def _query_tile(c, n_tiles, q_rows, ring, pin, qk_scale, row0, feed, HEAD_D: gl.
     p_op = gl.convert_layout(p.to(q_rows.dtype), p_layout)
     acc = gl.zeros([ROWS, HEAD_D], gl.float32, layout=o_layout)
     for j in range(1, n_tiles - CAUSAL):
-        if FEEDS:
-            _feed_kv(c + j + LEAD, feed, ring, HEAD_D, HEADS_IN_ROWS, HEADS_FASTEST)
         p_op, acc, m_i, l_i = _key_tile(j, c + j, p_op, acc, m_i, l_i, q_rows, ring, pin, qk_scale, row0, s_layout,
                                         o_layout, p_layout, False)
     if CAUSAL:
@@ -281,89 +248,53 @@ def _query_tile(c, n_tiles, q_rows, ring, pin, qk_scale, row0, feed, HEAD_D: gl.
 
 
 @gluon.jit
-def _consumer_partition(o_desc, LSE, q_desc, k_desc, v_desc, q_ring, ring, N, H, BH, qk_scale,
-                        HEAD_D: gl.constexpr, CONSUMERS: gl.constexpr, CAUSAL: gl.constexpr,
-                        HEADS_IN_ROWS: gl.constexpr, O_HEADS_IN_ROWS: gl.constexpr, HEADS_FASTEST: gl.constexpr,
-                        WG: gl.constexpr, FEEDS: gl.constexpr):
-    """Rows WG * 64 .. of each of the program's query tiles: O (out through this warpgroup's own Q rows, which only
-    it read) and LSE; then the Q buffer goes back to the loads. Rows past N (a head's last 192-row tile) are
-    computed and not stored. FEEDS: this warpgroup issues the Q and K/V loads too (no load partition)."""
+def _consumer_partition(o_desc, LSE, q_ring, ring, N, H, BH, qk_scale, HEAD_D: gl.constexpr, CAUSAL: gl.constexpr,
+                        O_HEADS_IN_ROWS: gl.constexpr, HEADS_FASTEST: gl.constexpr, WG: gl.constexpr):
+    """Rows WG * BLOCK / 2 .. of each of the program's query tiles: O (out through this warpgroup's own Q rows,
+    which only it read) and LSE; then the Q buffer goes back to the load partition."""
     q_smem, q_ready, q_empty = q_ring
-    ROWS: gl.constexpr = q_smem.shape[1]
-    QBUFS: gl.constexpr = q_smem.shape[0] // CONSUMERS
-    BLOCK_M: gl.constexpr = CONSUMERS * ROWS
-    BLOCK_N: gl.constexpr = ring[0].shape[1]
-    LEAD: gl.constexpr = ring[0].shape[0] - 2
+    QBUFS: gl.constexpr = q_smem.shape[0]
+    BLOCK: gl.constexpr = q_smem.shape[1]
+    ROWS: gl.constexpr = BLOCK // 2
     o_layout: gl.constexpr = _mma_layout(4, HEAD_D)
-    rows_s: gl.constexpr = gl.SliceLayout(1, _mma_layout(4, BLOCK_N))
+    rows_s: gl.constexpr = gl.SliceLayout(1, _mma_layout(4, BLOCK))
     pin = gl.allocate_shared_memory(gl.float32, [ROWS], gl.SwizzledSharedLayout(1, 1, 1, [0]))
-    n_m, rounds = _schedule(N, BH, BLOCK_M)
-    n_k = N // BLOCK_N
-    feed = (k_desc, v_desc, n_m, n_k, N, H, BH, rounds * n_k)
-    if FEEDS:
-        _load_q(0, n_m, n_k, N, H, BH, q_desc, q_ring, HEAD_D, CONSUMERS, CAUSAL, HEADS_IN_ROWS, HEADS_FASTEST)
-        for t in gl.static_range(LEAD):
-            _feed_kv(t, feed, ring, HEAD_D, HEADS_IN_ROWS, HEADS_FASTEST)
+    n_m, rounds = _schedule(N, BH, BLOCK)
     c = 0
     for r in range(rounds):
-        if FEEDS:
-            if r + 1 < rounds:
-                _load_q(r + 1, n_m, n_k, N, H, BH, q_desc, q_ring, HEAD_D, CONSUMERS, CAUSAL, HEADS_IN_ROWS,
-                        HEADS_FASTEST)
-        start_m, bh, n_tiles = _round_tile(r, n_m, n_k, BH, CAUSAL, HEADS_FASTEST)
+        start_m, bh, n_tiles = _round_tile(r, n_m, BH, CAUSAL, HEADS_FASTEST)
         qb = r % QBUFS
-        q_rows = q_smem.index(qb * CONSUMERS + WG)
-        row0 = start_m * BLOCK_M + WG * ROWS  # within the head
+        q_rows = q_smem.index(qb).slice(WG * ROWS, ROWS)
+        row0 = start_m * BLOCK + WG * ROWS  # within the head
         mbarrier.wait(q_ready.index(qb), (r // QBUFS) & 1)
-        acc, m_i, l_i = _query_tile(c, n_tiles, q_rows, ring, pin, qk_scale, row0, feed, HEAD_D, CAUSAL, FEEDS,
-                                    HEADS_IN_ROWS, HEADS_FASTEST)
+        acc, m_i, l_i = _query_tile(c, n_tiles, q_rows, ring, pin, qk_scale, row0, HEAD_D, CAUSAL)
         c += n_tiles
 
         acc = acc / gl.convert_layout(l_i, gl.SliceLayout(1, o_layout))[:, None]
-        rows = row0 + gl.arange(0, ROWS, layout=rows_s)
-        gl.store(LSE + bh * N + rows, m_i + gl.log2(l_i), mask=rows < N)
-        if row0 < N:
-            q_rows.store(acc.to(q_smem.dtype))
-            fence_async_shared()
-            row, col = _head_origin(bh, N, H, HEAD_D, O_HEADS_IN_ROWS)
-            _tma_store(o_desc, [row + row0, col], q_rows)
-            tma.store_wait(pendings=0)
+        gl.store(LSE + bh * N + row0 + gl.arange(0, ROWS, layout=rows_s), m_i + gl.log2(l_i))
+        q_rows.store(acc.to(q_smem.dtype))
+        fence_async_shared()
+        row, col = _head_origin(bh, N, H, HEAD_D, O_HEADS_IN_ROWS)
+        _tma_store(o_desc, [row + row0, col], q_rows)
+        tma.store_wait(pendings=0)
         mbarrier.arrive(q_empty.index(qb), count=1)
 
 
 @gluon.jit
 def attn_fwd_hopper(q_desc, k_desc, v_desc, o_desc, LSE, N, H, BH, qk_scale, HEAD_D: gl.constexpr,
-                    STAGES: gl.constexpr, QBUFS: gl.constexpr, CONSUMERS: gl.constexpr, CAUSAL: gl.constexpr,
+                    BLOCK: gl.constexpr, STAGES: gl.constexpr, QBUFS: gl.constexpr, CAUSAL: gl.constexpr,
                     HEADS_IN_ROWS: gl.constexpr, O_HEADS_IN_ROWS: gl.constexpr, HEADS_FASTEST: gl.constexpr):
-    ROWS: gl.constexpr = q_desc.block_type.shape[0]  # a consumer's rows of a query tile
-    BLOCK_N: gl.constexpr = k_desc.block_type.shape[0]
-    q_smem = gl.allocate_shared_memory(q_desc.dtype, [QBUFS * CONSUMERS, ROWS, HEAD_D], q_desc.layout)
-    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK_N, HEAD_D], k_desc.layout)
-    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK_N, HEAD_D], v_desc.layout)
-    q_ring = (q_smem, _barriers(QBUFS, 1), _barriers(QBUFS, CONSUMERS))  # empty: every consumer
-    ring = (k_smem, v_smem, _barriers(STAGES, 1), _barriers(STAGES, 1), _barriers(STAGES, CONSUMERS))
-    if CONSUMERS == 2:
-        # a load partition in the launch's 4 warps; 168 registers x 12 warps reallocated 24 / 240 / 240
-        gl.warp_specialize([
-            (_load_partition, (q_desc, k_desc, v_desc, q_ring, ring, N, H, BH, HEAD_D, CONSUMERS, CAUSAL,
-                               HEADS_IN_ROWS, HEADS_FASTEST)),
-            (_consumer_partition, (o_desc, LSE, q_desc, k_desc, v_desc, q_ring, ring, N, H, BH, qk_scale, HEAD_D,
-                                   CONSUMERS, CAUSAL, HEADS_IN_ROWS, O_HEADS_IN_ROWS, HEADS_FASTEST, 0, False)),
-            (_consumer_partition, (o_desc, LSE, q_desc, k_desc, v_desc, q_ring, ring, N, H, BH, qk_scale, HEAD_D,
-                                   CONSUMERS, CAUSAL, HEADS_IN_ROWS, O_HEADS_IN_ROWS, HEADS_FASTEST, 1, False)),
-        ], [4, 4], [240, 240])
-    else:
-        # three consumers (12 warps at 168 registers, the most a launch with a separate load warp would leave is
-        # 128: the warps are padded to whole warpgroups), the first one issuing the loads
-        gl.static_assert(not CAUSAL, "three consumers: query tiles of 192 rows, the causal ranges need 128")
-        gl.warp_specialize([
-            (_consumer_partition, (o_desc, LSE, q_desc, k_desc, v_desc, q_ring, ring, N, H, BH, qk_scale, HEAD_D,
-                                   CONSUMERS, CAUSAL, HEADS_IN_ROWS, O_HEADS_IN_ROWS, HEADS_FASTEST, 0, True)),
-            (_consumer_partition, (o_desc, LSE, q_desc, k_desc, v_desc, q_ring, ring, N, H, BH, qk_scale, HEAD_D,
-                                   CONSUMERS, CAUSAL, HEADS_IN_ROWS, O_HEADS_IN_ROWS, HEADS_FASTEST, 1, False)),
-            (_consumer_partition, (o_desc, LSE, q_desc, k_desc, v_desc, q_ring, ring, N, H, BH, qk_scale, HEAD_D,
-                                   CONSUMERS, CAUSAL, HEADS_IN_ROWS, O_HEADS_IN_ROWS, HEADS_FASTEST, 2, False)),
-        ], [4, 4], [168, 168])
+    q_smem = gl.allocate_shared_memory(q_desc.dtype, [QBUFS, BLOCK, HEAD_D], q_desc.layout)
+    k_smem = gl.allocate_shared_memory(k_desc.dtype, [STAGES, BLOCK, HEAD_D], k_desc.layout)
+    v_smem = gl.allocate_shared_memory(v_desc.dtype, [STAGES, BLOCK, HEAD_D], v_desc.layout)
+    q_ring = (q_smem, _barriers(QBUFS, 1), _barriers(QBUFS, 2))  # empty: both consumers
+    ring = (k_smem, v_smem, _barriers(STAGES, 1), _barriers(STAGES, 1), _barriers(STAGES, 2))
+    gl.warp_specialize([(_load_partition, (q_desc, k_desc, v_desc, q_ring, ring, N, H, BH, HEAD_D, CAUSAL,
+                                           HEADS_IN_ROWS, HEADS_FASTEST)),
+                        (_consumer_partition, (o_desc, LSE, q_ring, ring, N, H, BH, qk_scale, HEAD_D, CAUSAL,
+                                               O_HEADS_IN_ROWS, HEADS_FASTEST, 0)),
+                        (_consumer_partition, (o_desc, LSE, q_ring, ring, N, H, BH, qk_scale, HEAD_D, CAUSAL,
+                                               O_HEADS_IN_ROWS, HEADS_FASTEST, 1))], [4, 4], [240, 240])
 
 
 # ----------------------------------------------------------------------------------------------------------------
@@ -425,22 +356,18 @@ def _sm_count(device_index: int) -> int:
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, o: torch.Tensor, lse: torch.Tensor, *, causal: bool,
-            scale: float, programs: int | None = None, heads_fastest: bool | None = None,
-            consumers: int | None = None) -> None:
+            scale: float, programs: int | None = None, heads_fastest: bool | None = None) -> None:
     """O and LSE ((B, H, N) fp32) of q, k, v into o and lse; supports(...) must hold, and o fit _rows_view.
     `programs`: how many programs walk the query tiles (default one per SM; as many as tiles: a program each).
-    `heads_fastest`: the tile order (default _heads_fastest). `consumers`: warpgroups a query tile, 64 rows each
-    (default CONSUMERS; three only without the mask)."""
+    `heads_fastest`: the tile order (default per head dim, HEADS_FASTEST_HEAD_DIMS)."""
     B, H, N, D = q.shape
-    consumers = consumers or CONSUMERS.get((D, causal), 2)
-    if consumers not in (2, 3) or (consumers == 3 and causal):
-        raise ValueError(f"consumers={consumers}: 2, or 3 without the causal mask")
-    programs = min(triton.cdiv(N, 64 * consumers) * B * H, programs or _sm_count(q.device.index or 0))
+    tiles = N // BLOCK * B * H
+    programs = min(tiles, programs or _sm_count(q.device.index or 0))
     if heads_fastest is None:
         heads_fastest = _heads_fastest(N, D, causal)
-    descriptors = [_descriptor(q, 64), _descriptor(k, BLOCK), _descriptor(v, BLOCK), _descriptor(o, 64)]
-    attn_fwd_hopper[(programs, )](*descriptors, lse, N, H, B * H, scale * LOG2E, HEAD_D=D,
-                                  STAGES=STAGES if consumers == 2 else STAGES + 1, QBUFS=2 if D <= 64 else 1,
-                                  CONSUMERS=consumers, CAUSAL=causal, HEADS_IN_ROWS=_rows_view(q)[2],
-                                  O_HEADS_IN_ROWS=_rows_view(o)[2], HEADS_FASTEST=heads_fastest, num_warps=4,
-                                  maxnreg=168)
+    descriptors = [_descriptor(t, BLOCK) for t in (q, k, v)] + [_descriptor(o, BLOCK // 2)]
+    # 4 launch warps load; 168 registers x 12 warps is the register file, reallocated 24 / 240 / 240
+    attn_fwd_hopper[(programs, )](*descriptors, lse, N, H, B * H, scale * LOG2E, HEAD_D=D, BLOCK=BLOCK,
+                                  STAGES=STAGES, QBUFS=2 if D <= 64 else 1, CAUSAL=causal,
+                                  HEADS_IN_ROWS=_rows_view(q)[2], O_HEADS_IN_ROWS=_rows_view(o)[2],
+                                  HEADS_FASTEST=heads_fastest, num_warps=4, maxnreg=168)
